@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): thin routes over storage, index and the task queue."""

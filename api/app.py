@@ -1,0 +1,44 @@
+"""The FastAPI application: `create_app(settings)`; served by `mmrecall serve`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import mmrecall
+from api.routes import interactions, items, jobs, similar
+from api.serving import ServingIndex
+from mmrecall.settings import Settings, get_settings
+from storage.db import get_engine
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        get_engine(settings.resolved_database_url)  # creates the tables on first start
+        app.state.serving.start()
+        yield
+        app.state.serving.stop()
+
+    app = FastAPI(title="mmrecall", version=mmrecall.__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.serving = ServingIndex(settings)
+    for module in (items, interactions, jobs, similar):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        serving = app.state.serving
+        return {
+            "status": "ok",
+            "snapshot": serving.snapshot_name,
+            "encoder_version": serving.version,
+            "indexed": len(serving.live),
+        }
+
+    return app

@@ -1,0 +1,31 @@
+"""Typed dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.serving import ServingIndex
+from mmrecall.settings import Settings
+from storage.db import session_scope
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.settings.resolved_database_url) as session:
+        yield session
+
+
+def get_serving(request: Request) -> ServingIndex:
+    return request.app.state.serving
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_db)]
+ServingDep = Annotated[ServingIndex, Depends(get_serving)]

@@ -1,0 +1,60 @@
+"""Media paths in requests must resolve inside the configured media roots (no `..`, no symlink escape)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+from fastapi import HTTPException, UploadFile
+from PIL import Image
+
+from mmrecall.interchange import ItemRecord
+from mmrecall.settings import Settings
+
+MAX_UPLOAD_PIXELS = 50_000_000
+
+
+def confine(path: str, roots: list[Path]) -> str:
+    if not roots:
+        raise HTTPException(400, "media paths are not accepted: no MMRECALL_MEDIA_ROOTS configured")
+    resolved = Path(path).resolve()  # follows symlinks, so a link pointing out is caught too
+    for root in roots:
+        if resolved.is_relative_to(root.resolve()):
+            return str(resolved)
+    raise HTTPException(400, f"media path {path!r} is outside the configured media roots")
+
+
+def confine_item(item: ItemRecord, roots: list[Path]) -> ItemRecord:
+    return item.model_copy(
+        update={
+            "cover": confine(item.cover, roots) if item.cover else None,
+            "video": confine(item.video, roots) if item.video else None,
+            "frames": [confine(f, roots) for f in item.frames] if item.frames else item.frames,
+        }
+    )
+
+
+async def save_upload(upload: UploadFile, settings: Settings, item_id: str) -> Path:
+    """Size-check, then check it is an image without decoding pixels, then store it under uploads/."""
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes")
+    if not data:
+        raise HTTPException(400, "empty upload")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            image.verify()
+            kind = (image.format or "img").lower()
+    except Exception as exc:
+        raise HTTPException(400, f"upload is not a readable image: {exc}") from exc
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise HTTPException(400, f"image too large: {width}x{height} pixels (limit {MAX_UPLOAD_PIXELS})")
+    digest = hashlib.sha256(item_id.encode()).hexdigest()[:24]  # ids may hold any character
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.uploads_dir / f"{digest}.{kind}"
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path.resolve()

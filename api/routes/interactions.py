@@ -1,0 +1,23 @@
+"""Append user interactions (clicks, ratings, watches)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select
+
+from api.deps import SessionDep
+from api.schemas import CountOut, InteractionsIn
+from storage import catalogue
+from storage.db import Item
+
+router = APIRouter(prefix="/v1/interactions", tags=["interactions"])
+
+
+@router.post("", status_code=202, response_model=CountOut)
+def post_interactions(body: InteractionsIn, session: SessionDep) -> CountOut:
+    wanted = {row.item_id for row in body.interactions}
+    known = set(session.scalars(select(Item.id).where(Item.id.in_(wanted))))
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise HTTPException(422, f"unknown item ids: {unknown[:20]}")
+    return CountOut(count=catalogue.add_interactions(session, body.interactions))

@@ -1,0 +1,63 @@
+"""Ingest and inspect items."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from api.deps import SessionDep, SettingsDep
+from api.media import confine_item, save_upload
+from api.schemas import IngestOut, ItemOut, ItemsIn
+from mmrecall.ingest import ingest_items
+from mmrecall.interchange import ItemRecord
+from storage import catalogue
+from storage.db import ItemVector
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+
+@router.post("", status_code=202, response_model=IngestOut)
+def post_items(body: ItemsIn, settings: SettingsDep) -> IngestOut:
+    """Store items (media paths must lie inside the media roots) and enqueue their encoding."""
+    records = [confine_item(item, settings.media_roots) for item in body.items]
+    return IngestOut(ids=ingest_items(settings, records))
+
+
+@router.post("/upload", status_code=202, response_model=IngestOut)
+async def upload_item(
+    settings: SettingsDep,
+    cover: Annotated[UploadFile, File(description="cover image")],
+    id: Annotated[str, Form()],
+    title: Annotated[str, Form()] = "",
+    tags: Annotated[str, Form(description="comma-separated")] = "",
+) -> IngestOut:
+    """One item with its cover uploaded as multipart form data."""
+    try:
+        record = ItemRecord(id=id, title=title, tags=[t for t in tags.split(",") if t.strip()])
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from exc
+    path = await save_upload(cover, settings, record.id)
+    return IngestOut(ids=ingest_items(settings, [record.model_copy(update={"cover": str(path)})]))
+
+
+@router.get("/{item_id}", response_model=ItemOut)
+def get_item(item_id: str, session: SessionDep) -> ItemOut:
+    item = catalogue.get_item(session, item_id)
+    if item is None:
+        raise HTTPException(404, f"unknown item id {item_id!r}")
+    versions = list(session.scalars(select(ItemVector.version).where(ItemVector.item_id == item_id)))
+    return ItemOut(
+        id=item.id,
+        title=item.title,
+        tags=item.tags or [],
+        cover=item.cover,
+        frames=item.frames,
+        video=item.video,
+        created_at=item.created_at,
+        status=item.status,
+        error=item.error,
+        versions=versions,
+    )

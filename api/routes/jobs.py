@@ -1,0 +1,41 @@
+"""Batch jobs: start a reindex, follow any job's progress."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from api.deps import SessionDep, SettingsDep
+from api.schemas import JobCreated, JobOut
+from mmrecall.queue import enqueue_reindex
+from storage import catalogue
+from storage.db import session_scope
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post("/reindex", status_code=202, response_model=JobCreated)
+def post_reindex(settings: SettingsDep) -> JobCreated:
+    with session_scope(settings.resolved_database_url) as session:  # committed before the task exists
+        job = catalogue.create_job(session, "reindex")
+    enqueue_reindex(settings, job.id)
+    return JobCreated(job_id=job.id, state=job.state)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep) -> JobOut:
+    job = catalogue.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(404, f"unknown job id {job_id!r}")
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        done=job.done,
+        total=job.total,
+        progress=(job.done / job.total) if job.total else (1.0 if job.state == "succeeded" else 0.0),
+        message=job.message,
+        error=job.error,
+        result=job.result,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )

@@ -1,0 +1,92 @@
+"""The one encoder contract: a batch of items in, float32 (n, d) L2-normalized vectors out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from encoders.config import EncoderConfig
+
+
+@dataclass
+class ContentInput:
+    """What an encoder sees of an item; media already decoded (see encoders.media)."""
+
+    title: str = ""
+    tags: list[str] = field(default_factory=list)
+    image: Image.Image | None = None  # the cover (frame 0)
+
+    def text(self) -> str:
+        tags = ", ".join(tag.replace("/", " ") for tag in self.tags)
+        return f"{self.title}. {tags}" if tags else self.title
+
+
+def l2_normalize(matrix: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(matrix, dim=-1, eps=1e-12)
+
+
+def file_digest(path: str | Path | None) -> str:
+    if not path:
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(*paths: str | Path | None) -> str:
+    """Digest of the local weight files (or model directories, by their config) an encoder loads."""
+    parts = []
+    for path in paths:
+        if path and Path(path).is_dir():
+            parts.append(
+                file_digest(Path(path) / "config.json") + file_digest(next(Path(path).glob("*.safetensors"), None))
+            )
+        else:
+            parts.append(file_digest(path))
+    return ":".join(parts)
+
+
+def version_of(config: EncoderConfig, weights_digest: str = "") -> str:
+    """Changes whenever the architecture or the weights do; cheap, so readers need no model."""
+    payload = json.dumps(config.to_dict(), sort_keys=True) + weights_digest
+    return f"{config.name}@{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
+
+
+class Encoder(ABC):
+    """Subclasses build their modules in __init__ and implement `preprocess` and `forward`."""
+
+    def __init__(self, config: EncoderConfig, *, weights_digest: str = "") -> None:
+        self.config = config
+        self.version = version_of(config, weights_digest)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def preprocess(self, items: Sequence[ContentInput]) -> dict[str, torch.Tensor]:
+        """CPU-side work: tokenize, resize and normalize. Kept apart so it can overlap with forward."""
+
+    @abstractmethod
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batched model forward -> float32 (n, dim), L2-normalized."""
+
+    @torch.inference_mode()
+    def encode(self, items: Sequence[ContentInput]) -> np.ndarray:
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        return self.forward(self.preprocess(items)).float().cpu().numpy()

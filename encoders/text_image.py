@@ -1,0 +1,79 @@
+"""The first content encoder: title + tags through a text model, cover through a ResNet, fused.
+
+fused = normalize([w_t * text_vec, w_i * image_vec]); an item without a cover has zeros in the image part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
+from encoders.config import EncoderConfig
+from encoders.image import build_image_model, image_to_array
+from encoders.text import build_text_model, load_tokenizer, mean_pool
+
+
+class TextImageEncoder(Encoder):
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        image_checkpoint: str | Path | None = None,
+        text_model_dir: str | Path | None = None,
+    ) -> None:
+        image_checkpoint = image_checkpoint or (config.image.checkpoint if config.image else None)
+        super().__init__(config, weights_digest=weights_digest(image_checkpoint, text_model_dir))
+        torch.manual_seed(config.seed)  # random-init parts must be identical in every worker process
+        model_dir = Path(text_model_dir) if text_model_dir else None
+        self.tokenizer = load_tokenizer(model_dir if config.text.kind == "minilm" else None)
+        self.text_model = build_text_model(config.text, model_dir).eval()
+        self.text_dim = int(self.text_model.config.hidden_size)
+        self.image_model, self.image_dim = (None, 0)
+        if config.image is not None:
+            self.image_model, self.image_dim = build_image_model(config.image, image_checkpoint)
+            self.image_model.eval()
+        # Split the unit norm between the parts: sqrt keeps w_t^2 + w_i^2 proportions as given.
+        total = config.text_weight + (config.image_weight if self.image_model is not None else 0.0)
+        self.text_scale = math.sqrt(config.text_weight / total)
+        self.image_scale = math.sqrt(config.image_weight / total) if self.image_model is not None else 0.0
+
+    @property
+    def dim(self) -> int:
+        return self.text_dim + self.image_dim
+
+    def preprocess(self, items: Sequence[ContentInput]) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(
+            [item.text() for item in items],
+            padding=True,
+            truncation=True,
+            max_length=self.config.text.max_length,
+            return_tensors="pt",
+        )
+        batch = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        if self.image_model is not None:
+            size = self.config.image.image_size
+            has_image = [item.image is not None for item in items]
+            arrays = [image_to_array(item.image, size) for item in items if item.image is not None]
+            batch["has_image"] = torch.tensor(has_image, dtype=torch.bool)  # (n,)
+            batch["images"] = (
+                torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, size, size))
+            )  # (m, 3, s, s), m = items with a cover
+        return batch
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.text_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state  # (n, t, h)
+        text = l2_normalize(mean_pool(hidden, batch["attention_mask"])) * self.text_scale  # (n, h)
+        if self.image_model is None:
+            return l2_normalize(text)
+        image = torch.zeros((text.shape[0], self.image_dim), dtype=text.dtype)  # (n, f)
+        if batch["images"].shape[0]:
+            features = self.image_model(batch["images"].contiguous(memory_format=torch.channels_last))
+            image[batch["has_image"]] = l2_normalize(features) * self.image_scale  # (m, f)
+        return l2_normalize(torch.cat([text, image], dim=1))  # (n, h + f)

@@ -1,0 +1,3 @@
+"""mmrecall: multimodal content understanding for recommender recall."""
+
+__version__ = "0.1.0"

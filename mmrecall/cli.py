@@ -1,0 +1,181 @@
+"""The `mmrecall` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mmrecall.settings import get_settings
+
+app = typer.Typer(
+    help="Multimodal content understanding for recommender recall.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+data_app = typer.Typer(help="Dataset conversion into the interchange format.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command("import-movielens")
+def import_movielens_cmd(
+    raw_dir: Path,
+    out_dir: Path,
+    posters: Annotated[Path | None, typer.Option(help="Directory of {movieId}.jpg posters")] = None,
+) -> None:
+    """Convert an official MovieLens release (100k, 1m, latest) into the interchange format."""
+    from mmrecall.interchange import FormatError
+    from mmrecall.movielens import import_movielens
+
+    try:
+        summary = import_movielens(raw_dir, out_dir, posters=posters)
+    except FormatError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{summary.layout}: {summary.items} items ({summary.with_cover} with a cover), "
+        f"{summary.interactions} interactions -> {out_dir}"
+    )
+
+
+@app.command()
+def ingest(
+    dataset: Path,
+    wait: Annotated[bool, typer.Option(help="Wait until every item is encoded")] = True,
+    interactions: Annotated[bool, typer.Option(help="Also ingest interactions.csv")] = True,
+    start_worker: Annotated[bool, typer.Option(help="Start a local worker if none answers")] = False,
+) -> None:
+    """Bulk-ingest a dataset directory (interchange format) and enqueue encoding."""
+    from mmrecall.ingest import bulk_ingest
+
+    settings = get_settings()
+    try:
+        report = bulk_ingest(settings, dataset, interactions=interactions, wait=wait, ensure_worker=start_worker)
+    except (ValueError, TimeoutError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads")] = "prefork",
+) -> None:
+    """Run a Celery worker for this instance's queue (foreground)."""
+    import os
+
+    from mmrecall.runner import settings_env, worker_command
+
+    settings = get_settings()
+    env = settings_env(settings)
+    env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
+    command = worker_command(settings, concurrency=concurrency, pool=pool)
+    os.execvpe(command[0], command, env)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+
+
+@app.command()
+def reindex(
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish")] = True,
+    local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
+) -> None:
+    """Rebuild the index from all stored vectors and swap it in atomically."""
+    from mmrecall.queue import enqueue_reindex
+    from mmrecall.runner import wait_for_job
+    from storage import catalogue
+    from storage.db import session_scope
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    with session_scope(settings.resolved_database_url) as session:
+        job = catalogue.create_job(session, "reindex")
+    if local:
+        from workers.pipeline import reindex as run_reindex
+
+        try:
+            result = run_reindex(settings, job.id)
+        except ValueError as exc:
+            _fail(str(exc))
+    else:
+        enqueue_reindex(settings, job.id)
+        typer.echo(f"job {job.id} queued")
+        if not wait:
+            return
+        try:
+            result = wait_for_job(settings, job.id)
+        except RuntimeError as exc:
+            _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def similar(
+    item_id: str,
+    k: Annotated[int, typer.Option("-k", help="How many neighbours")] = 10,
+    api: Annotated[str | None, typer.Option(help="Ask a running API (e.g. http://127.0.0.1:8000)")] = None,
+) -> None:
+    """Print the k most similar items (the same JSON as GET /v1/similar/{id})."""
+    from mmrecall.query import QueryError, similar_items
+
+    try:
+        result = similar_items(get_settings(), item_id, k=k, api=api)
+    except QueryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def status() -> None:
+    """Catalogue counts by encode status, and the serving snapshot."""
+    from storage import catalogue, snapshots
+    from storage.db import session_scope
+
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        counts = catalogue.count_by_status(session)
+    current = snapshots.current_snapshot(settings.snapshots_dir)
+    meta = snapshots.read_meta(current) if current else None
+    typer.echo(json.dumps({"items": counts, "snapshot": meta}, indent=2))
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoder variants."""
+    from encoders import list_encoders
+
+    for name in list_encoders():
+        typer.echo(name)
+
+
+@app.command()
+def demo(
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API afterwards")] = True,
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Generate the demo catalogue, ingest it through a real worker, reindex, show similar items, serve."""
+    from mmrecall.demo import run_demo
+
+    run_demo(get_settings(), serve=serve_api, port=port)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app()

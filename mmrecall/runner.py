@@ -1,0 +1,119 @@
+"""Starting workers and the API as processes, and waiting on the catalogue: what the CLI and demo share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from mmrecall.queue import workers_alive
+from mmrecall.settings import Settings
+from storage import catalogue
+from storage.db import session_scope
+
+TERMINAL = ("ready", "failed")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings as this one."""
+    env = dict(os.environ)
+    env.update(
+        MMRECALL_HOME=str(settings.home.resolve()),
+        MMRECALL_DATABASE_URL=settings.resolved_database_url,
+        MMRECALL_REDIS_URL=settings.redis_url,
+        MMRECALL_QUEUE=settings.queue,
+        MMRECALL_ENCODER=settings.encoder,
+        MMRECALL_MEDIA_ROOTS=",".join(str(p.resolve()) for p in settings.media_roots),
+        MMRECALL_ENCODE_BATCH_SIZE=str(settings.encode_batch_size),
+    )
+    if settings.image_checkpoint:
+        env["MMRECALL_IMAGE_CHECKPOINT"] = str(settings.image_checkpoint.resolve())
+    if settings.text_model_dir:
+        env["MMRECALL_TEXT_MODEL_DIR"] = str(settings.text_model_dir.resolve())
+    return env
+
+
+def worker_command(
+    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", name: str = "mmrecall"
+) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--loglevel", "INFO", "--pool", pool, "--concurrency", str(concurrency),
+        "--queues", settings.queue, "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def start_worker(
+    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", log_path: str | None = None
+) -> subprocess.Popen:
+    env = settings_env(settings)
+    # Each worker process gets an equal share of the cores unless told otherwise.
+    env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
+    return subprocess.Popen(
+        worker_command(settings, concurrency=concurrency, pool=pool), env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def wait_for_workers(settings: Settings, *, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = workers_alive(settings, timeout=1.0)
+        if alive:
+            return alive
+        time.sleep(0.5)
+    raise TimeoutError(f"no worker answered on {settings.redis_url} queue {settings.queue} within {timeout:.0f}s")
+
+
+def wait_for_items(
+    settings: Settings, item_ids: Sequence[str], *, timeout: float = 3600.0, progress: bool = True
+) -> dict[str, int]:
+    """Block until every item is `ready` or `failed`, with a progress bar; returns the status counts."""
+    url = settings.resolved_database_url
+    ids = list(item_ids)
+    bar = tqdm(total=len(ids), desc="encoding", unit="item", disable=not progress)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            with session_scope(url) as session:
+                counts: dict[str, int] = {}
+                for start in range(0, len(ids), 5000):
+                    for status, n in catalogue.count_by_status(session, ids[start : start + 5000]).items():
+                        counts[status] = counts.get(status, 0) + n
+            finished = sum(counts.get(s, 0) for s in TERMINAL)
+            bar.n = finished
+            bar.set_postfix(failed=counts.get("failed", 0), refresh=False)
+            bar.refresh()
+            if finished >= len(ids):
+                return counts
+            if time.time() > deadline:
+                raise TimeoutError(f"items not finished after {timeout:.0f}s: {counts}")
+            time.sleep(0.5)
+    finally:
+        bar.close()
+
+
+def wait_for_job(settings: Settings, job_id: str, *, timeout: float = 3600.0, progress: bool = True) -> dict:
+    url = settings.resolved_database_url
+    bar = tqdm(desc="job", unit="vec", disable=not progress)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            with session_scope(url) as session:
+                job = catalogue.get_job(session, job_id)
+                state, done, total, error, result = job.state, job.done, job.total, job.error, job.result
+            bar.total, bar.n = total or None, done
+            bar.refresh()
+            if state == "succeeded":
+                return result or {}
+            if state == "failed":
+                raise RuntimeError(f"job {job_id} failed: {error}")
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id} still {state} after {timeout:.0f}s")
+            time.sleep(0.3)
+    finally:
+        bar.close()

@@ -1,0 +1,64 @@
+"""The one runtime settings object, read from `MMRECALL_*` environment variables.
+
+Architecture lives in encoder configs (`encoders/configs/*.json`); this holds only what differs between
+deployments: where the database, the broker and the files are. Two instances with different values
+run side by side on one machine.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMRECALL_", extra="ignore")
+
+    home: Path = Field(default=Path(".mmrecall"), description="Indexes, snapshots, checkpoints, uploads.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: SQLite file under home.")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = Field(default="mmrecall", description="Celery queue name; distinct per instance.")
+    media_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Directories media paths must resolve into (comma-separated)."
+    )
+    encoder: str = Field(default="skeleton-base", description="Active encoder variant (registry name).")
+    image_checkpoint: Path | None = Field(default=None, description="Local state dict for the image backbone.")
+    text_model_dir: Path | None = Field(default=None, description="Local Hugging Face model directory.")
+    encode_batch_size: int = 32
+    index_factory: str = Field(default="auto", description="faiss factory string, or 'auto' to pick by size.")
+    exact_search_below: int = Field(default=200_000, description="'auto' uses exact search below this size.")
+    refresh_interval_s: float = Field(default=0.25, description="How often the API picks up new vectors.")
+    max_upload_bytes: int = 10 * 1024 * 1024
+    torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'mmrecall.db').resolve()}"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.snapshots_dir, self.uploads_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

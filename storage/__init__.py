@@ -1,0 +1,1 @@
+"""Persistence: the catalogue database (SQLAlchemy) and index snapshots on disk."""

@@ -1,0 +1,207 @@
+"""Catalogue operations: items and their encode status, vectors, interactions, jobs.
+
+Plain functions over a SQLAlchemy session, called thinly by the API, the CLI and the workers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from mmrecall.interchange import InteractionRecord, ItemRecord
+from storage.db import Interaction, Item, ItemVector, Job
+
+ITEM_FIELDS = ("title", "tags", "cover", "frames", "video", "created_at")
+
+
+def upsert_items(session: Session, records: Sequence[ItemRecord]) -> list[str]:
+    """Insert or update items and set them `pending`; returns the ids in order, duplicates merged
+    (the last record of an id wins)."""
+    by_id = {record.id: record for record in records}
+    existing = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(list(by_id))))}
+    for item_id, record in by_id.items():
+        item = existing.get(item_id)
+        if item is None:
+            item = Item(id=item_id)
+            session.add(item)
+        for field in ITEM_FIELDS:
+            setattr(item, field, getattr(record, field))
+        item.status, item.error, item.updated_at = "pending", None, time.time()
+    session.flush()
+    return list(by_id)
+
+
+def get_item(session: Session, item_id: str) -> Item | None:
+    return session.get(Item, item_id)
+
+
+def get_items(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
+    ids = list(item_ids)
+    return {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids)))}
+
+
+def titles(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+    return dict(session.execute(select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))).all())
+
+
+def set_status(session: Session, item_ids: Sequence[str], status: str, error: str | None = None) -> None:
+    if item_ids:
+        session.execute(
+            update(Item).where(Item.id.in_(list(item_ids))).values(status=status, error=error, updated_at=time.time())
+        )
+
+
+def count_by_status(session: Session, item_ids: Sequence[str] | None = None) -> dict[str, int]:
+    query = select(Item.status, func.count()).group_by(Item.status)
+    if item_ids is not None:
+        query = query.where(Item.id.in_(list(item_ids)))
+    return {status: count for status, count in session.execute(query)}
+
+
+def failed_items(session: Session, item_ids: Sequence[str], *, limit: int = 5) -> dict[str, str]:
+    """A few failed items among `item_ids` with their reasons."""
+    found: dict[str, str] = {}
+    for start in range(0, len(item_ids), 5000):
+        rows = session.execute(
+            select(Item.id, Item.error)
+            .where(Item.id.in_(list(item_ids[start : start + 5000])), Item.status == "failed")
+            .limit(limit - len(found))
+        )
+        found.update({item_id: error or "" for item_id, error in rows})
+        if len(found) >= limit:
+            break
+    return found
+
+
+def store_vectors(
+    session: Session, item_ids: Sequence[str], vectors: np.ndarray, *, encoder: str, version: str
+) -> None:
+    """Upsert by (item, version) and mark the items `ready`. Rows are replaced rather than updated so
+    that their new ids show up in the change feed."""
+    if not item_ids:
+        return
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    session.execute(delete(ItemVector).where(ItemVector.item_id.in_(list(item_ids)), ItemVector.version == version))
+    session.add_all(
+        ItemVector(item_id=item_id, encoder=encoder, version=version, dim=vec.shape[0], vector=vec.tobytes())
+        for item_id, vec in zip(item_ids, vectors, strict=True)
+    )
+    set_status(session, item_ids, "ready")
+
+
+def _decode(rows: Sequence[tuple[str, bytes]], dim: int) -> tuple[list[str], np.ndarray]:
+    ids = [row[0] for row in rows]
+    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dim)
+    return ids, matrix.astype(np.float32, copy=False)
+
+
+def vector_dim(session: Session, version: str) -> int | None:
+    return session.scalar(select(ItemVector.dim).where(ItemVector.version == version).limit(1))
+
+
+def count_vectors(session: Session, version: str) -> int:
+    return session.scalar(select(func.count()).where(ItemVector.version == version)) or 0
+
+
+def iter_vectors(session: Session, version: str, *, chunk: int = 50_000) -> Iterator[tuple[list[str], np.ndarray, int]]:
+    """All vectors of a version in id order, in chunks: (item ids, float32 (n, d), last row id)."""
+    dim = vector_dim(session, version)
+    last = 0
+    while dim:
+        rows = session.execute(
+            select(ItemVector.id, ItemVector.item_id, ItemVector.vector)
+            .where(ItemVector.version == version, ItemVector.id > last)
+            .order_by(ItemVector.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        ids, matrix = _decode([(r[1], r[2]) for r in rows], dim)
+        yield ids, matrix, last
+
+
+def vector_rows_after(session: Session, version: str, after_row: int, *, limit: int = 50_000) -> list[int]:
+    """Row ids of a version's vectors after `after_row`, ascending: the change feed's cheap half."""
+    return list(
+        session.scalars(
+            select(ItemVector.id)
+            .where(ItemVector.version == version, ItemVector.id > after_row)
+            .order_by(ItemVector.id)
+            .limit(limit)
+        )
+    )
+
+
+def vectors_by_rows(session: Session, rows: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """(item ids, float32 (n, d)) of the given vector rows, in the order given."""
+    if not rows:
+        return [], np.zeros((0, 0), np.float32)
+    found = {
+        row_id: (item_id, blob, dim)
+        for row_id, item_id, blob, dim in session.execute(
+            select(ItemVector.id, ItemVector.item_id, ItemVector.vector, ItemVector.dim).where(
+                ItemVector.id.in_(list(rows))
+            )
+        )
+    }
+    present = [found[row] for row in rows if row in found]
+    if not present:
+        return [], np.zeros((0, 0), np.float32)
+    return _decode([(item_id, blob) for item_id, blob, _ in present], present[0][2])
+
+
+def max_vector_row(session: Session, version: str) -> int:
+    return session.scalar(select(func.max(ItemVector.id)).where(ItemVector.version == version)) or 0
+
+
+def get_vectors(session: Session, version: str, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    rows = session.execute(
+        select(ItemVector.item_id, ItemVector.vector).where(
+            ItemVector.version == version, ItemVector.item_id.in_(list(item_ids))
+        )
+    ).all()
+    return {item_id: np.frombuffer(blob, dtype="<f4").astype(np.float32) for item_id, blob in rows}
+
+
+def add_interactions(session: Session, rows: Iterable[InteractionRecord]) -> int:
+    """Append interactions, skipping exact repeats (same user, item, timestamp, event); returns rows added."""
+    values = [{**row.model_dump(), "event": row.event or ""} for row in rows]
+    if not values:
+        return 0
+    dialect = session.get_bind().dialect.name
+    table = Interaction.__table__
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(table).on_conflict_do_nothing(constraint="uq_interaction")
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        statement = insert(table)
+    added = 0
+    for start in range(0, len(values), 5000):
+        added += max(0, session.connection().execute(statement, values[start : start + 5000]).rowcount)
+    return added
+
+
+def create_job(session: Session, kind: str, params: dict | None = None, total: int = 0) -> Job:
+    job = Job(id=uuid.uuid4().hex, kind=kind, state="queued", params=params or {}, total=total)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def update_job(session: Session, job_id: str, **fields: object) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=time.time(), **fields))

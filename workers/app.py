@@ -1,0 +1,20 @@
+"""The Celery app workers run: `celery -A workers.app worker` (or `mmrecall worker`)."""
+
+from __future__ import annotations
+
+import torch
+from celery.signals import worker_process_init
+
+from mmrecall.queue import make_celery
+from mmrecall.settings import get_settings
+
+settings = get_settings()
+app = make_celery(settings)
+app.conf.include = ["workers.tasks"]
+
+
+@worker_process_init.connect
+def _set_threads(**_kwargs) -> None:
+    # One process per core with one thread each beats one process with many threads for small batches.
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)

@@ -1,0 +1,118 @@
+"""What the workers do, as plain functions (the tasks only wrap them): encode items, rebuild the index."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from encoders import ContentInput, Encoder, encoder_version, get_encoder
+from encoders.media import MediaError, load_image
+from index.ann import VectorIndex, choose_factory
+from mmrecall.settings import Settings
+from storage import catalogue, snapshots
+from storage.db import Item, session_scope
+
+log = logging.getLogger(__name__)
+
+
+def _weights(settings: Settings) -> tuple[str | None, str | None]:
+    checkpoint = str(settings.image_checkpoint) if settings.image_checkpoint else None
+    return checkpoint, str(settings.text_model_dir) if settings.text_model_dir else None
+
+
+def active_encoder(settings: Settings) -> Encoder:
+    return get_encoder(settings.encoder, *_weights(settings))
+
+
+def active_version(settings: Settings) -> str:
+    return encoder_version(settings.encoder, *_weights(settings))
+
+
+def content_of(item: Item) -> ContentInput:
+    """Decode an item's media; raises MediaError with the reason when a file is unusable."""
+    cover = item.cover or (item.frames[0] if item.frames else None)
+    image = load_image(cover) if cover else None
+    return ContentInput(title=item.title or "", tags=list(item.tags or []), image=image)
+
+
+def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
+    """Encode the given items with the active encoder; each item ends `ready` or `failed` with a reason."""
+    encoder = active_encoder(settings)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        items = catalogue.get_items(session, item_ids)
+        catalogue.set_status(session, list(items), "encoding")
+    inputs: dict[str, ContentInput] = {}
+    failed: dict[str, str] = {}
+    for item_id, item in items.items():
+        try:
+            inputs[item_id] = content_of(item)
+        except MediaError as exc:
+            failed[item_id] = str(exc)
+    ids = list(inputs)
+    vectors = np.zeros((0, encoder.dim), np.float32)
+    try:
+        if ids:
+            vectors = encoder.encode([inputs[i] for i in ids])
+    except Exception as exc:  # a model error must not leave items stuck in `encoding`
+        log.exception("encode failed for %d items", len(ids))
+        failed.update({i: f"encode error: {type(exc).__name__}: {exc}" for i in ids})
+        ids = []
+    with session_scope(url) as session:
+        if ids:
+            catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version)
+        for item_id, reason in failed.items():
+            catalogue.set_status(session, [item_id], "failed", reason)
+    return {"ready": len(ids), "failed": len(failed), "unknown": len(set(item_ids) - set(items))}
+
+
+def reindex(settings: Settings, job_id: str, *, version: str | None = None) -> dict:
+    """Rebuild the index from every stored vector of a version and publish it as the new snapshot.
+
+    The previous snapshot keeps serving until the atomic swap at the end; a failure leaves it in place.
+    """
+    url = settings.resolved_database_url
+    version = version or active_version(settings)
+    started = time.time()
+    with session_scope(url) as session:
+        total = catalogue.count_vectors(session, version)
+        catalogue.update_job(session, job_id, state="running", total=total, done=0, message=version)
+    if total == 0:
+        raise ValueError(f"no vectors stored for encoder version {version}; nothing to index")
+    try:
+        ids: list[str] = []
+        chunks: list[np.ndarray] = []
+        max_row = 0
+        with session_scope(url) as session:
+            for chunk_ids, matrix, last_row in catalogue.iter_vectors(session, version, chunk=20_000):
+                ids.extend(chunk_ids)
+                chunks.append(matrix)
+                max_row = last_row
+                with session_scope(url) as progress:
+                    catalogue.update_job(progress, job_id, done=len(ids))
+                log.info("reindex %s: read %d/%d vectors", job_id, len(ids), total)
+        factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
+        built = VectorIndex.build(ids, np.concatenate(chunks), factory)
+        target = snapshots.new_snapshot_dir(settings.snapshots_dir, job_id[:8])
+        built.save(target)
+        meta = {
+            "encoder_version": version,
+            "count": len(ids),
+            "factory": factory,
+            "max_row": max_row,
+            "job_id": job_id,
+            "created_at": time.time(),
+        }
+        snapshots.publish(settings.snapshots_dir, target, meta)
+        snapshots.prune(settings.snapshots_dir)
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    result = {**meta, "snapshot": target.name, "seconds": round(time.time() - started, 3)}
+    with session_scope(url) as session:
+        catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
+    return result

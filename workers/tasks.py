@@ -1,0 +1,26 @@
+"""Thin Celery tasks: take ids, call a pipeline function, report. The logic lives in workers.pipeline."""
+
+from __future__ import annotations
+
+from mmrecall.queue import ENCODE_TASK, REINDEX_TASK
+from mmrecall.settings import get_settings
+from storage import catalogue
+from storage.db import session_scope
+from workers import pipeline
+from workers.app import app
+
+
+@app.task(name=ENCODE_TASK)
+def encode_items(item_ids: list[str]) -> dict[str, int]:
+    return pipeline.encode_items(get_settings(), item_ids)
+
+
+@app.task(name=REINDEX_TASK)
+def reindex(job_id: str) -> dict:
+    settings = get_settings()
+    try:
+        return pipeline.reindex(settings, job_id)
+    except Exception as exc:
+        with session_scope(settings.resolved_database_url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
