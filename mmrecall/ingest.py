@@ -43,25 +43,25 @@ def bulk_ingest(
 
     settings.ensure_dirs()
     started = time.time()
-    records = list(read_items(dataset))
-    ids: list[str] = []
-    for start in tqdm(range(0, len(records), chunk), desc="storing items", unit="chunk"):
-        ids.extend(ingest_items(settings, records[start : start + chunk]))
-    added = 0
-    if interactions:
-        rows = list(read_interactions(dataset))
-        for start in tqdm(range(0, len(rows), 20_000), desc="storing interactions", unit="chunk"):
-            added += ingest_interactions(settings, rows[start : start + 20_000])
-    report: dict = {"items": len(ids), "interactions_added": added}
-    if not wait:
-        return report
+    records = list(read_items(dataset))  # the whole file is checked before anything is stored
     worker = None
-    if not workers_alive(settings):
+    if wait and not workers_alive(settings):  # say so before storing, not after
         if not ensure_worker:
             raise ValueError("no worker answers on this queue: run `mmrecall worker` (or pass --start-worker)")
         worker = start_worker(settings, concurrency=2)
         wait_for_workers(settings)
     try:
+        ids: list[str] = []
+        for start in tqdm(range(0, len(records), chunk), desc="storing items", unit="chunk"):
+            ids.extend(ingest_items(settings, records[start : start + chunk]))
+        added = 0
+        if interactions:
+            rows = list(read_interactions(dataset))
+            for start in tqdm(range(0, len(rows), 20_000), desc="storing interactions", unit="chunk"):
+                added += ingest_interactions(settings, rows[start : start + 20_000])
+        report: dict = {"items": len(ids), "interactions_added": added}
+        if not wait:
+            return report
         counts = wait_for_items(settings, ids)
     finally:
         if worker is not None:

@@ -188,7 +188,8 @@ def add_interactions(session: Session, rows: Iterable[InteractionRecord]) -> int
         statement = insert(table)
     added = 0
     for start in range(0, len(values), 5000):
-        added += max(0, session.connection().execute(statement, values[start : start + 5000]).rowcount)
+        result = session.connection().execute(statement.returning(table.c.id), values[start : start + 5000])
+        added += len(result.all())  # rowcount is not reliable for executemany on every driver
     return added
 
 

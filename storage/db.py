@@ -51,7 +51,10 @@ class ItemVector(Base):
     a re-encode deletes and re-inserts, so readers poll `id > last_seen` to pick up new vectors."""
 
     __tablename__ = "item_vectors"
-    __table_args__ = (UniqueConstraint("item_id", "version", name="uq_item_version"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "version", name="uq_item_version"),
+        {"sqlite_autoincrement": True},  # never reuse a deleted row's id: the feed relies on it
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)

@@ -15,7 +15,8 @@ META = "snapshot.json"
 def new_snapshot_dir(root: Path, label: str) -> Path:
     """A fresh directory to build into; invisible to readers until `publish`."""
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{time.strftime('%Y%m%dT%H%M%S')}-{label}"
+    now = time.time()
+    path = root / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{label}"
     path.mkdir()
     return path
 

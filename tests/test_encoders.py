@@ -1,0 +1,109 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders import ContentInput, create_encoder, encoder_version, list_encoders
+from encoders.image import build_resnet
+from encoders.media import MediaError, load_image
+from tests.golden import GOLDEN_DIR, golden_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_encoder("tiny-test")
+
+
+def test_registry_lists_and_fails_loudly() -> None:
+    names = list_encoders()
+    assert {"tiny-test", "skeleton-base", "text-minilm"} <= set(names)
+    with pytest.raises(KeyError, match="known: .*tiny-test"):
+        create_encoder("no-such-encoder")
+
+
+def test_contract_unit_float32_and_version(tiny) -> None:
+    vectors = tiny.encode(golden_inputs())
+    assert vectors.dtype == np.float32 and vectors.shape == (3, tiny.dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert tiny.version == encoder_version("tiny-test") and tiny.version.startswith("tiny-test@")
+    assert tiny.encode([]).shape == (0, tiny.dim)
+
+
+def test_two_builds_give_identical_vectors(tiny) -> None:
+    """Workers in different processes must agree: random-init parts are seeded."""
+    again = create_encoder("tiny-test")
+    assert np.allclose(tiny.encode(golden_inputs()), again.encode(golden_inputs()), atol=1e-6)
+
+
+def test_batch_composition_does_not_change_a_vector(tiny) -> None:
+    inputs = golden_inputs()
+    alone = tiny.encode(inputs[:1])
+    together = tiny.encode(inputs)
+    assert np.allclose(alone[0], together[0], atol=1e-5)
+
+
+def test_golden_vectors(tiny) -> None:
+    path = GOLDEN_DIR / "tiny-test.npy"
+    vectors = tiny.encode(golden_inputs())
+    if os.environ.get("MMRECALL_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    expected = np.load(path)
+    assert np.allclose(vectors, expected, atol=1e-4), "preprocessing or model changed: regenerate only if intended"
+
+
+def test_local_image_checkpoint_is_loaded(tmp_path: Path, tiny) -> None:
+    torch.manual_seed(123)
+    backbone, _ = build_resnet("resnet-tiny")
+    path = tmp_path / "backbone.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in backbone.state_dict().items()}}, path)
+    loaded = create_encoder("tiny-test", image_checkpoint=path)
+    assert loaded.version != tiny.version and loaded.version == encoder_version("tiny-test", str(path))
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(loaded.image_model.state_dict()[key], value)
+    inputs = golden_inputs()
+    assert not np.allclose(loaded.encode(inputs)[0], tiny.encode(inputs)[0], atol=1e-3)
+
+
+def test_checkpoint_that_does_not_fit_fails_loudly(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(3)}, path)
+    with pytest.raises((ValueError, RuntimeError)):
+        create_encoder("tiny-test", image_checkpoint=path)
+
+
+def test_local_text_model_directory(tmp_path: Path) -> None:
+    """A Hugging Face model folder on disk replaces the packaged MiniLM."""
+    from transformers import BertConfig, BertModel
+
+    from encoders.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64))  # fmt: skip
+    model.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    encoder = create_encoder("text-minilm", text_model_dir=tmp_path / "bert")
+    assert encoder.dim == 48
+    assert encoder.encode([ContentInput("hello")]).shape == (1, 48)
+
+
+def test_media_errors_have_reasons(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "text.png").write_bytes(b"this is not an image")
+    with pytest.raises(MediaError, match="unreadable|corrupt"):
+        load_image(tmp_path / "text.png")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError):
+        load_image(tmp_path / "truncated.jpg")
+    Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
+    with pytest.raises(MediaError, match="too large"):
+        load_image(tmp_path / "big.png", max_pixels=1_000_000)
+    assert load_image(tmp_path / "ok.jpg").mode == "RGB"

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import LiveIndex, VectorIndex, choose_factory
+from storage import snapshots
+
+
+def low_rank_unit(n: int, d: int = 64, rank: int = 12, seed: int = 0) -> np.ndarray:
+    """Vectors with a low intrinsic dimension, like real embeddings (not uniform noise)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d)) + 0.1 * rng.normal(size=(n, d))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :k]
+
+
+def test_flat_equals_exact_search() -> None:
+    base = low_rank_unit(2000)
+    index = VectorIndex.build([str(i) for i in range(2000)], base, "Flat")
+    scores, positions = index.search(base[:20], 10)
+    assert np.array_equal(positions, exact_topk(base, base[:20], 10))
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_hnsw_recall_against_exact() -> None:
+    base = low_rank_unit(20_000, seed=1)
+    queries = low_rank_unit(200, seed=2)
+    index = VectorIndex.build([str(i) for i in range(len(base))], base, "HNSW32,Flat")
+    _, positions = index.search(queries, 100)
+    truth = exact_topk(base, queries, 100)
+    recall = np.mean([len(set(p) & set(t)) / 100 for p, t in zip(positions, truth, strict=True)])
+    assert recall >= 0.95, recall
+
+
+def test_choose_factory_by_size() -> None:
+    assert choose_factory(1000) == "Flat"
+    assert choose_factory(1_000_000).startswith("HNSW")
+    assert choose_factory(10, "IVF16,PQ8") == "IVF16,PQ8"
+
+
+def test_save_load_roundtrip(tmp_path: Path) -> None:
+    base = low_rank_unit(500)
+    index = VectorIndex.build([f"i{i}" for i in range(500)], base, "HNSW16,Flat")
+    index.save(tmp_path / "snap")
+    loaded = VectorIndex.load(tmp_path / "snap")
+    assert loaded.ids == index.ids and loaded.factory == "HNSW16,Flat"
+    assert np.array_equal(loaded.search(base[:5], 7)[1], index.search(base[:5], 7)[1])
+    assert np.allclose(loaded.vector("i3"), base[3])
+
+
+def test_live_index_delta_supersedes_snapshot_and_excludes() -> None:
+    base = low_rank_unit(300)
+    ids = [f"i{i}" for i in range(300)]
+    live = LiveIndex(VectorIndex.build(ids, base))
+    query = base[0]
+    first = live.search(query, 5, exclude={"i0"})
+    assert "i0" not in [n.id for n in first] and len(first) == 5
+    # a new item placed right on the query is found at once, without a reindex
+    live.add(["new"], query[None, :])
+    assert live.search(query, 1, exclude={"i0"})[0].id == "new"
+    # re-encoding an item moves it: the snapshot's old vector must not answer any more
+    moved = -query
+    live.add(["i0"], moved[None, :])
+    assert all(n.id != "i0" for n in live.search(query, 50))
+    assert np.allclose(live.vector("i0"), moved)
+    assert len(live) == 301
+    # the same id twice in one call: the last vector wins
+    live.add(["dup", "dup"], np.stack([base[5], base[6]]))
+    assert np.allclose(live.vector("dup"), base[6])
+
+
+def test_live_index_without_snapshot_and_dim_check() -> None:
+    live = LiveIndex()
+    assert live.search(np.ones(4, np.float32), 3) == []
+    live.add(["a", "b"], np.eye(4, dtype=np.float32)[:2])
+    assert [n.id for n in live.search(np.array([1, 0, 0, 0], np.float32), 2)] == ["a", "b"]
+    with pytest.raises(ValueError, match="dim"):
+        live.add(["c"], np.ones((1, 3), np.float32))
+
+
+def test_snapshot_publish_is_atomic_and_prunes(tmp_path: Path) -> None:
+    root = tmp_path / "snapshots"
+    assert snapshots.current_snapshot(root) is None
+    made = []
+    for n in range(5):
+        path = snapshots.new_snapshot_dir(root, f"job{n}")
+        assert snapshots.current_snapshot(root) != path  # invisible until published
+        snapshots.publish(root, path, {"n": n})
+        made.append(path)
+        assert snapshots.current_snapshot(root) == path
+    removed = snapshots.prune(root, keep=2)
+    assert set(removed) == set(made[:3]) and snapshots.read_meta(snapshots.current_snapshot(root)) == {"n": 4}

@@ -1,0 +1,145 @@
+"""End to end over real HTTP, a real Celery worker process, the real Redis and a real database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import Service
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def cover(service: Service, name: str, colour: str) -> str:
+    path = service.settings.media_roots[0] / f"{name}.png"
+    Image.new("RGB", (80, 60), COLOURS[colour]).save(path)
+    return str(path)
+
+
+def items_payload(service: Service, prefix: str, n: int = 6) -> list[dict]:
+    topics = [("pasta recipe", "food/noodles", "red"), ("tennis serve", "sports/tennis", "blue")]
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "title": f"{topics[i % 2][0]} {i}",
+            "tags": [topics[i % 2][1]],
+            "cover": cover(service, f"{prefix}{i}", topics[i % 2][2]),
+        }
+        for i in range(n)
+    ]
+
+
+def test_ingest_encode_and_similar(service: Service) -> None:
+    http = service.http
+    response = http.post("/v1/items", json={"items": items_payload(service, "a")})
+    assert response.status_code == 202, response.text
+    ids = response.json()["ids"]
+    states = service.wait_items(ids)
+    assert {s["status"] for s in states.values()} == {"ready"}
+    assert all(s["versions"] and s["versions"][0].startswith("tiny-test@") for s in states.values())
+
+    deadline = time.time() + 10  # the API picks new vectors up from the change feed
+    while True:
+        result = http.get("/v1/similar/a0", params={"k": 3})
+        if result.status_code == 200 and len(result.json()["results"]) == 3:
+            break
+        assert time.time() < deadline, result.text
+        time.sleep(0.2)
+    body = result.json()
+    assert body["item_id"] == "a0"
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "a0" not in [r["id"] for r in body["results"]]
+    # same topic, same tag, same cover colour: the nearest neighbour is a sibling
+    assert body["results"][0]["id"] in {"a2", "a4"} and body["results"][0]["title"].startswith("pasta")
+
+
+def test_bad_input_gets_clear_errors_and_spares_the_rest(service: Service, tmp_path: Path) -> None:
+    http = service.http
+    assert http.get("/v1/similar/no-such-item").status_code == 404
+    assert http.get("/v1/items/no-such-item").status_code == 404
+    root = service.settings.media_roots[0]
+    (root / "notimage.png").write_bytes(b"plain text, not pixels")
+    good = items_payload(service, "b", 2)
+    response = http.post(
+        "/v1/items",
+        json={
+            "items": [
+                *good,
+                {"id": "b-missing", "title": "lost cover", "cover": str(root / "missing.png")},
+                {"id": "b-corrupt", "title": "bad cover", "cover": str(root / "notimage.png")},
+            ]
+        },
+    )
+    assert response.status_code == 202
+    states = service.wait_items(response.json()["ids"])
+    assert states["b-missing"]["status"] == "failed" and "not found" in states["b-missing"]["error"]
+    assert states["b-corrupt"]["status"] == "failed" and states["b-corrupt"]["error"]
+    assert states["b0"]["status"] == "ready" and states["b1"]["status"] == "ready"
+    conflict = http.get("/v1/similar/b-missing")
+    assert conflict.status_code == 409 and "failed" in conflict.json()["detail"]
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (10, 10)).save(outside)
+    escape = http.post("/v1/items", json={"items": [{"id": "x", "cover": str(root / ".." / ".." / outside.name)}]})
+    assert escape.status_code == 400 and "outside" in escape.json()["detail"]
+    assert http.post("/v1/items", json={"items": [{"id": "x", "cover": str(outside)}]}).status_code == 400
+    assert http.get("/v1/items/x").status_code == 404  # nothing stored for a refused request
+    assert http.post("/v1/items", json={"items": []}).status_code == 422
+    assert http.post("/v1/items", json={"items": [{"title": "no id"}]}).status_code == 422
+    assert http.get("/v1/similar/b0", params={"k": 0}).status_code == 422
+
+
+def test_upload_cover(service: Service, tmp_path: Path) -> None:
+    path = tmp_path / "up.png"
+    Image.new("RGB", (40, 40), COLOURS["green"]).save(path)
+    with path.open("rb") as handle:
+        response = service.http.post(
+            "/v1/items/upload", data={"id": "up1", "title": "uploaded", "tags": "a/b,c"}, files={"cover": handle}
+        )
+    assert response.status_code == 202, response.text
+    state = service.wait_items(["up1"])["up1"]
+    assert state["status"] == "ready" and state["tags"] == ["a/b", "c"]
+    bad = service.http.post("/v1/items/upload", data={"id": "up2"}, files={"cover": ("x.png", b"nope")})
+    assert bad.status_code == 400 and "not a readable image" in bad.json()["detail"]
+
+
+def test_reindex_swaps_snapshot_and_new_items_stay_queryable(service: Service) -> None:
+    http = service.http
+    ids = http.post("/v1/items", json={"items": items_payload(service, "c", 4)}).json()["ids"]
+    service.wait_items(ids)
+    created = http.post("/v1/reindex")
+    assert created.status_code == 202
+    job = service.wait_job(created.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["progress"] == 1.0 and job["result"]["count"] >= 4
+    deadline = time.time() + 10
+    while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    # an item encoded after the reindex is found without another one
+    new = items_payload(service, "d", 1)
+    new[0]["title"], new[0]["tags"] = "pasta recipe fresh", ["food/noodles"]
+    http.post("/v1/items", json={"items": new})
+    assert service.wait_items(["d0"])["d0"]["status"] == "ready"
+    deadline = time.time() + 10
+    while "d0" not in [r["id"] for r in http.get("/v1/similar/c0", params={"k": 50}).json()["results"]]:
+        assert time.time() < deadline, "new item never appeared"
+        time.sleep(0.1)
+    assert http.get("/v1/jobs/nope").status_code == 404
+
+
+def test_interactions(service: Service) -> None:
+    http = service.http
+    ok = http.post("/v1/interactions", json={"interactions": [{"user_id": "u1", "item_id": "a0", "timestamp": 5}]})
+    assert ok.status_code == 202 and ok.json() == {"count": 1}
+    unknown = http.post("/v1/interactions", json={"interactions": [{"user_id": "u", "item_id": "zz", "timestamp": 1}]})
+    assert unknown.status_code == 422 and "zz" in unknown.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
+def test_openapi_docs(service: Service, path: str) -> None:
+    assert service.http.get(path).status_code == 200

@@ -1,0 +1,82 @@
+"""Catalogue operations against SQLite and, when it answers, PostgreSQL."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrecall.interchange import InteractionRecord, ItemRecord
+from storage import catalogue
+from storage.db import session_scope
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_items_status_and_vectors(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ids = catalogue.upsert_items(s, [ItemRecord(id="a", title="A"), ItemRecord(id="b"), ItemRecord(id="a", title="A2")])
+    assert ids == ["a", "b"]
+    with session_scope(db_url) as s:
+        assert catalogue.get_item(s, "a").title == "A2"  # last record of an id wins
+        assert catalogue.count_by_status(s) == {"pending": 2}
+        catalogue.set_status(s, ["b"], "failed", "image not found: x.png")
+    vectors = _unit(2, 8, 0)
+    with session_scope(db_url) as s:
+        catalogue.store_vectors(s, ["a"], vectors[:1], encoder="e", version="e@1")
+    with session_scope(db_url) as s:
+        assert catalogue.count_by_status(s) == {"ready": 1, "failed": 1}
+        assert catalogue.get_item(s, "b").error == "image not found: x.png"
+        first_rows = catalogue.vector_rows_after(s, "e@1", 0)
+        # a re-encode replaces the vector under a new row id, so feed readers see it
+        catalogue.store_vectors(s, ["a"], vectors[1:], encoder="e", version="e@1")
+    with session_scope(db_url) as s:
+        rows = catalogue.vector_rows_after(s, "e@1", 0)
+        assert len(rows) == 1 and rows[0] > first_rows[0]
+        ids, matrix = catalogue.vectors_by_rows(s, rows)
+        assert ids == ["a"] and np.allclose(matrix[0], vectors[1])
+        assert catalogue.count_vectors(s, "e@1") == 1 and catalogue.count_vectors(s, "other") == 0
+
+
+def test_iter_vectors_in_chunks(db_url: str) -> None:
+    vectors = _unit(25, 4, 1)
+    ids = [f"i{n:02d}" for n in range(25)]
+    with session_scope(db_url) as s:
+        catalogue.upsert_items(s, [ItemRecord(id=i) for i in ids])
+        catalogue.store_vectors(s, ids, vectors, encoder="e", version="v")
+    with session_scope(db_url) as s:
+        chunks = list(catalogue.iter_vectors(s, "v", chunk=10))
+    assert [len(c[0]) for c in chunks] == [10, 10, 5]
+    assert sum((c[0] for c in chunks), []) == ids
+    assert np.allclose(np.concatenate([c[1] for c in chunks]), vectors)
+
+
+def test_interactions_are_not_doubled_by_reingest(db_url: str) -> None:
+    rows = [
+        InteractionRecord(user_id="u", item_id="a", timestamp=1, event="click"),
+        InteractionRecord(user_id="u", item_id="a", timestamp=2),
+    ]
+    with session_scope(db_url) as s:
+        assert catalogue.add_interactions(s, rows) == 2
+    with session_scope(db_url) as s:
+        assert catalogue.add_interactions(s, rows) == 0
+
+
+def test_jobs(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        job = catalogue.create_job(s, "reindex", {"x": 1})
+    with session_scope(db_url) as s:
+        catalogue.update_job(s, job.id, state="running", done=3, total=10)
+    with session_scope(db_url) as s:
+        stored = catalogue.get_job(s, job.id)
+        assert (stored.state, stored.done, stored.total, stored.params) == ("running", 3, 10, {"x": 1})
+        assert catalogue.get_job(s, "nope") is None
