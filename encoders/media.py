@@ -36,3 +36,12 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
         raise MediaError(f"unreadable image {path.name}: {exc}") from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise MediaError(f"corrupt image {path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_content(title: str | None, tags: list[str] | None, cover: str | None, frames: list[str] | None):
+    """An item's content with its cover decoded (the first frame stands in for a missing cover)."""
+    from encoders.base import ContentInput
+
+    path = cover or (frames[0] if frames else None)
+    image = load_image(path) if path else None
+    return ContentInput(title=title or "", tags=list(tags or []), image=image)

@@ -13,7 +13,9 @@ import typer
 from mmrecall.settings import get_settings
 
 app = typer.Typer(
-    help="Multimodal content understanding for recommender recall.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Multimodal content understanding for recommender recall.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Dataset conversion into the interchange format.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -165,6 +167,61 @@ def encoders() -> None:
         typer.echo(name)
 
 
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    out: Annotated[Path, typer.Option(help="Report JSON path")] = Path("report.json"),
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of hitRate@K per channel")] = None,
+    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (baselines always run)")] = None,
+    split: Annotated[str, typer.Option(help="test or valid (leave-last-item-out)")] = "test",
+    protocol: Annotated[str, typer.Option(help="last, cold or both")] = "both",
+    cache: Annotated[Path | None, typer.Option(help="Reuse encodings and models from here")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder behind the v2v channel")] = None,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job and follow its progress")] = False,
+) -> None:
+    """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot."""
+    from evaluation.harness import plot_report, render_report, run_eval
+
+    if on_worker:
+        from mmrecall.queue import enqueue_eval
+        from mmrecall.runner import wait_for_job
+        from storage import catalogue
+        from storage.db import session_scope
+
+        settings = get_settings()
+        params = {"dataset": str(dataset.resolve()), "out": str(out.resolve()), "split": split, "protocol": protocol,
+                  "plot": str(plot.resolve()) if plot else None, "cache": str(cache.resolve()) if cache else None,
+                  "encoder": encoder, "channels": channels.split(",") if channels else None}  # fmt: skip
+        with session_scope(settings.resolved_database_url) as session:
+            job = catalogue.create_job(session, "eval", params)
+        enqueue_eval(settings, job.id)
+        typer.echo(f"eval job {job.id} queued")
+        try:
+            report = wait_for_job(settings, job.id, timeout=6 * 3600)
+        except RuntimeError as exc:
+            _fail(str(exc))
+        typer.echo(render_report(report))
+        return
+    try:
+        report = run_eval(
+            dataset,
+            channels=[c.strip() for c in channels.split(",") if c.strip()] if channels else None,
+            protocol=protocol,
+            split=split,
+            cache=cache,
+            encoder=encoder or get_settings().encoder,
+        )
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    typer.echo(render_report(report))
+    if plot:
+        plot_report(report, plot)
+        typer.echo(f"\nplot: {plot}")
+    typer.echo(f"report: {out}")
+
+
 @app.command()
 def demo(
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API afterwards")] = True,
@@ -176,6 +233,27 @@ def demo(
     run_demo(get_settings(), serve=serve_api, port=port)
 
 
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="encode, index or api")],
+    out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
+    scale: Annotated[str, typer.Option(help="index: 100k, or 1m for 100k and 1M")] = "100k",
+) -> None:
+    """Run a benchmark: prints a table and writes OUT/NAME.json."""
+    from benchmarks import get_benchmark
+
+    try:
+        runner = get_benchmark(name)
+    except KeyError as exc:
+        _fail(str(exc))
+    runner(out=out, scale=scale)
+    typer.echo(f"wrote {out / (name + '.json')}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from mmrecall.settings import Settings
 
 ENCODE_TASK = "mmrecall.encode_items"
 REINDEX_TASK = "mmrecall.reindex"
+EVAL_TASK = "mmrecall.evaluate"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -53,6 +54,10 @@ def enqueue_encode(settings: Settings, item_ids: Sequence[str]) -> list[str]:
 
 def enqueue_reindex(settings: Settings, job_id: str) -> str:
     return client(settings).send_task(REINDEX_TASK, args=[job_id], queue=settings.queue).id
+
+
+def enqueue_eval(settings: Settings, job_id: str) -> str:
+    return client(settings).send_task(EVAL_TASK, args=[job_id], queue=settings.queue).id
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:

@@ -99,7 +99,7 @@ def wait_for_items(
 
 def wait_for_job(settings: Settings, job_id: str, *, timeout: float = 3600.0, progress: bool = True) -> dict:
     url = settings.resolved_database_url
-    bar = tqdm(desc="job", unit="vec", disable=not progress)
+    bar = tqdm(desc="job", unit="step", disable=not progress)
     deadline = time.time() + timeout
     try:
         while True:

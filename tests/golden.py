@@ -1,5 +1,5 @@
 """Fixed inputs for the golden-vector test. Regenerate after an intended change with:
-    MMRECALL_UPDATE_GOLDEN=1 pytest tests/test_encoders.py -k golden
+MMRECALL_UPDATE_GOLDEN=1 pytest tests/test_encoders.py -k golden
 """
 
 from __future__ import annotations

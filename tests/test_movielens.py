@@ -40,7 +40,9 @@ def test_latest_layout_with_user_tags_and_posters(tmp_path: Path) -> None:
 def test_1m_dat_layout(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "movies.dat").write_bytes("1::Toy Story (1995)::Animation|Children's\n2::Am\xe9lie (2001)::Comedy\n".encode("latin-1"))
+    (raw / "movies.dat").write_bytes(
+        "1::Toy Story (1995)::Animation|Children's\n2::Am\xe9lie (2001)::Comedy\n".encode("latin-1")
+    )
     (raw / "ratings.dat").write_text("1::1::5::978300760\n2::2::3::978302109\n")
     summary = import_movielens(raw, tmp_path / "out")
     assert (summary.layout, summary.items, summary.interactions) == ("dat", 2, 2)

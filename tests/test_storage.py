@@ -24,7 +24,9 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
 
 def test_items_status_and_vectors(db_url: str) -> None:
     with session_scope(db_url) as s:
-        ids = catalogue.upsert_items(s, [ItemRecord(id="a", title="A"), ItemRecord(id="b"), ItemRecord(id="a", title="A2")])
+        ids = catalogue.upsert_items(
+            s, [ItemRecord(id="a", title="A"), ItemRecord(id="b"), ItemRecord(id="a", title="A2")]
+        )
     assert ids == ["a", "b"]
     with session_scope(db_url) as s:
         assert catalogue.get_item(s, "a").title == "A2"  # last record of an id wins

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from encoders import ContentInput, Encoder, encoder_version, get_encoder
-from encoders.media import MediaError, load_image
+from encoders.media import MediaError, load_content
 from index.ann import VectorIndex, choose_factory
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
@@ -33,9 +33,7 @@ def active_version(settings: Settings) -> str:
 
 def content_of(item: Item) -> ContentInput:
     """Decode an item's media; raises MediaError with the reason when a file is unusable."""
-    cover = item.cover or (item.frames[0] if item.frames else None)
-    image = load_image(cover) if cover else None
-    return ContentInput(title=item.title or "", tags=list(item.tags or []), image=image)
+    return load_content(item.title, item.tags, item.cover, item.frames)
 
 
 def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
@@ -116,3 +114,43 @@ def reindex(settings: Settings, job_id: str, *, version: str | None = None) -> d
     with session_scope(url) as session:
         catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
     return result
+
+
+def evaluate(settings: Settings, job_id: str) -> dict:
+    """Run `mmrecall eval` as a job: parameters from the job row, progress onto it, report into it."""
+    import json
+    from pathlib import Path
+
+    from evaluation.harness import plot_report, run_eval
+
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        params = dict(catalogue.get_job(session, job_id).params)
+        catalogue.update_job(session, job_id, state="running")
+
+    def progress(step: str, done: int, total: int) -> None:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, done=done, total=total, message=step)
+
+    try:
+        report = run_eval(
+            Path(params["dataset"]),
+            channels=params.get("channels"),
+            protocol=params.get("protocol", "both"),
+            split=params.get("split", "test"),
+            cache=Path(params["cache"]) if params.get("cache") else settings.home / "eval-cache",
+            encoder=params.get("encoder") or settings.encoder,
+            progress=False,
+            on_progress=progress,
+        )
+        if params.get("out"):
+            Path(params["out"]).write_text(json.dumps(report, indent=2))
+        if params.get("plot"):
+            plot_report(report, Path(params["plot"]))
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(url) as session:
+        catalogue.update_job(session, job_id, state="succeeded", result=report)
+    return {"job_id": job_id, "channels": list(report["channels"]), "cold": list(report["cold"])}

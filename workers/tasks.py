@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmrecall.queue import ENCODE_TASK, REINDEX_TASK
+from mmrecall.queue import ENCODE_TASK, EVAL_TASK, REINDEX_TASK
 from mmrecall.settings import get_settings
 from storage import catalogue
 from storage.db import session_scope
@@ -24,3 +24,8 @@ def reindex(job_id: str) -> dict:
         with session_scope(settings.resolved_database_url) as session:
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+@app.task(name=EVAL_TASK)
+def evaluate(job_id: str) -> dict:
+    return pipeline.evaluate(get_settings(), job_id)  # records its own failure on the job row

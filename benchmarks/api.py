@@ -1,0 +1,103 @@
+"""HTTP latency of /v1/similar under concurrent load on loopback: p50, p99, QPS.
+
+A catalogue of synthetic items (SQLite) with a published snapshot, the real API in its own process
+(`mmrecall serve`), and concurrent keep-alive clients in this one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import insert
+
+from benchmarks.common import low_rank_vectors, percentiles_ms, table, write_result
+from index.ann import VectorIndex, choose_factory
+from mmrecall.runner import settings_env
+from mmrecall.settings import Settings
+from storage import snapshots
+from storage.db import Item, get_engine
+
+VERSION = "bench@synthetic"
+
+
+def build_catalogue(settings: Settings, n: int, dim: int) -> list[str]:
+    ids = [f"item{i:07d}" for i in range(n)]
+    engine = get_engine(settings.resolved_database_url)
+    with engine.begin() as conn:
+        for start in range(0, n, 20_000):
+            conn.execute(insert(Item), [{"id": i, "title": f"title {i}", "tags": [], "status": "ready"}
+                                        for i in ids[start : start + 20_000]])  # fmt: skip
+    vectors = low_rank_vectors(n, dim, seed=3)
+    factory = choose_factory(n, settings.index_factory, exact_below=settings.exact_search_below)
+    target = snapshots.new_snapshot_dir(settings.snapshots_dir, "bench")
+    VectorIndex.build(ids, vectors, factory).save(target)
+    snapshots.publish(settings.snapshots_dir, target, {"encoder_version": VERSION, "count": n, "factory": factory,
+                                                       "max_row": 0})  # fmt: skip
+    return ids
+
+
+def load(url: str, ids: list[str], *, clients: int, seconds: float, k: int) -> dict:
+    timings: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(slot: int) -> None:
+        rng = np.random.default_rng(slot)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            while time.perf_counter() < stop:
+                item = ids[int(rng.integers(len(ids)))]
+                started = time.perf_counter()
+                response = http.get(f"/v1/similar/{item}", params={"k": k})
+                timings[slot].append(time.perf_counter() - started)
+                errors[slot] += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    flat = [t for per in timings for t in per]
+    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / elapsed, **percentiles_ms(flat)}
+
+
+def run(out: Path, items: int = 100_000, dim: int = 256, clients: int = 8, seconds: float = 15.0, **_kw) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mmrecall-bench-api-") as tmp:
+        settings = Settings(home=Path(tmp), refresh_interval_s=1.0)
+        settings.ensure_dirs()
+        ids = build_catalogue(settings, items, dim)
+        port = 18000 + os.getpid() % 1000
+        env = settings_env(settings)
+        server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).json().get("snapshot"):
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("API did not come up")
+                time.sleep(0.3)
+            load(url, ids, clients=clients, seconds=2.0, k=50)  # warm-up
+            rows = [{"endpoint": "/v1/similar?k=50", "items": items, "clients": clients,
+                     **load(url, ids, clients=clients, seconds=seconds, k=50)}]  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(30)
+    print(table(rows, ["endpoint", "items", "clients", "requests", "errors", "qps", "p50_ms", "p99_ms"]))
+    result = {"rows": rows, "dim": dim, "factory": choose_factory(items)}
+    write_result(out, "api", result)
+    return result

@@ -1,0 +1,84 @@
+"""Encode throughput: raw batched forward vs the full pipeline through real Celery workers.
+
+Raw: the encoder's forward on pre-processed batches in this process (all cores to torch).
+Pipeline: items ingested through the service function, encoded by a real worker pool on the real
+Redis (decode, preprocessing, forward, storing vectors), timed from enqueue until all are `ready`.
+Both use the same encoder and the same batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import peak_rss_gb, table, write_result
+from encoders import get_encoder
+from encoders.media import load_content
+from mmrecall.demo_data import generate_demo
+from mmrecall.ingest import ingest_items
+from mmrecall.interchange import read_items
+from mmrecall.runner import start_worker, wait_for_items, wait_for_workers
+from mmrecall.settings import Settings
+
+ENCODERS = ("skeleton-base", "text-minilm")
+
+
+def raw_throughput(encoder_name: str, records, batch_size: int) -> float:
+    encoder = get_encoder(encoder_name)
+    contents = [load_content(r.title, r.tags, r.cover, r.frames) for r in records]
+    batches = [encoder.preprocess(contents[i : i + batch_size]) for i in range(0, len(contents), batch_size)]
+    with torch.inference_mode():
+        encoder.forward(batches[0])  # warm-up
+        started = time.perf_counter()
+        for batch in batches:
+            encoder.forward(batch)
+    return len(contents) / (time.perf_counter() - started)
+
+
+def pipeline_throughput(
+    encoder_name: str, records, batch_size: int, home: Path, redis_url: str, concurrency: int
+) -> float:
+    settings = Settings(
+        home=home / encoder_name, redis_url=redis_url, queue=f"bench-{uuid.uuid4().hex[:8]}",
+        encoder=encoder_name, encode_batch_size=batch_size,
+    )  # fmt: skip
+    settings.ensure_dirs()
+    worker = start_worker(settings, concurrency=concurrency, log_path=str(settings.home / "worker.log"))
+    try:
+        wait_for_workers(settings)
+        warm = [r.model_copy(update={"id": f"warm-{i}"}) for i, r in enumerate(records[: batch_size * concurrency])]
+        wait_for_items(settings, ingest_items(settings, warm), progress=False)  # models load once per process
+        started = time.perf_counter()
+        ids = ingest_items(settings, records)
+        counts = wait_for_items(settings, ids, progress=False)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    if counts.get("ready", 0) != len(records):
+        raise RuntimeError(f"pipeline did not encode every item: {counts}")
+    return len(records) / elapsed
+
+
+def run(out: Path, items: int = 384, batch_size: int = 32, concurrency: int = 2, **_kw) -> dict:
+    redis_url = os.environ.get("MMRECALL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mmrecall-bench-") as tmp:
+        per_leaf = max(1, items // 12)
+        records = list(read_items(generate_demo(Path(tmp) / "data", per_leaf=per_leaf, users=1)))[:items]
+        for name in ENCODERS:
+            raw = raw_throughput(name, records, batch_size)
+            pipe = pipeline_throughput(name, records, batch_size, Path(tmp), redis_url, concurrency)
+            rows.append({"encoder": name, "batch": batch_size, "items": len(records), "raw_items_per_s": raw,
+                         "pipeline_items_per_s": pipe, "ratio": pipe / raw})  # fmt: skip
+            print(f"  {name}: raw {raw:.1f}/s, pipeline {pipe:.1f}/s")
+    print(table(rows, ["encoder", "batch", "items", "raw_items_per_s", "pipeline_items_per_s", "ratio"]))
+    result = {"rows": rows, "worker_processes": concurrency, "torch_threads_raw": torch.get_num_threads(),
+              "peak_rss_gb": peak_rss_gb()}  # fmt: skip
+    write_result(out, "encode", result)
+    return result

@@ -1,0 +1,1 @@
+"""The evaluation harness: protocols, metrics, baselines and recall channels on real behaviour."""

@@ -1,0 +1,150 @@
+"""Recall channels as scorers: each fits on a split's training data and scores every item per query.
+
+Dense scores over the catalogue let the harness rank exactly (full ranking, pessimistic ties); the
+service answers the same scoring with ANN indexes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from evaluation.data import Dataset, Split
+from evaluation.vectors import encode_dataset
+
+
+@dataclass
+class EvalContext:
+    data: Dataset
+    cache: Path | None = None
+    encoder: str = "skeleton-base"  # the encoder behind mmrecall's own v2v channel
+    progress: bool = True
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def vectors(self, encoder_name: str) -> np.ndarray:
+        if encoder_name not in self._vectors:
+            self._vectors[encoder_name] = encode_dataset(
+                self.data, encoder_name, cache=self.cache, progress=self.progress
+            )
+        return self._vectors[encoder_name]
+
+
+class Channel(ABC):
+    name: str
+    param_grid: dict[str, list] = {}  # tuned on the valid split, when given
+
+    def __init__(self, **params) -> None:
+        self.params = params
+
+    @abstractmethod
+    def fit(self, ctx: EvalContext, split: Split) -> None: ...
+
+    @abstractmethod
+    def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """float32 (len(users), n_items); higher is better."""
+
+
+class RandomChannel(Channel):
+    name = "random"
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        self.n_items = ctx.data.n_items
+        self.rng = np.random.default_rng(0)
+
+    def scores(self, users, histories):
+        return self.rng.random((len(users), self.n_items), dtype=np.float32)
+
+
+class PopularChannel(Channel):
+    name = "popular"
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        self.counts = np.bincount(split.train_items, minlength=ctx.data.n_items).astype(np.float32)
+
+    def scores(self, users, histories):
+        return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
+
+
+def last_distinct(history: np.ndarray, n: int) -> np.ndarray:
+    """The n most recent distinct items, most recent first."""
+    seen: dict[int, None] = {}
+    for item in history[::-1]:
+        seen.setdefault(int(item), None)
+        if len(seen) == n:
+            break
+    return np.fromiter(seen, np.int64, len(seen))
+
+
+class ItemCFChannel(Channel):
+    """Cosine co-occurrence: sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| |U_j|), summed over the last 20 items."""
+
+    name = "itemcf"
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        n_users, n_items = ctx.data.n_users, ctx.data.n_items
+        x = sp.csr_matrix(
+            (np.ones(len(split.train_items), np.float32), (split.train_users, split.train_items)),
+            shape=(n_users, n_items),
+        )
+        x.data[:] = 1.0  # duplicates summed by csr_matrix: a user counts once per item
+        self.x = x
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        with np.errstate(divide="ignore"):
+            self.inv_sqrt = np.where(counts > 0, 1.0 / np.sqrt(counts), 0.0).astype(np.float32)
+        self.n_recent = self.params.get("n_recent", 20)
+
+    def scores(self, users, histories):
+        rows, cols, vals = [], [], []
+        for r, history in enumerate(histories):
+            recent = last_distinct(history, self.n_recent)
+            rows.extend([r] * len(recent))
+            cols.extend(recent.tolist())
+            vals.extend(self.inv_sqrt[recent].tolist())
+        h = sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), self.x.shape[1]), dtype=np.float32)
+        co = (h @ self.x.T) @ self.x  # (b, n_items): sum_h c_hj / sqrt(n_h)
+        return np.asarray(co.todense(), np.float32) * self.inv_sqrt[None, :]
+
+
+class VectorV2VChannel(Channel):
+    """v2v from content vectors: score(j) = sum over the latest triggers t of w_t * cos(t, j),
+    with recency weights w_t = decay ** age (age 0 = the latest item)."""
+
+    param_grid = {"decay": [1.0, 0.8, 0.5]}
+
+    def __init__(self, name: str, encoder: str | Callable[[EvalContext], str], **params) -> None:
+        super().__init__(**params)
+        self.name, self.encoder = name, encoder
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        encoder = self.encoder(ctx) if callable(self.encoder) else self.encoder
+        self.vectors = ctx.vectors(encoder)
+        self.n_recent = self.params.get("n_recent", 20)
+        self.decay = self.params.get("decay", 0.8)
+
+    def scores(self, users, histories):
+        out = np.zeros((len(histories), self.vectors.shape[0]), np.float32)
+        for r, history in enumerate(histories):
+            recent = last_distinct(history, self.n_recent)
+            weights = (self.decay ** np.arange(len(recent))).astype(np.float32)  # (t,)
+            query = weights @ self.vectors[recent]  # (d,): sum_t w_t v_t, so the dot gives the weighted sum
+            out[r] = self.vectors @ query
+        return out
+
+
+def channel_factories() -> dict[str, Callable[[], Channel]]:
+    """Every channel the harness knows, by its report name."""
+    return {
+        "random": RandomChannel,
+        "popular": PopularChannel,
+        "itemcf": ItemCFChannel,
+        "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
+        "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
+    }
+
+
+BASELINES = ("random", "popular", "itemcf", "text_v2v")

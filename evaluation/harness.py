@@ -1,0 +1,184 @@
+"""`mmrecall eval`: dataset directory -> protocols -> channels -> metrics -> report, table and plot."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.channels import BASELINES, Channel, EvalContext, channel_factories
+from evaluation.data import Dataset, Split, cold_items_split, leave_last_out, load_dataset
+from evaluation.metrics import KS, LIST_K, MetricAccumulator
+from mmrecall.interchange import tag_at_level
+
+log = logging.getLogger(__name__)
+BATCH = 256
+Progress = Callable[[str, int, int], None]
+
+
+def category_tags(data: Dataset, min_share: float = 0.005) -> list[frozenset[str]]:
+    """Per item, its level-1 tags that at least `min_share` of the catalogue carries.
+
+    Diversity counts categories (genres, sections), not free-text user tags that name one item each.
+    """
+    per_item = [frozenset(tag_at_level(t, 1) for t in item.tags) for item in data.items]
+    counts = Counter(tag for tags in per_item for tag in tags)
+    common = {tag for tag, n in counts.items() if n >= min_share * len(per_item)}
+    return [tags & common for tags in per_item]
+
+
+def evaluate_channel(
+    channel: Channel, split: Split, ctx: EvalContext, *, reference: np.ndarray | None, exclude_history: bool
+) -> dict[str, float]:
+    data = ctx.data
+    metrics = MetricAccumulator(data.n_items, category_tags(data), reference)
+    allowed = None
+    if split.candidates is not None:
+        allowed = np.zeros(data.n_items, bool)
+        allowed[split.candidates] = True
+    for start in range(0, len(split.query_users), BATCH):
+        users = split.query_users[start : start + BATCH]
+        histories = split.histories[start : start + BATCH]
+        scores = channel.scores(users, histories).astype(np.float32, copy=False)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        for row, history in enumerate(histories):
+            if exclude_history:
+                scores[row, history] = -np.inf
+            metrics.add(scores[row], split.targets[start + row])
+    return metrics.summary()
+
+
+def tune(name: str, ctx: EvalContext, valid: Split, reference: np.ndarray | None) -> dict:
+    """Pick a channel's parameters by hitRate@50 on the valid split (never on test)."""
+    factory = channel_factories()[name]
+    grid = factory().param_grid
+    if not grid:
+        return {}
+    best, best_score = {}, -1.0
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        channel = factory()
+        channel.params.update(params)
+        channel.fit(ctx, valid)
+        score = evaluate_channel(channel, valid, ctx, reference=None, exclude_history=True)["hitrate@50"]
+        log.info("tune %s %s: valid hitrate@50 %.4f", name, params, score)
+        if score > best_score:
+            best, best_score = params, score
+    return best
+
+
+def run_eval(
+    dataset_dir: Path,
+    *,
+    channels: Sequence[str] | None = None,
+    protocol: str = "both",
+    split: str = "test",
+    cache: Path | None = None,
+    encoder: str = "skeleton-base",
+    progress: bool = True,
+    on_progress: Progress | None = None,
+) -> dict:
+    known = channel_factories()
+    names = list(channels) if channels else list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown channels {unknown}; known: {', '.join(known)}")
+    names = list(dict.fromkeys([*BASELINES, *names]))  # baselines are always in the report
+    if protocol not in ("last", "cold", "both"):
+        raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
+    data = load_dataset(dataset_dir)
+    ctx = EvalContext(data, cache=cache, encoder=encoder, progress=progress)
+    reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
+    report: dict = {
+        "dataset": str(dataset_dir),
+        "protocol": protocol,
+        "split": split,
+        "items": data.n_items,
+        "users": data.n_users,
+        "interactions": len(data.users),
+        "encoder": encoder,
+        "channels": {},
+        "cold": {},
+        "params": {},
+        "seconds": {},
+    }
+    valid = leave_last_out(data, "valid")
+    params = {name: tune(name, ctx, valid, reference) for name in names}
+    report["params"] = params
+    runs: list[tuple[str, Split, bool]] = []
+    if protocol in ("last", "both"):
+        runs.append(("channels", leave_last_out(data, split), True))
+    if protocol in ("cold", "both"):
+        runs.append(("cold", cold_items_split(data), False))
+    steps = [(key, s, ex, name) for key, s, ex in runs for name in names]
+    for done, (key, the_split, exclude, name) in enumerate(tqdm(steps, desc="evaluating", disable=not progress)):
+        started = time.time()
+        channel = known[name]()
+        channel.params.update(params[name])
+        channel.fit(ctx, the_split)
+        report[key][name] = evaluate_channel(channel, the_split, ctx, reference=reference, exclude_history=exclude)
+        report["seconds"][f"{key}/{name}"] = round(time.time() - started, 2)
+        if on_progress:
+            on_progress(f"{key}/{name}", done + 1, len(steps))
+    return report
+
+
+COLUMNS = [
+    *(f"hitrate@{k}" for k in KS),
+    f"recall@{LIST_K}",
+    f"ndcg@{LIST_K}",
+    "coverage",
+    "diversity",
+    f"ild@{LIST_K}",
+]
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    lines = ["| channel | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in results.items():
+        cells = [f"{row[c]:.4f}" if c in row else "" for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_report(report: dict) -> str:
+    parts = [f"# {report['dataset']}  ({report['items']} items, {report['users']} users)"]
+    if report["channels"]:
+        parts += [
+            f"\n## leave-last-item-out, {report['split']} split, full ranking\n",
+            markdown_table(report["channels"]),
+        ]
+    if report["cold"]:
+        parts += ["\n## cold items (20% of items unseen in training; ranking among cold items)\n",
+                  markdown_table(report["cold"])]  # fmt: skip
+    return "\n".join(parts)
+
+
+def plot_report(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in (("channels", "leave-last-item-out"), ("cold", "cold items")) if report[k]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for name, row in report[key].items():
+            ax.plot(KS, [row[f"hitrate@{k}"] for k in KS], marker="o", label=name)
+        ax.set_title(f"{title} ({report['split'] if key == 'channels' else 'test'})")
+        ax.set_xlabel("K")
+        ax.set_ylabel("hitRate@K")
+        ax.set_xticks(KS)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(Path(report["dataset"]).name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
