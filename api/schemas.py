@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
@@ -67,3 +69,11 @@ class JobOut(BaseModel):
 class JobCreated(BaseModel):
     job_id: str
     state: str
+
+
+class EvalIn(BaseModel):
+    dataset: str = Field(description="dataset directory (interchange format) inside the media roots")
+    channels: list[str] | None = None
+    protocol: Literal["last", "cold", "both"] = "both"
+    split: Literal["test", "valid"] = "test"
+    encoder: str | None = None

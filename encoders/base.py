@@ -74,6 +74,11 @@ class Encoder(ABC):
         return self.config.name
 
     @property
+    def uses_images(self) -> bool:
+        """False for text-only variants: callers then skip decoding media they would throw away."""
+        return self.config.image is not None
+
+    @property
     @abstractmethod
     def dim(self) -> int: ...
 

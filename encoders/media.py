@@ -38,10 +38,12 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
         raise MediaError(f"corrupt image {path.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def load_content(title: str | None, tags: list[str] | None, cover: str | None, frames: list[str] | None):
+def load_content(
+    title: str | None, tags: list[str] | None, cover: str | None, frames: list[str] | None, *, images: bool = True
+):
     """An item's content with its cover decoded (the first frame stands in for a missing cover)."""
     from encoders.base import ContentInput
 
-    path = cover or (frames[0] if frames else None)
+    path = (cover or (frames[0] if frames else None)) if images else None
     image = load_image(path) if path else None
     return ContentInput(title=title or "", tags=list(tags or []), image=image)

@@ -10,8 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: weights come 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers.utils import logging as hf_logging
 
 from encoders.config import TextConfig
+
+hf_logging.disable_progress_bar()  # a bar per model load clutters worker logs
 
 
 def minilm_dir() -> Path:

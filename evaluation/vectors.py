@@ -32,7 +32,7 @@ def encode_dataset(
         batch = []
         for item in data.items[start : start + batch_size]:
             try:
-                batch.append(load_content(item.title, item.tags, item.cover, item.frames))
+                batch.append(load_content(item.title, item.tags, item.cover, item.frames, images=encoder.uses_images))
             except MediaError:
                 media_errors += 1
                 batch.append(load_content(item.title, item.tags, None, None))

@@ -70,7 +70,12 @@ def wait_for_workers(settings: Settings, *, timeout: float = 120.0) -> int:
 
 
 def wait_for_items(
-    settings: Settings, item_ids: Sequence[str], *, timeout: float = 3600.0, progress: bool = True
+    settings: Settings,
+    item_ids: Sequence[str],
+    *,
+    timeout: float = 3600.0,
+    progress: bool = True,
+    poll_s: float = 0.5,
 ) -> dict[str, int]:
     """Block until every item is `ready` or `failed`, with a progress bar; returns the status counts."""
     url = settings.resolved_database_url
@@ -92,7 +97,7 @@ def wait_for_items(
                 return counts
             if time.time() > deadline:
                 raise TimeoutError(f"items not finished after {timeout:.0f}s: {counts}")
-            time.sleep(0.5)
+            time.sleep(poll_s)
     finally:
         bar.close()
 

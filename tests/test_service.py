@@ -143,3 +143,17 @@ def test_interactions(service: Service) -> None:
 @pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
 def test_openapi_docs(service: Service, path: str) -> None:
     assert service.http.get(path).status_code == 200
+
+
+def test_eval_runs_as_a_worker_job(service: Service) -> None:
+    from mmrecall.demo_data import generate_demo
+
+    dataset = generate_demo(service.settings.media_roots[0] / "evalset", per_leaf=3, users=12)
+    created = service.http.post("/v1/eval", json={"dataset": str(dataset), "channels": ["v2v"], "encoder": "tiny-test"})
+    assert created.status_code == 202, created.text
+    job = service.wait_job(created.json()["job_id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    assert job["done"] == job["total"] == 10  # 5 channels x 2 protocols, each reported as a step
+    assert set(job["result"]["channels"]) == {"random", "popular", "itemcf", "text_v2v", "v2v"}
+    refused = service.http.post("/v1/eval", json={"dataset": "/etc"})
+    assert refused.status_code == 400

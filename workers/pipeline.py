@@ -31,9 +31,9 @@ def active_version(settings: Settings) -> str:
     return encoder_version(settings.encoder, *_weights(settings))
 
 
-def content_of(item: Item) -> ContentInput:
+def content_of(item: Item, *, images: bool = True) -> ContentInput:
     """Decode an item's media; raises MediaError with the reason when a file is unusable."""
-    return load_content(item.title, item.tags, item.cover, item.frames)
+    return load_content(item.title, item.tags, item.cover, item.frames, images=images)
 
 
 def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
@@ -47,7 +47,7 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     failed: dict[str, str] = {}
     for item_id, item in items.items():
         try:
-            inputs[item_id] = content_of(item)
+            inputs[item_id] = content_of(item, images=encoder.uses_images)
         except MediaError as exc:
             failed[item_id] = str(exc)
     ids = list(inputs)

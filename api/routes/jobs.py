@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from api.deps import SessionDep, SettingsDep
-from api.schemas import JobCreated, JobOut
-from mmrecall.queue import enqueue_reindex
+from api.media import confine
+from api.schemas import EvalIn, JobCreated, JobOut
+from mmrecall.queue import enqueue_eval, enqueue_reindex
 from storage import catalogue
 from storage.db import session_scope
 
@@ -18,6 +19,17 @@ def post_reindex(settings: SettingsDep) -> JobCreated:
     with session_scope(settings.resolved_database_url) as session:  # committed before the task exists
         job = catalogue.create_job(session, "reindex")
     enqueue_reindex(settings, job.id)
+    return JobCreated(job_id=job.id, state=job.state)
+
+
+@router.post("/eval", status_code=202, response_model=JobCreated)
+def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
+    """Run `mmrecall eval` on a worker; the report lands in the job's `result`."""
+    params = body.model_dump()
+    params["dataset"] = confine(body.dataset, settings.media_roots)
+    with session_scope(settings.resolved_database_url) as session:
+        job = catalogue.create_job(session, "eval", params)
+    enqueue_eval(settings, job.id)
     return JobCreated(job_id=job.id, state=job.state)
 
 
