@@ -30,7 +30,10 @@ ENCODERS = ("skeleton-base", "text-minilm")
 
 def raw_throughput(encoder_name: str, records, batch_size: int) -> float:
     encoder = get_encoder(encoder_name)
-    contents = [load_content(r.title, r.tags, r.cover, r.frames, images=encoder.uses_images) for r in records]
+    contents = [
+        load_content(r.title, r.tags, r.cover, r.frames, r.video, images=encoder.uses_images, n_frames=encoder.n_frames)
+        for r in records
+    ]
     batches = [encoder.preprocess(contents[i : i + batch_size]) for i in range(0, len(contents), batch_size)]
     with torch.inference_mode():
         encoder.forward(batches[0])  # warm-up

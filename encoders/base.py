@@ -18,11 +18,15 @@ from encoders.config import EncoderConfig
 
 @dataclass
 class ContentInput:
-    """What an encoder sees of an item; media already decoded (see encoders.media)."""
+    """What an encoder sees of an item; media already decoded (see encoders.media.load_content)."""
 
     title: str = ""
     tags: list[str] = field(default_factory=list)
-    image: Image.Image | None = None  # the cover (frame 0)
+    image: Image.Image | None = None  # the cover: frame 0
+    frames: list[Image.Image] = field(default_factory=list)  # frames 1.. (sampled from the video)
+
+    def all_frames(self) -> list[Image.Image]:
+        return ([self.image] if self.image is not None else []) + self.frames
 
     def text(self) -> str:
         tags = ", ".join(tag.replace("/", " ") for tag in self.tags)
@@ -77,6 +81,11 @@ class Encoder(ABC):
     def uses_images(self) -> bool:
         """False for text-only variants: callers then skip decoding media they would throw away."""
         return self.config.image is not None
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per item this encoder looks at (1: the cover only)."""
+        return self.config.dual.n_frames if self.config.dual is not None else 1
 
     @property
     @abstractmethod

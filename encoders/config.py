@@ -1,8 +1,9 @@
-"""Architecture configs, one small JSON file per registered variant (encoders/configs/<name>.json)."""
+"""Architecture configs: one small JSON file per registered variant (encoders/configs/<name>.json), or
+an `encoder.json` inside a checkpoint directory written by a finetune job."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -16,28 +17,59 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    arch: str = "resnet18"  # torchvision ResNet name, or "resnet-tiny" (one block per stage)
-    image_size: int = 224  # square input side after resize + center crop
-    checkpoint: str | None = None  # local state dict; None = seeded random init
+    backbone: str = "resnet18"  # see encoders.backbones: resnet*, resnet-tiny, efficientnet-lite0, open_clip:NAME
+    image_size: int = 224  # square input side after resize + center crop (a fixed-size backbone overrides)
+    checkpoint: str | None = None  # local backbone weights; None = the backbone's default
+
+
+@dataclass(frozen=True)
+class TagHeadConfig:
+    vector_dim: int = 256  # width of the first FC layer: its output is the image vector
+    tags: tuple[str, ...] = ()  # the classifier's labels, in output order
+    tag_level: int = 2  # tags were cut to this level (0 = leaf)
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class DualStreamConfig:
+    hidden: int = 256  # width of both streams after projection and of the fusion layers
+    out_dim: int = 256  # joint and per-stream vector size
+    n_frames: int = 8  # frames per item: the cover is frame 0, the rest sampled from the video
+    temporal_layers: int = 2  # transformer layers over the frame sequence
+    fusion_layers: int = 1  # cross-attention layers between the streams (each direction)
+    heads: int = 4
+    frame_features: str = "backbone"  # "backbone": pooled backbone features; or a tag-image checkpoint dir
+    train_text_layers: int = 3  # pretraining updates only the top N text layers (0 = freeze the text stream)
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     name: str
-    kind: str = "text-image"  # which encoder class builds it
-    text: TextConfig = field(default_factory=TextConfig)
+    kind: str = "text-image"  # which encoder class builds it: text-image, image, tag-image, dual-stream
+    text: TextConfig | None = field(default_factory=TextConfig)
     image: ImageConfig | None = field(default_factory=ImageConfig)
-    text_weight: float = 1.0  # share of the text vector in the fused vector
-    image_weight: float = 0.5  # share of the image vector; items without a cover get zeros here
+    tag_head: TagHeadConfig | None = None
+    dual: DualStreamConfig | None = None
+    text_weight: float = 1.0  # text-image: share of the text vector in the fused vector
+    image_weight: float = 0.5  # text-image: share of the image vector; items without a cover get zeros there
     seed: int = 0  # seeds random init so every worker process builds the same weights
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         data = dict(data)
-        text = TextConfig(**data.pop("text", {}))
-        image_data = data.pop("image", {})
-        image = None if image_data is None else ImageConfig(**image_data)
-        return cls(text=text, image=image, **data)
+        parts = {"text": TextConfig, "image": ImageConfig, "tag_head": TagHeadConfig, "dual": DualStreamConfig}
+        for key, part in parts.items():
+            value = data.get(key, {} if key in ("text", "image") else None)
+            if value is not None:
+                known = {f.name for f in fields(part)}
+                unknown = set(value) - known
+                if unknown:
+                    raise ValueError(f"encoder config {data.get('name')!r}: unknown {key} fields {sorted(unknown)}")
+                if "tags" in value:
+                    value = {**value, "tags": tuple(value["tags"])}
+                value = part(**value)
+            data[key] = value
+        return cls(**data)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -39,11 +39,21 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
 
 
 def load_content(
-    title: str | None, tags: list[str] | None, cover: str | None, frames: list[str] | None, *, images: bool = True
+    title: str | None,
+    tags: list[str] | None,
+    cover: str | None,
+    frames: list[str] | None,
+    video: str | None = None,
+    *,
+    images: bool = True,
+    n_frames: int = 1,
 ):
-    """An item's content with its cover decoded (the first frame stands in for a missing cover)."""
+    """An item's content with its media decoded: the cover is frame 0 (else the first sampled frame),
+    then frames sampled uniformly from the video or the frame list, n_frames in all."""
     from encoders.base import ContentInput
+    from encoders.frames import item_frames
 
-    path = (cover or (frames[0] if frames else None)) if images else None
-    image = load_image(path) if path else None
-    return ContentInput(title=title or "", tags=list(tags or []), image=image)
+    decoded = item_frames(cover=cover, frames=frames, video=video, n=n_frames) if images else []
+    return ContentInput(
+        title=title or "", tags=list(tags or []), image=decoded[0] if decoded else None, frames=decoded[1:]
+    )

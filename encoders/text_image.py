@@ -9,12 +9,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
 from encoders.config import EncoderConfig
-from encoders.image import build_image_model, image_to_array
+from encoders.image import ImageStack
 from encoders.text import build_text_model, load_tokenizer, mean_pool
 
 
@@ -33,14 +32,15 @@ class TextImageEncoder(Encoder):
         self.tokenizer = load_tokenizer(model_dir if config.text.kind == "minilm" else None)
         self.text_model = build_text_model(config.text, model_dir).eval()
         self.text_dim = int(self.text_model.config.hidden_size)
-        self.image_model, self.image_dim = (None, 0)
+        self.image: ImageStack | None = None
+        self.image_dim = 0
         if config.image is not None:
-            self.image_model, self.image_dim = build_image_model(config.image, image_checkpoint)
-            self.image_model.eval()
+            self.image = ImageStack(config.image, image_checkpoint)
+            self.image_model, self.image_dim = self.image.backbone.module, self.image.dim
         # Split the unit norm between the parts: sqrt keeps w_t^2 + w_i^2 proportions as given.
-        total = config.text_weight + (config.image_weight if self.image_model is not None else 0.0)
+        total = config.text_weight + (config.image_weight if self.image is not None else 0.0)
         self.text_scale = math.sqrt(config.text_weight / total)
-        self.image_scale = math.sqrt(config.image_weight / total) if self.image_model is not None else 0.0
+        self.image_scale = math.sqrt(config.image_weight / total) if self.image is not None else 0.0
 
     @property
     def dim(self) -> int:
@@ -55,14 +55,10 @@ class TextImageEncoder(Encoder):
             return_tensors="pt",
         )
         batch = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-        if self.image_model is not None:
-            size = self.config.image.image_size
-            has_image = [item.image is not None for item in items]
-            arrays = [image_to_array(item.image, size) for item in items if item.image is not None]
-            batch["has_image"] = torch.tensor(has_image, dtype=torch.bool)  # (n,)
-            batch["images"] = (
-                torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, size, size))
-            )  # (m, 3, s, s), m = items with a cover
+        if self.image is not None:
+            batch["has_image"] = torch.tensor([item.image is not None for item in items], dtype=torch.bool)  # (n,)
+            batch["images"] = self.image.to_tensor([item.image for item in items if item.image is not None])
+            # (m, 3, s, s), m = items with a cover
         return batch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -70,10 +66,9 @@ class TextImageEncoder(Encoder):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state  # (n, t, h)
         text = l2_normalize(mean_pool(hidden, batch["attention_mask"])) * self.text_scale  # (n, h)
-        if self.image_model is None:
+        if self.image is None:
             return l2_normalize(text)
         image = torch.zeros((text.shape[0], self.image_dim), dtype=text.dtype)  # (n, f)
         if batch["images"].shape[0]:
-            features = self.image_model(batch["images"].contiguous(memory_format=torch.channels_last))
-            image[batch["has_image"]] = l2_normalize(features) * self.image_scale  # (m, f)
+            image[batch["has_image"]] = l2_normalize(self.image.features(batch["images"])) * self.image_scale
         return l2_normalize(torch.cat([text, image], dim=1))  # (n, h + f)

@@ -85,10 +85,14 @@ class Split:
     cold_items: np.ndarray | None = field(default=None)
 
 
-def _time_order(data: Dataset) -> np.ndarray:
-    """Interaction positions sorted by (user, timestamp, file order)."""
-    order = np.arange(len(data.users))
-    return np.lexsort((order, data.timestamps, data.users))
+def by_user_in_time(data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Interactions sorted by (user, timestamp, file order): users, items, times, and each user's
+    [start, end) run in those arrays."""
+    order = np.lexsort((np.arange(len(data.users)), data.timestamps, data.users))
+    users, items, times = data.users[order], data.items_of[order], data.timestamps[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(users)]
+    return users, items, times, list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def leave_last_out(data: Dataset, split: str = "test") -> Split:
@@ -99,14 +103,11 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be test or valid, not {split!r}")
-    order = _time_order(data)
-    users, items, times = data.users[order], data.items_of[order], data.timestamps[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
+    users, items, times, runs = by_user_in_time(data)
     keep = np.ones(len(users), bool)
     query_users, histories, targets = [], [], []
     held_out = 1 if split == "test" else 2
-    for start, end in zip(starts, ends, strict=True):
+    for start, end in runs:
         if end - start < 3:
             continue
         target_pos = end - held_out
@@ -138,13 +139,10 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
     cold = np.sort(rng.choice(pool, size=int(round(fraction * len(pool))), replace=False))
     is_cold = np.zeros(data.n_items, bool)
     is_cold[cold] = True
-    order = _time_order(data)
-    users, items, times = data.users[order], data.items_of[order], data.timestamps[order]
+    users, items, times, runs = by_user_in_time(data)
     warm = ~is_cold[items]
     query_users, histories, targets = [], [], []
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    for start, end in zip(starts, ends, strict=True):
+    for start, end in runs:
         mine, mine_warm = items[start:end], warm[start:end]
         if mine_warm.all() or not mine_warm.any():
             continue  # no cold target, or no warm history to query with

@@ -32,10 +32,11 @@ def encode_dataset(
         batch = []
         for item in data.items[start : start + batch_size]:
             try:
-                batch.append(load_content(item.title, item.tags, item.cover, item.frames, images=encoder.uses_images))
+                batch.append(load_content(item.title, item.tags, item.cover, item.frames, item.video,
+                                          images=encoder.uses_images, n_frames=encoder.n_frames))  # fmt: skip
             except MediaError:
                 media_errors += 1
-                batch.append(load_content(item.title, item.tags, None, None))
+                batch.append(load_content(item.title, item.tags, None, None, images=False))
         chunks.append(encoder.encode(batch))
     if media_errors:
         log.warning("%s: %d items encoded without their media (undecodable)", encoder_name, media_errors)

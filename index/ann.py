@@ -9,7 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-HNSW_EF_SEARCH = 256
+HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256)
 IVF_NPROBE = 32
 
 

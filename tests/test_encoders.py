@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from encoders import ContentInput, create_encoder, encoder_version, list_encoders
-from encoders.image import build_resnet
+from encoders.backbones import build_backbone
 from encoders.media import MediaError, load_image
 from tests.golden import GOLDEN_DIR, golden_inputs
 
@@ -57,7 +57,7 @@ def test_golden_vectors(tiny) -> None:
 
 def test_local_image_checkpoint_is_loaded(tmp_path: Path, tiny) -> None:
     torch.manual_seed(123)
-    backbone, _ = build_resnet("resnet-tiny")
+    backbone = build_backbone("resnet-tiny").module
     path = tmp_path / "backbone.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in backbone.state_dict().items()}}, path)
     loaded = create_encoder("tiny-test", image_checkpoint=path)

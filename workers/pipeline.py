@@ -31,9 +31,17 @@ def active_version(settings: Settings) -> str:
     return encoder_version(settings.encoder, *_weights(settings))
 
 
-def content_of(item: Item, *, images: bool = True) -> ContentInput:
-    """Decode an item's media; raises MediaError with the reason when a file is unusable."""
-    return load_content(item.title, item.tags, item.cover, item.frames, images=images)
+def content_of(item: Item, encoder: Encoder) -> ContentInput:
+    """Decode what the encoder needs of an item's media; raises MediaError with the reason."""
+    return load_content(
+        item.title,
+        item.tags,
+        item.cover,
+        item.frames,
+        item.video,
+        images=encoder.uses_images,
+        n_frames=encoder.n_frames,
+    )
 
 
 def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
@@ -47,7 +55,7 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     failed: dict[str, str] = {}
     for item_id, item in items.items():
         try:
-            inputs[item_id] = content_of(item, images=encoder.uses_images)
+            inputs[item_id] = content_of(item, encoder)
         except MediaError as exc:
             failed[item_id] = str(exc)
     ids = list(inputs)
