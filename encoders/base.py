@@ -33,6 +33,10 @@ class ContentInput:
         return f"{self.title}. {tags}" if tags else self.title
 
 
+CONFIG_FILE = "encoder.json"
+WEIGHTS_FILE = "model.pt"
+
+
 def l2_normalize(matrix: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(matrix, dim=-1, eps=1e-12)
 
@@ -48,13 +52,14 @@ def file_digest(path: str | Path | None) -> str:
 
 
 def weights_digest(*paths: str | Path | None) -> str:
-    """Digest of the local weight files (or model directories, by their config) an encoder loads."""
+    """Digest of the local weight files (or model directories, by config and weights) an encoder loads."""
     parts = []
     for path in paths:
-        if path and Path(path).is_dir():
-            parts.append(
-                file_digest(Path(path) / "config.json") + file_digest(next(Path(path).glob("*.safetensors"), None))
-            )
+        if not path:
+            continue
+        if Path(path).is_dir():
+            weights = next(Path(path).glob("*.safetensors"), None)
+            parts.append(file_digest(Path(path) / "config.json") + file_digest(weights))
         else:
             parts.append(file_digest(path))
     return ":".join(parts)
@@ -67,11 +72,29 @@ def version_of(config: EncoderConfig, weights_digest: str = "") -> str:
 
 
 class Encoder(ABC):
-    """Subclasses build their modules in __init__ and implement `preprocess` and `forward`."""
+    """Subclasses build their modules into `self.net` in __init__ and implement `preprocess` and `forward`.
+
+    `self.net` holds every weight the encoder uses, so a checkpoint directory (encoder.json + model.pt)
+    written by `save` rebuilds it exactly.
+    """
+
+    net: torch.nn.ModuleDict
 
     def __init__(self, config: EncoderConfig, *, weights_digest: str = "") -> None:
         self.config = config
         self.version = version_of(config, weights_digest)
+
+    def load_weights(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state, strict=True)
+        self.net.eval()
+
+    def save(self, directory: Path) -> Path:
+        """Write a checkpoint directory that `create_encoder(str(directory))` loads."""
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        return directory
 
     @property
     def name(self) -> str:

@@ -24,9 +24,10 @@ class TextImageEncoder(Encoder):
         *,
         image_checkpoint: str | Path | None = None,
         text_model_dir: str | Path | None = None,
+        weights: str | Path | None = None,
     ) -> None:
         image_checkpoint = image_checkpoint or (config.image.checkpoint if config.image else None)
-        super().__init__(config, weights_digest=weights_digest(image_checkpoint, text_model_dir))
+        super().__init__(config, weights_digest=weights_digest(image_checkpoint, text_model_dir, weights))
         torch.manual_seed(config.seed)  # random-init parts must be identical in every worker process
         model_dir = Path(text_model_dir) if text_model_dir else None
         self.tokenizer = load_tokenizer(model_dir if config.text.kind == "minilm" else None)
@@ -34,10 +35,14 @@ class TextImageEncoder(Encoder):
         self.text_dim = int(self.text_model.config.hidden_size)
         self.image: ImageStack | None = None
         self.image_dim = 0
+        self.net = torch.nn.ModuleDict({"text": self.text_model})
         if config.image is not None:
             self.image = ImageStack(config.image, image_checkpoint)
             self.image_model, self.image_dim = self.image.backbone.module, self.image.dim
+            self.net["image"] = self.image_model
         # Split the unit norm between the parts: sqrt keeps w_t^2 + w_i^2 proportions as given.
+        if weights:
+            self.load_weights(weights)
         total = config.text_weight + (config.image_weight if self.image is not None else 0.0)
         self.text_scale = math.sqrt(config.text_weight / total)
         self.image_scale = math.sqrt(config.image_weight / total) if self.image is not None else 0.0
