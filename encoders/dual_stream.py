@@ -139,8 +139,8 @@ class DualStreamEncoder(Encoder):
         if config.text is None or config.image is None or config.dual is None:
             raise ValueError(f"encoder {config.name!r}: dual-stream needs text, image and dual sections")
         source = config.dual.frame_features
-        super().__init__(config, weights_digest=weights_digest(image_checkpoint, text_model_dir, weights,
-                                                               None if source == "backbone" else Path(source) / "model.pt"))  # fmt: skip
+        frame_model = None if source == "backbone" else Path(source) / "model.pt"
+        super().__init__(config, weights_digest=weights_digest(image_checkpoint, text_model_dir, weights, frame_model))
         torch.manual_seed(config.seed)
         model_dir = Path(text_model_dir) if text_model_dir else None
         self.tokenizer = load_tokenizer(model_dir if config.text.kind == "minilm" else None)
