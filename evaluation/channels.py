@@ -7,7 +7,7 @@ service answers the same scoring with ANN indexes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,15 +136,24 @@ class VectorV2VChannel(Channel):
         return out
 
 
-def channel_factories() -> dict[str, Callable[[], Channel]]:
-    """Every channel the harness knows, by its report name."""
-    return {
+def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Channel]]:
+    """Every channel the harness knows, by its report name.
+
+    `extra` may name v2v over any encoder as `v2v@ENCODER` (a registry name or a checkpoint directory),
+    so one report can compare encoders side by side.
+    """
+    factories: dict[str, Callable[[], Channel]] = {
         "random": RandomChannel,
         "popular": PopularChannel,
         "itemcf": ItemCFChannel,
         "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
         "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
     }
+    for name in extra:
+        if name.startswith("v2v@"):
+            encoder = name.split("@", 1)[1]
+            factories[name] = lambda name=name, encoder=encoder: VectorV2VChannel(name, encoder)
+    return factories
 
 
 BASELINES = ("random", "popular", "itemcf", "text_v2v")

@@ -57,7 +57,7 @@ def evaluate_channel(
 
 def tune(name: str, ctx: EvalContext, valid: Split, reference: np.ndarray | None) -> dict:
     """Pick a channel's parameters by hitRate@50 on the valid split (never on test)."""
-    factory = channel_factories()[name]
+    factory = channel_factories([name])[name]
     grid = factory().param_grid
     if not grid:
         return {}
@@ -85,7 +85,7 @@ def run_eval(
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> dict:
-    known = channel_factories()
+    known = channel_factories(channels or ())
     names = list(channels) if channels else list(known)
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset conversion into the interchange format.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+finetune_app = typer.Typer(help="Train encoders and G; each writes a checkpoint directory.", no_args_is_help=True)
+app.add_typer(finetune_app, name="finetune")
 
 
 def _fail(message: str) -> None:
@@ -44,6 +46,80 @@ def import_movielens_cmd(
         f"{summary.layout}: {summary.items} items ({summary.with_cover} with a cover), "
         f"{summary.interactions} interactions -> {out_dir}"
     )
+
+
+def _run_training(kind: str, params: dict, on_worker: bool) -> None:
+    """Run a training job here (progress in the log) or as a Celery job (progress on the job row)."""
+    from workers.training import run_training
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    if not on_worker:
+        logging.getLogger().setLevel(logging.INFO)
+        try:
+            report = run_training(settings, kind, params)
+        except (ValueError, KeyError) as exc:
+            _fail(str(exc))
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from mmrecall.queue import enqueue_training
+    from mmrecall.runner import wait_for_job
+    from storage import catalogue
+    from storage.db import session_scope
+
+    with session_scope(settings.resolved_database_url) as session:
+        job = catalogue.create_job(session, f"finetune:{kind}", params)
+    enqueue_training(settings, job.id)
+    typer.echo(f"job {job.id} queued")
+    try:
+        typer.echo(json.dumps(wait_for_job(settings, job.id, timeout=24 * 3600), indent=2))
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@finetune_app.command("tag-image")
+def finetune_tag_image(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    tag_level: Annotated[int, typer.Option(help="1, 2, ... or 0 for leaf tags")] = 2,
+    base: Annotated[
+        str, typer.Option(help="tag-image variant: tag-image-effnet, tag-image-resnet18")
+    ] = "tag-image-effnet",
+    epochs: Annotated[int, typer.Option()] = 200,
+    min_count: Annotated[int, typer.Option(help="Tags on fewer covers are dropped")] = 10,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Train the tag classifier head on cover images; its first FC layer becomes the image vector."""
+    params = {"dataset": str(dataset.resolve()), "tag_level": tag_level, "base": base, "epochs": epochs,
+              "min_count": min_count}  # fmt: skip
+    _run_training("tag-image", params, on_worker)
+
+
+@finetune_app.command("tag-resnet")
+def finetune_tag_resnet(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    tag_level: Annotated[int, typer.Option(help="1, 2, ... or 0 for leaf tags")] = 2,
+    epochs: Annotated[int, typer.Option()] = 200,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """`tag-image` on the ResNet-18 backbone (set MMRECALL_IMAGE_CHECKPOINT for ImageNet weights)."""
+    params = {"dataset": str(dataset.resolve()), "tag_level": tag_level, "base": "tag-image-resnet18", "epochs": epochs}
+    _run_training("tag-image", params, on_worker)
+
+
+@finetune_app.command("pretrain-dualstream")
+def finetune_pretrain_dualstream(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    base: Annotated[str, typer.Option(help="dual-stream variant or checkpoint directory")] = "dual-stream-base",
+    epochs: Annotated[float, typer.Option()] = 2.0,
+    steps: Annotated[int | None, typer.Option(help="Overrides epochs")] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    resume: Annotated[Path | None, typer.Option(help="A run directory to continue")] = None,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Pretrain the dual-stream encoder: masked tokens, masked frames, text-frame alignment."""
+    params = {"dataset": str(dataset.resolve()), "base": base, "epochs": epochs, "steps": steps,
+              "batch_size": batch_size, "resume": str(resume.resolve()) if resume else None}  # fmt: skip
+    _run_training("pretrain-dualstream", params, on_worker)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from mmrecall.settings import Settings
 ENCODE_TASK = "mmrecall.encode_items"
 REINDEX_TASK = "mmrecall.reindex"
 EVAL_TASK = "mmrecall.evaluate"
+TRAIN_TASK = "mmrecall.train"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -58,6 +59,10 @@ def enqueue_reindex(settings: Settings, job_id: str) -> str:
 
 def enqueue_eval(settings: Settings, job_id: str) -> str:
     return client(settings).send_task(EVAL_TASK, args=[job_id], queue=settings.queue).id
+
+
+def enqueue_training(settings: Settings, job_id: str) -> str:
+    return client(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.queue).id
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:

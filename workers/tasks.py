@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmrecall.queue import ENCODE_TASK, EVAL_TASK, REINDEX_TASK
+from mmrecall.queue import ENCODE_TASK, EVAL_TASK, REINDEX_TASK, TRAIN_TASK
 from mmrecall.settings import get_settings
 from storage import catalogue
 from storage.db import session_scope
@@ -29,3 +29,10 @@ def reindex(job_id: str) -> dict:
 @app.task(name=EVAL_TASK)
 def evaluate(job_id: str) -> dict:
     return pipeline.evaluate(get_settings(), job_id)  # records its own failure on the job row
+
+
+@app.task(name=TRAIN_TASK)
+def train(job_id: str) -> dict:
+    from workers.training import training_job
+
+    return training_job(get_settings(), job_id)  # records its own failure on the job row

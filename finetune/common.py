@@ -1,0 +1,94 @@
+"""Pieces every training job shares: run directories, progress with ETA, frozen frame features."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoders.media import MediaError, load_content
+from mmrecall.interchange import ItemRecord
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, dict], None]  # (done, total, metrics)
+
+
+def run_dir(root: Path, kind: str) -> Path:
+    path = root / kind / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def item_frames_or_none(item: ItemRecord, n_frames: int):
+    """Decoded frames of an item (cover first), or [] when it has none or they cannot be decoded."""
+    try:
+        return load_content(item.title, item.tags, item.cover, item.frames, item.video, n_frames=n_frames).all_frames()
+    except MediaError as exc:
+        log.debug("item %s: media skipped: %s", item.id, exc)
+        return []
+
+
+@torch.inference_mode()
+def frame_features(
+    items: Sequence[ItemRecord],
+    to_tensor: Callable,
+    features: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    n_frames: int,
+    cache: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame features of a frozen image model for every item, ragged.
+
+    Returns (features float32 (total_frames, F), offsets int64 (n_items + 1,)): item i owns rows
+    offsets[i]:offsets[i+1]. Cached at `cache` (an .npz path) when given.
+    """
+    if cache is not None and cache.is_file():
+        stored = np.load(cache)
+        return stored["features"], stored["offsets"]
+    chunks, counts, pending = [], [], []
+
+    def flush() -> None:
+        if pending:
+            chunks.append(features(to_tensor(pending)).float().numpy())
+            pending.clear()
+
+    for item in tqdm(items, desc="frame features", unit="item", disable=not progress):
+        frames = item_frames_or_none(item, n_frames)
+        counts.append(len(frames))
+        pending.extend(frames)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, features=matrix, offsets=offsets)
+    return matrix, offsets
+
+
+class EtaLogger:
+    """Logs `done/total`, rate and ETA at most every `every_s` seconds (and reports to a callback)."""
+
+    def __init__(self, name: str, total: int, on_progress: Progress | None = None, every_s: float = 10.0) -> None:
+        self.name, self.total, self.on_progress, self.every_s = name, total, on_progress, every_s
+        self.started = self.last = time.time()
+
+    def __call__(self, done: int, metrics: dict) -> None:
+        now = time.time()
+        if now - self.last < self.every_s and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        log.info("%s %d/%d (%.2f/s, ETA %.0fs) %s", self.name, done, self.total, rate, eta, shown)
+        if self.on_progress:
+            self.on_progress(done, self.total, metrics)

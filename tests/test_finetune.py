@@ -1,0 +1,86 @@
+"""Training jobs on tiny configs and the demo catalogue: they run, learn, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from encoders import create_encoder
+from finetune.dual_stream import mask_tokens, pretrain_dual_stream
+from finetune.tag_image import average_precision, train_tag_image
+from mmrecall.cli import app
+from mmrecall.demo_data import generate_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo(tmp_path_factory.mktemp("demo"), per_leaf=12, users=10)
+
+
+def test_average_precision() -> None:
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)  # ties count against
+
+
+def test_tag_image_beats_the_prior_and_loads(demo: Path, tmp_path: Path) -> None:
+    report = train_tag_image(demo, base="tiny-tag-image", tag_level=2, out_root=tmp_path, epochs=60, min_count=5,
+                             progress=False)  # fmt: skip
+    assert report["tags"] == 12 and report["valid_map"] > report["prior_map"] + 0.2
+    encoder = create_encoder(report["checkpoint"])
+    assert encoder.dim == 32 and encoder.config.tag_head.tags[0] == "food/baking"
+    level1 = train_tag_image(demo, base="tiny-tag-image", tag_level=1, out_root=tmp_path, epochs=5, min_count=5,
+                             progress=False)  # fmt: skip
+    assert level1["tags"] == 6
+
+
+def test_mask_tokens_keeps_specials_and_masks_each_title() -> None:
+    import torch
+
+    from encoders.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    batch = tokenizer(["a short title", "another one here"], padding=True, return_tensors="pt")
+    masked, labels = mask_tokens(
+        batch["input_ids"], batch["attention_mask"], tokenizer, 0.15, torch.Generator().manual_seed(0)
+    )
+    assert ((labels != -100).sum(dim=1) >= 1).all()
+    special = torch.isin(batch["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    assert (labels[special] == -100).all() and torch.equal(masked[special], batch["input_ids"][special])
+
+
+def test_pretrain_dualstream_learns_checkpoints_and_resumes(demo: Path, tmp_path: Path) -> None:
+    report = pretrain_dual_stream(demo, base="tiny-dual", out_root=tmp_path, steps=40, batch_size=24, lr=1e-3,
+                                  checkpoint_every=20, progress=False)  # fmt: skip
+    history = json.loads((Path(report["run"]) / "train_report.json").read_text())["history"]
+    assert all(np.isfinite(row["loss"]) for row in history)
+    first = np.mean([row["loss"] for row in history[:5]])
+    last = np.mean([row["loss"] for row in history[-5:]])
+    assert last < first, (first, last)
+    assert {"mlm", "mfm", "align", "joint"} <= set(history[-1])
+    resumed = pretrain_dual_stream(demo, base="tiny-dual", out_root=tmp_path, steps=45, batch_size=24,
+                                   resume=Path(report["run"]), progress=False)  # fmt: skip
+    assert resumed["steps"] == 45 and resumed["run"] == report["run"]
+    encoder = create_encoder(resumed["checkpoint"])
+    assert encoder.version != create_encoder("tiny-dual").version
+
+
+def test_finetune_cli_runs_two_steps(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmrecall.settings import get_settings
+
+    monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        args = ["finetune", "pretrain-dualstream", "--dataset", str(demo), "--base", "tiny-dual", "--steps", "2",
+                "--batch-size", "8"]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+        assert report["steps"] == 2 and Path(report["checkpoint"]).is_dir()
+        bad = CliRunner().invoke(app, ["finetune", "tag-image", "--dataset", str(demo), "--base", "tiny-dual"])
+        assert bad.exit_code == 2 and "tag-image variant" in bad.output
+    finally:
+        get_settings.cache_clear()

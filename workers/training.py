@@ -1,0 +1,60 @@
+"""Training jobs by kind: the same call from the CLI (in process) and from the Celery task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.common import Progress
+from mmrecall.settings import Settings
+from storage import catalogue
+from storage.db import session_scope
+
+KINDS = ("tag-image", "pretrain-dualstream")
+
+
+def run_training(settings: Settings, kind: str, params: dict, on_progress: Progress | None = None) -> dict:
+    dataset = Path(params["dataset"])
+    out_root = settings.home / "checkpoints"
+    cache = settings.home / "train-cache"
+    if kind == "tag-image":
+        from finetune.tag_image import train_tag_image
+
+        return train_tag_image(
+            dataset, base=params.get("base", "tag-image-effnet"), tag_level=int(params.get("tag_level", 2)),
+            epochs=int(params.get("epochs", 200)), min_count=int(params.get("min_count", 10)),
+            out_root=out_root, cache=cache, progress=on_progress is None, on_progress=on_progress,
+        )  # fmt: skip
+    if kind == "pretrain-dualstream":
+        from finetune.dual_stream import pretrain_dual_stream
+
+        return pretrain_dual_stream(
+            dataset, base=params.get("base", "dual-stream-base"), epochs=float(params.get("epochs", 2.0)),
+            steps=params.get("steps"), batch_size=int(params.get("batch_size", 64)),
+            resume=Path(params["resume"]) if params.get("resume") else None,
+            out_root=out_root, cache=cache, progress=on_progress is None, on_progress=on_progress,
+        )  # fmt: skip
+    raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def training_job(settings: Settings, job_id: str) -> dict:
+    """The Celery side: parameters from the job row, progress onto it, the report into its result."""
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        job = catalogue.get_job(session, job_id)
+        kind, params = job.kind.removeprefix("finetune:"), dict(job.params)
+        catalogue.update_job(session, job_id, state="running")
+
+    def progress(done: int, total: int, metrics: dict) -> None:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, done=done, total=total, message=shown)
+
+    try:
+        report = run_training(settings, kind, params, on_progress=progress)
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(url) as session:
+        catalogue.update_job(session, job_id, state="succeeded", result=report)
+    return report
