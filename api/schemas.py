@@ -77,3 +77,7 @@ class EvalIn(BaseModel):
     protocol: Literal["last", "cold", "both"] = "both"
     split: Literal["test", "valid"] = "test"
     encoder: str | None = None
+
+
+class ActivateIn(BaseModel):
+    encoder: str = Field(description="a registered encoder name or a checkpoint directory")

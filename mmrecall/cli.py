@@ -205,6 +205,29 @@ def reindex(
 
 
 @app.command()
+def activate(
+    encoder: Annotated[str, typer.Argument(help="A registered encoder or a checkpoint directory")],
+    wait: Annotated[bool, typer.Option(help="Wait for the backfill to finish")] = True,
+) -> None:
+    """Switch the catalogue to another encoder: re-encode everything through a worker, reindex, swap."""
+    from mmrecall.queue import enqueue_backfill
+    from mmrecall.runner import wait_for_job
+    from storage import catalogue
+    from storage.db import session_scope
+
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        job = catalogue.create_job(session, "backfill", {"encoder": encoder})
+    enqueue_backfill(settings, job.id)
+    typer.echo(f"backfill job {job.id} queued")
+    if wait:
+        try:
+            typer.echo(json.dumps(wait_for_job(settings, job.id, timeout=24 * 3600), indent=2))
+        except RuntimeError as exc:
+            _fail(str(exc))
+
+
+@app.command()
 def similar(
     item_id: str,
     k: Annotated[int, typer.Option("-k", help="How many neighbours")] = 10,

@@ -16,6 +16,7 @@ ENCODE_TASK = "mmrecall.encode_items"
 REINDEX_TASK = "mmrecall.reindex"
 EVAL_TASK = "mmrecall.evaluate"
 TRAIN_TASK = "mmrecall.train"
+BACKFILL_TASK = "mmrecall.backfill"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -63,6 +64,10 @@ def enqueue_eval(settings: Settings, job_id: str) -> str:
 
 def enqueue_training(settings: Settings, job_id: str) -> str:
     return client(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.queue).id
+
+
+def enqueue_backfill(settings: Settings, job_id: str) -> str:
+    return client(settings).send_task(BACKFILL_TASK, args=[job_id], queue=settings.queue).id
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
-from storage.db import Interaction, Item, ItemVector, Job
+from storage.db import EncoderState, Interaction, Item, ItemVector, Job
 
 ITEM_FIELDS = ("title", "tags", "cover", "frames", "video", "created_at")
 
@@ -79,10 +79,16 @@ def failed_items(session: Session, item_ids: Sequence[str], *, limit: int = 5) -
 
 
 def store_vectors(
-    session: Session, item_ids: Sequence[str], vectors: np.ndarray, *, encoder: str, version: str
+    session: Session,
+    item_ids: Sequence[str],
+    vectors: np.ndarray,
+    *,
+    encoder: str,
+    version: str,
+    mark_ready: bool = True,
 ) -> None:
-    """Upsert by (item, version) and mark the items `ready`. Rows are replaced rather than updated so
-    that their new ids show up in the change feed."""
+    """Upsert by (item, version) and mark the items `ready` (not for a backfill's version). Rows are
+    replaced rather than updated so that their new ids show up in the change feed."""
     if not item_ids:
         return
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
@@ -91,7 +97,29 @@ def store_vectors(
         ItemVector(item_id=item_id, encoder=encoder, version=version, dim=vec.shape[0], vector=vec.tobytes())
         for item_id, vec in zip(item_ids, vectors, strict=True)
     )
-    set_status(session, item_ids, "ready")
+    if mark_ready:
+        set_status(session, item_ids, "ready")
+
+
+def ready_item_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Item.id).where(Item.status == "ready").order_by(Item.id)))
+
+
+def encoder_state(session: Session) -> dict[str, str]:
+    """{"active": spec, "pending": spec} as far as set."""
+    return {row.key: row.spec for row in session.scalars(select(EncoderState))}
+
+
+def set_encoder_state(session: Session, key: str, spec: str) -> None:
+    row = session.get(EncoderState, key)
+    if row is None:
+        session.add(EncoderState(key=key, spec=spec))
+    else:
+        row.spec, row.updated_at = spec, time.time()
+
+
+def clear_encoder_state(session: Session, key: str) -> None:
+    session.execute(delete(EncoderState).where(EncoderState.key == key))
 
 
 def _decode(rows: Sequence[tuple[str, bytes]], dim: int) -> tuple[list[str], np.ndarray]:

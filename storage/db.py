@@ -97,6 +97,16 @@ class Job(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
 
 
+class EncoderState(Base):
+    """Which encoder is active, and which one is being backfilled (key: "active" | "pending")."""
+
+    __tablename__ = "encoder_state"
+
+    key: Mapped[str] = mapped_column(String(16), primary_key=True)
+    spec: Mapped[str] = mapped_column(Text)  # a registry name or a checkpoint directory
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
+
+
 def normalize_url(url: str) -> str:
     """Route plain `postgresql://` URLs to psycopg 3, the driver we install."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):

@@ -157,3 +157,26 @@ def test_eval_runs_as_a_worker_job(service: Service) -> None:
     assert set(job["result"]["channels"]) == {"random", "popular", "itemcf", "text_v2v", "v2v"}
     refused = service.http.post("/v1/eval", json={"dataset": "/etc"})
     assert refused.status_code == 400
+
+
+def test_activating_another_encoder_backfills_and_swaps(service: Service) -> None:
+    http = service.http
+    ids = http.post("/v1/items", json={"items": items_payload(service, "e", 4)}).json()["ids"]
+    service.wait_items(ids)
+    before = http.get("/healthz").json()
+    assert http.post("/v1/encoders/activate", json={"encoder": "no-such"}).status_code == 400
+    created = http.post("/v1/encoders/activate", json={"encoder": "tiny-dual"})
+    assert created.status_code == 202
+    job = service.wait_job(created.json()["job_id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["encoder_version"].startswith("tiny-dual@") and job["done"] == job["total"]
+    deadline = time.time() + 10
+    while not (http.get("/healthz").json()["encoder_version"] or "").startswith("tiny-dual@"):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert before["encoder_version"].startswith("tiny-test@")
+    assert http.get("/v1/encoders").json()["active"] == "tiny-dual"
+    assert len(http.get("/v1/similar/e0", params={"k": 3}).json()["results"]) == 3
+    # an item ingested now is encoded by the new encoder
+    http.post("/v1/items", json={"items": items_payload(service, "f", 1)})
+    assert any(v.startswith("tiny-dual@") for v in service.wait_items(["f0"])["f0"]["versions"])

@@ -23,12 +23,27 @@ def _weights(settings: Settings) -> tuple[str | None, str | None]:
     return checkpoint, str(settings.text_model_dir) if settings.text_model_dir else None
 
 
+def encoder_specs(settings: Settings) -> tuple[str, str | None]:
+    """(active, pending) encoder specs: a registry name or a checkpoint directory.
+
+    The active one is what an activation made active (stored in the catalogue), else `settings.encoder`;
+    the pending one is being backfilled and gets every new item too, so nothing is missing at the swap.
+    """
+    with session_scope(settings.resolved_database_url) as session:
+        state = catalogue.encoder_state(session)
+    return state.get("active", settings.encoder), state.get("pending")
+
+
+def load_encoder(settings: Settings, spec: str) -> Encoder:
+    return get_encoder(spec, *_weights(settings))
+
+
 def active_encoder(settings: Settings) -> Encoder:
-    return get_encoder(settings.encoder, *_weights(settings))
+    return load_encoder(settings, encoder_specs(settings)[0])
 
 
 def active_version(settings: Settings) -> str:
-    return encoder_version(settings.encoder, *_weights(settings))
+    return encoder_version(encoder_specs(settings)[0], *_weights(settings))
 
 
 def content_of(item: Item, encoder: Encoder) -> ContentInput:
@@ -44,13 +59,8 @@ def content_of(item: Item, encoder: Encoder) -> ContentInput:
     )
 
 
-def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
-    """Encode the given items with the active encoder; each item ends `ready` or `failed` with a reason."""
-    encoder = active_encoder(settings)
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        items = catalogue.get_items(session, item_ids)
-        catalogue.set_status(session, list(items), "encoding")
+def encode_batch(encoder: Encoder, items: dict[str, Item]) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """(encoded ids, float32 vectors, {failed id: reason}); a bad item never stops the others."""
     inputs: dict[str, ContentInput] = {}
     failed: dict[str, str] = {}
     for item_id, item in items.items():
@@ -59,23 +69,86 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
         except MediaError as exc:
             failed[item_id] = str(exc)
     ids = list(inputs)
-    vectors = np.zeros((0, encoder.dim), np.float32)
     try:
-        if ids:
-            vectors = encoder.encode([inputs[i] for i in ids])
+        vectors = encoder.encode([inputs[i] for i in ids]) if ids else np.zeros((0, encoder.dim), np.float32)
     except Exception as exc:  # a model error must not leave items stuck in `encoding`
         log.exception("encode failed for %d items", len(ids))
         failed.update({i: f"encode error: {type(exc).__name__}: {exc}" for i in ids})
-        ids = []
+        return [], np.zeros((0, encoder.dim), np.float32), failed
+    return ids, vectors, failed
+
+
+def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
+    """Encode items with the active encoder (and a pending one being backfilled); each item ends
+    `ready` or `failed` with a reason."""
+    active, pending = encoder_specs(settings)
+    encoder = load_encoder(settings, active)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        items = catalogue.get_items(session, item_ids)
+        catalogue.set_status(session, list(items), "encoding")
+    ids, vectors, failed = encode_batch(encoder, items)
+    extra = None
+    if pending and pending != active:
+        extra_encoder = load_encoder(settings, pending)
+        extra = (extra_encoder, *encode_batch(extra_encoder, {i: items[i] for i in ids})[:2])
     with session_scope(url) as session:
         if ids:
             catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version)
+        if extra is not None and extra[1]:
+            catalogue.store_vectors(session, extra[1], extra[2], encoder=extra[0].name, version=extra[0].version,
+                                    mark_ready=False)  # fmt: skip
         for item_id, reason in failed.items():
             catalogue.set_status(session, [item_id], "failed", reason)
     return {"ready": len(ids), "failed": len(failed), "unknown": len(set(item_ids) - set(items))}
 
 
-def reindex(settings: Settings, job_id: str, *, version: str | None = None) -> dict:
+def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64) -> dict:
+    """Activate an encoder: re-encode the catalogue with it, rebuild the index from its vectors, then swap.
+
+    Queries keep being served from the old snapshot until the new one is published; items ingested
+    meanwhile are encoded with both encoders (the new one is `pending`).
+    """
+    url = settings.resolved_database_url
+    encoder = load_encoder(settings, spec)
+    with session_scope(url) as session:
+        catalogue.set_encoder_state(session, "pending", spec)
+        item_ids = catalogue.ready_item_ids(session)
+        catalogue.update_job(session, job_id, state="running", total=len(item_ids), done=0, message=encoder.version)
+    skipped: dict[str, str] = {}
+    try:
+        for start in range(0, len(item_ids), batch_size):
+            chunk = item_ids[start : start + batch_size]
+            with session_scope(url) as session:
+                items = catalogue.get_items(session, chunk)
+            ids, vectors, failed = encode_batch(encoder, items)
+            skipped.update(failed)
+            with session_scope(url) as session:
+                if ids:
+                    catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version,
+                                            mark_ready=False)  # fmt: skip
+                catalogue.update_job(session, job_id, done=start + len(chunk))
+            log.info("backfill %s: %d/%d items", encoder.version, start + len(chunk), len(item_ids))
+        result = reindex(settings, job_id, version=encoder.version, finish=False)
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.clear_encoder_state(session, "pending")
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(url) as session:
+        catalogue.set_encoder_state(session, "active", spec)
+        catalogue.clear_encoder_state(session, "pending")
+        result = {
+            **result,
+            "encoder": spec,
+            "skipped": len(skipped),
+            "skipped_examples": dict(list(skipped.items())[:5]),
+        }
+        catalogue.update_job(session, job_id, state="succeeded", result=result)
+    return result
+
+
+def reindex(settings: Settings, job_id: str, *, version: str | None = None, finish: bool = True) -> dict:
     """Rebuild the index from every stored vector of a version and publish it as the new snapshot.
 
     The previous snapshot keeps serving until the atomic swap at the end; a failure leaves it in place.
@@ -119,8 +192,9 @@ def reindex(settings: Settings, job_id: str, *, version: str | None = None) -> d
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     result = {**meta, "snapshot": target.name, "seconds": round(time.time() - started, 3)}
-    with session_scope(url) as session:
-        catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
+    if finish:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
     return result
 
 

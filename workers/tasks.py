@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmrecall.queue import ENCODE_TASK, EVAL_TASK, REINDEX_TASK, TRAIN_TASK
+from mmrecall.queue import BACKFILL_TASK, ENCODE_TASK, EVAL_TASK, REINDEX_TASK, TRAIN_TASK
 from mmrecall.settings import get_settings
 from storage import catalogue
 from storage.db import session_scope
@@ -36,3 +36,11 @@ def train(job_id: str) -> dict:
     from workers.training import training_job
 
     return training_job(get_settings(), job_id)  # records its own failure on the job row
+
+
+@app.task(name=BACKFILL_TASK)
+def backfill(job_id: str) -> dict:
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        spec = catalogue.get_job(session, job_id).params["encoder"]
+    return pipeline.backfill(settings, job_id, spec)  # records its own failure on the job row

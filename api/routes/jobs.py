@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
+from pathlib import Path
+
 from fastapi import APIRouter, HTTPException
 
 from api.deps import SessionDep, SettingsDep
 from api.media import confine
-from api.schemas import EvalIn, JobCreated, JobOut
-from mmrecall.queue import enqueue_eval, enqueue_reindex
+from api.schemas import ActivateIn, EvalIn, JobCreated, JobOut
+from mmrecall.queue import enqueue_backfill, enqueue_eval, enqueue_reindex
 from storage import catalogue
 from storage.db import session_scope
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@cache
+def registered_encoders() -> list[str]:
+    """Names in encoders/configs, found without importing `encoders` (that would load torch here)."""
+    spec = importlib.util.find_spec("encoders")
+    folders = [Path(p) / "configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    return sorted(path.stem for folder in folders for path in folder.glob("*.json"))
 
 
 @router.post("/reindex", status_code=202, response_model=JobCreated)
@@ -31,6 +43,29 @@ def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
         job = catalogue.create_job(session, "eval", params)
     enqueue_eval(settings, job.id)
     return JobCreated(job_id=job.id, state=job.state)
+
+
+@router.post("/encoders/activate", status_code=202, response_model=JobCreated)
+def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
+    """Re-encode the catalogue with another encoder, rebuild the index from it, then swap; queries keep
+    the old vectors until the swap."""
+    known = registered_encoders()
+    if body.encoder not in known and not (Path(body.encoder) / "encoder.json").is_file():
+        raise HTTPException(400, f"unknown encoder {body.encoder!r}; known: {known} or a checkpoint directory")
+    with session_scope(settings.resolved_database_url) as session:
+        job = catalogue.create_job(session, "backfill", {"encoder": body.encoder})
+    enqueue_backfill(settings, job.id)
+    return JobCreated(job_id=job.id, state=job.state)
+
+
+@router.get("/encoders")
+def encoders_state(session: SessionDep, settings: SettingsDep) -> dict:
+    state = catalogue.encoder_state(session)
+    return {
+        "registered": registered_encoders(),
+        "active": state.get("active", settings.encoder),
+        "pending": state.get("pending"),
+    }
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
