@@ -23,8 +23,10 @@ class EvalContext:
     data: Dataset
     cache: Path | None = None
     encoder: str = "skeleton-base"  # the encoder behind mmrecall's own v2v channel
+    g_features: tuple[str, ...] = ()  # encoders whose vectors feed G (default: text-minilm + `encoder`)
     progress: bool = True
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    models: dict = field(default_factory=dict)  # trained models shared between channels of one split
 
     def vectors(self, encoder_name: str) -> np.ndarray:
         if encoder_name not in self._vectors:
@@ -136,6 +138,74 @@ class VectorV2VChannel(Channel):
         return out
 
 
+G_VARIANTS = {  # channel name -> (training overrides, model overrides)
+    "personal": ({}, {}),
+    "personal_nobias": ({}, {"use_bias": False}),
+    "personal_nologq": ({"log_q": False}, {}),
+    "personal_nohard": ({"hard_negatives": False}, {}),
+}
+
+
+def trained_g(ctx: EvalContext, split: Split, variant: str):
+    """Train G (once per split and variant) on the split's training interactions; returns the trainer."""
+    from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
+
+    key = (id(split), variant)
+    if key not in ctx.models:
+        specs = ctx.g_features or tuple(dict.fromkeys(["text-minilm", ctx.encoder]))
+        features = np.concatenate([ctx.vectors(spec) for spec in specs], axis=1)
+        train_overrides, model_overrides = G_VARIANTS[variant]
+        config = make_config(features, specs, **model_overrides)
+        trainer = GTrainer(config, features, [i.id for i in ctx.data.items], ctx.data.user_ids,
+                           GTrainConfig(**train_overrides))  # fmt: skip
+        report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights))
+        ctx.models[key] = trainer
+        ctx.models[(key, "report")] = report
+    return ctx.models[key]
+
+
+class GChannel(Channel):
+    """Personalized recall: the user tower over G of the history (+ EPu for known users) against every
+    item's normalize(ECi + EPi) (EPi only for items seen in training; new items by content alone)."""
+
+    def __init__(self, name: str, variant: str) -> None:
+        super().__init__()
+        self.name, self.variant = name, variant
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        import torch
+
+        self.torch = torch
+        self.trainer = trained_g(ctx, split, self.variant)
+        self.items = self.trainer.item_matrix(self.trainer.known)
+        self.known_users = np.zeros(ctx.data.n_users, bool)
+        self.known_users[np.unique(split.train_users)] = True
+
+    def scores(self, users, histories):
+        known = self.known_users[users]
+        vectors = self.trainer.user_matrix(list(histories), None).clone()
+        if known.any():
+            with_bias = self.trainer.user_matrix([h for h, k in zip(histories, known, strict=True) if k], users[known])
+            vectors[self.torch.from_numpy(known)] = with_bias
+        return (vectors @ self.items.T).numpy()
+
+
+class GV2VChannel(VectorV2VChannel):
+    """v2v on G's content vectors normalize(ECi): what G learned from clicks, usable for any item.
+    Not tuned separately (that would train G on the valid split too): it takes v2v's recency decay."""
+
+    param_grid: dict[str, list] = {}
+
+    def __init__(self) -> None:
+        super().__init__("v2v_g", "")
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        trainer = trained_g(ctx, split, "personal")
+        self.vectors = trainer.item_matrix(None, content_only=True).numpy()
+        self.n_recent = self.params.get("n_recent", 20)
+        self.decay = self.params.get("decay", 0.5)
+
+
 def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Channel]]:
     """Every channel the harness knows, by its report name.
 
@@ -148,6 +218,8 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "itemcf": ItemCFChannel,
         "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
         "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
+        "v2v_g": GV2VChannel,
+        **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
     }
     for name in extra:
         if name.startswith("v2v@"):

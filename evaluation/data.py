@@ -21,6 +21,7 @@ class Dataset:
     items_of: np.ndarray  # (m,) int32 item index per interaction
     timestamps: np.ndarray  # (m,) float64
     fingerprint: str  # changes when either file does; keys the caches
+    weights: np.ndarray | None = None  # (m,) float32 interaction weights (1 where the file has none)
 
     @property
     def n_items(self) -> int:
@@ -44,7 +45,7 @@ def load_dataset(directory: Path) -> Dataset:
     items = list(read_items(directory))
     item_index = {item.id: i for i, item in enumerate(items)}
     user_index: dict[str, int] = {}
-    users, item_rows, stamps = [], [], []
+    users, item_rows, stamps, weights = [], [], [], []
     for row in read_interactions(directory):
         item = item_index.get(row.item_id)
         if item is None:
@@ -52,6 +53,7 @@ def load_dataset(directory: Path) -> Dataset:
         users.append(user_index.setdefault(row.user_id, len(user_index)))
         item_rows.append(item)
         stamps.append(row.timestamp)
+        weights.append(1.0 if row.weight is None else row.weight)
     return Dataset(
         name=directory.name,
         items=items,
@@ -61,6 +63,7 @@ def load_dataset(directory: Path) -> Dataset:
         items_of=np.asarray(item_rows, np.int32),
         timestamps=np.asarray(stamps, np.float64),
         fingerprint=_digest(directory / ITEMS_FILE, directory / INTERACTIONS_FILE),
+        weights=np.asarray(weights, np.float32),
     )
 
 
@@ -78,6 +81,7 @@ class Split:
     train_users: np.ndarray
     train_items: np.ndarray
     train_times: np.ndarray
+    train_weights: np.ndarray
     query_users: np.ndarray
     histories: list[np.ndarray]
     targets: list[np.ndarray]
@@ -85,14 +89,15 @@ class Split:
     cold_items: np.ndarray | None = field(default=None)
 
 
-def by_user_in_time(data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """Interactions sorted by (user, timestamp, file order): users, items, times, and each user's
-    [start, end) run in those arrays."""
+def by_user_in_time(data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Interactions sorted by (user, timestamp, file order): users, items, times, weights, and each
+    user's [start, end) run in those arrays."""
     order = np.lexsort((np.arange(len(data.users)), data.timestamps, data.users))
     users, items, times = data.users[order], data.items_of[order], data.timestamps[order]
+    weights = data.weights[order] if data.weights is not None else np.ones(len(order), np.float32)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(users)]
-    return users, items, times, list(zip(starts.tolist(), ends.tolist(), strict=True))
+    return users, items, times, weights, list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def leave_last_out(data: Dataset, split: str = "test") -> Split:
@@ -103,7 +108,7 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be test or valid, not {split!r}")
-    users, items, times, runs = by_user_in_time(data)
+    users, items, times, weights, runs = by_user_in_time(data)
     keep = np.ones(len(users), bool)
     query_users, histories, targets = [], [], []
     held_out = 1 if split == "test" else 2
@@ -121,6 +126,7 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
         train_users=users[keep],
         train_items=items[keep],
         train_times=times[keep],
+        train_weights=weights[keep],
         query_users=np.asarray(query_users, np.int32),
         histories=histories,
         targets=targets,
@@ -139,7 +145,7 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
     cold = np.sort(rng.choice(pool, size=int(round(fraction * len(pool))), replace=False))
     is_cold = np.zeros(data.n_items, bool)
     is_cold[cold] = True
-    users, items, times, runs = by_user_in_time(data)
+    users, items, times, weights, runs = by_user_in_time(data)
     warm = ~is_cold[items]
     query_users, histories, targets = [], [], []
     for start, end in runs:
@@ -155,6 +161,7 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
         train_users=users[warm],
         train_items=items[warm],
         train_times=times[warm],
+        train_weights=weights[warm],
         query_users=np.asarray(query_users, np.int32),
         histories=histories,
         targets=targets,

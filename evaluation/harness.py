@@ -19,6 +19,7 @@ from mmrecall.interchange import tag_at_level
 
 log = logging.getLogger(__name__)
 BATCH = 256
+OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard"}  # ablations: only when named
 Progress = Callable[[str, int, int], None]
 
 
@@ -82,11 +83,12 @@ def run_eval(
     split: str = "test",
     cache: Path | None = None,
     encoder: str = "skeleton-base",
+    g_features: Sequence[str] = (),
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> dict:
     known = channel_factories(channels or ())
-    names = list(channels) if channels else list(known)
+    names = list(channels) if channels else [n for n in known if n not in OPT_IN]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown channels {unknown}; known: {', '.join(known)}")
@@ -94,7 +96,7 @@ def run_eval(
     if protocol not in ("last", "cold", "both"):
         raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
     data = load_dataset(dataset_dir)
-    ctx = EvalContext(data, cache=cache, encoder=encoder, progress=progress)
+    ctx = EvalContext(data, cache=cache, encoder=encoder, g_features=tuple(g_features), progress=progress)
     reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
     report: dict = {
         "dataset": str(dataset_dir),
@@ -124,6 +126,9 @@ def run_eval(
         channel.params.update(params[name])
         channel.fit(ctx, the_split)
         report[key][name] = evaluate_channel(channel, the_split, ctx, reference=reference, exclude_history=exclude)
+        trained = ctx.models.get(((id(the_split), getattr(channel, "variant", None)), "report"))
+        if trained:
+            report.setdefault("training", {})[f"{key}/{name}"] = {k: v for k, v in trained.items() if k != "epochs"}
         report["seconds"][f"{key}/{name}"] = round(time.time() - started, 2)
         if on_progress:
             on_progress(f"{key}/{name}", done + 1, len(steps))

@@ -1,0 +1,166 @@
+"""The behaviour-aware content function G and the two towers around it.
+
+G sees only content: the concatenated frozen vectors of the feature encoders (e.g. text, cover image,
+dual-stream joint) -> an MLP "filter" -> ECi. Beside it, id-based biases absorb what content cannot:
+  item = ECi + EPi (hashed item-id embedding), user = ECu + EPu (hashed user-id embedding),
+  ECu = attention pooling, with a recency bias, over G of the user's recent items.
+Score = <normalize(user), normalize(item)> / temperature. A new item has no EPi: it is served by ECi alone,
+which is why G must carry the signal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.base import l2_normalize
+
+CONFIG_FILE = "g.json"
+WEIGHTS_FILE = "model.pt"
+AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
+
+
+@dataclass(frozen=True)
+class GConfig:
+    feature_encoders: tuple[str, ...] = ()  # encoder specs whose vectors are concatenated as G's input
+    feature_dim: int = 0  # width of that concatenation
+    hidden: int = 512  # MLP width
+    dim: int = 128  # ECi / ECu / bias width
+    dropout: float = 0.1
+    history: int = 50  # the user tower pools this many recent items
+    buckets: int = 1 << 15  # rows of each hashed id table
+    hashes: int = 2  # hash functions per id (their embeddings are summed)
+    temperature: float = 0.05
+    use_bias: bool = True  # the id bias towers (EPi, EPu)
+    extra: dict = field(default_factory=dict)  # training settings recorded with the checkpoint
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> GConfig:
+        data = json.loads(text)
+        data["feature_encoders"] = tuple(data.get("feature_encoders", ()))
+        return cls(**data)
+
+
+def id_key(value: str) -> int:
+    """A stable 63-bit integer for an id string (the same in every process and on every machine)."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def hashed_buckets(keys: torch.Tensor, buckets: int, hashes: int) -> torch.Tensor:
+    """(n,) int64 keys -> (n, hashes) bucket indices, one universal hash per column."""
+    primes = torch.tensor([1_000_003, 998_244_353, 1_000_000_007, 67_867_967][:hashes], dtype=torch.int64)
+    offsets = torch.tensor([17, 31, 101, 7][:hashes], dtype=torch.int64)
+    mixed = (keys[:, None] % 2_147_483_647) * primes[None, :] + offsets[None, :]  # (n, hashes)
+    return torch.remainder(mixed, buckets)
+
+
+class HashedEmbedding(nn.Module):
+    def __init__(self, buckets: int, hashes: int, dim: int) -> None:
+        super().__init__()
+        self.buckets, self.hashes = buckets, hashes
+        self.table = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.table.weight, std=0.01)
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.table(hashed_buckets(keys, self.buckets, self.hashes)).sum(dim=1)  # (n, dim)
+
+
+class ContentG(nn.Module):
+    """G: content features (n, F) -> ECi (n, dim). No ids, no counts."""
+
+    def __init__(self, config: GConfig) -> None:
+        super().__init__()
+        h = config.hidden
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(config.feature_dim),
+            nn.Linear(config.feature_dim, h), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(h, h), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(h, config.dim),
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
+class UserTower(nn.Module):
+    """ECu: attention over G of the recent items, query learned, with a learned bias per recency bucket."""
+
+    def __init__(self, config: GConfig) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(config.dim) / math.sqrt(config.dim))
+        self.key = nn.Linear(config.dim, config.dim)
+        self.recency = nn.Embedding(AGE_BUCKETS, 1)
+        nn.init.zeros_(self.recency.weight)
+        self.out = nn.Linear(config.dim, config.dim)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """history (b, L, dim), oldest first, padded on the left; mask (b, L) True = a real item."""
+        length = history.shape[1]
+        ages = torch.arange(length - 1, -1, -1, device=history.device)  # (L,): 0 = the latest slot
+        buckets = torch.clamp(torch.log2(ages.float() + 1).long(), max=AGE_BUCKETS - 1)  # (L,)
+        scores = self.key(history) @ self.query / math.sqrt(history.shape[-1])  # (b, L)
+        scores = scores + self.recency(buckets).squeeze(-1)[None, :]  # (b, L)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # (b, L); a user without history gets zeros
+        pooled = (weights.unsqueeze(-1) * history).sum(dim=1)  # (b, dim)
+        return pooled + self.out(pooled)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, config: GConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.g = ContentG(config)
+        self.user_tower = UserTower(config)
+        self.item_bias = HashedEmbedding(config.buckets, config.hashes, config.dim)
+        self.user_bias = HashedEmbedding(config.buckets, config.hashes, config.dim)
+
+    def items(
+        self, content: torch.Tensor, keys: torch.Tensor | None, known: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """normalize(ECi + EPi): EPi only where `known` (items seen in training) and biases are on."""
+        if keys is None or not self.config.use_bias:
+            return l2_normalize(content)
+        bias = self.item_bias(keys)  # (n, dim)
+        if known is not None:
+            bias = bias * known.unsqueeze(-1).to(bias.dtype)
+        return l2_normalize(content + bias)
+
+    def users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        """normalize(ECu + EPu) from G of the history (b, L, dim); EPu only for known users (keys given)."""
+        common = self.user_tower(history, mask)  # (b, dim)
+        if keys is None or not self.config.use_bias:
+            return l2_normalize(common)
+        return l2_normalize(common + self.user_bias(keys))
+
+
+def save_g(model: TwoTower, directory: Path, report: dict | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    (directory / CONFIG_FILE).write_text(model.config.to_json())
+    if report is not None:
+        (directory / "train_report.json").write_text(json.dumps(report, indent=2))
+    return directory
+
+
+def load_g(directory: str | Path) -> TwoTower:
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise ValueError(f"{directory}: not a G checkpoint ({CONFIG_FILE} missing)")
+    model = TwoTower(GConfig.from_json((directory / CONFIG_FILE).read_text()))
+    model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def keys_of(ids: list[str]) -> np.ndarray:
+    return np.fromiter((id_key(i) for i in ids), np.int64, len(ids))

@@ -1,0 +1,240 @@
+"""Contrastive finetuning of G with the bias towers, on clicks.
+
+Examples: for every training interaction after a user's first, the items before it (the latest
+`history`) predict it. Loss: in-batch sampled softmax over normalize(user) . normalize(item) / tau with
+the log-q correction (streaming frequency), plus uniform random negatives (corrected by their own
+sampling rate) and one hard negative per row (an item near the positive in the current G space, not in
+the user's training items). Rows may be weighted (e.g. by rating). Early stopping on each user's last
+training interaction, held out for validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from encoders.content_g import GConfig, TwoTower, keys_of, save_g
+from finetune.common import EtaLogger, Progress
+from finetune.frequency import StreamingFrequency
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GTrainConfig:
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    random_negatives: int = 256
+    hard_negatives: bool = True
+    hard_pool: int = 50  # the hard negative is drawn from the positive's nearest `hard_pool` items
+    log_q: bool = True
+    weighted: bool = True  # weight rows by interaction weight (e.g. rating), when present
+    seed: int = 0
+
+
+@dataclass
+class Interactions:
+    """Training interactions as arrays (time order within each user)."""
+
+    users: np.ndarray  # (m,) int user index
+    items: np.ndarray  # (m,) int item index
+    weights: np.ndarray | None = None  # (m,) float
+
+
+def user_sequences(data: Interactions) -> dict[int, np.ndarray]:
+    order = np.argsort(data.users, kind="stable")  # keeps time order inside each user
+    users, items = data.users[order], data.items[order]
+    cuts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return {int(users[c]): items[c:e] for c, e in zip(cuts, np.r_[cuts[1:], len(users)], strict=True)}
+
+
+def history_matrix(sequences: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (b, L) item indices and mask of each sequence's latest `length` items."""
+    out = np.zeros((len(sequences), length), np.int64)
+    mask = np.zeros((len(sequences), length), bool)
+    for row, seq in enumerate(sequences):
+        tail = seq[-length:]
+        if len(tail):
+            out[row, length - len(tail) :] = tail
+            mask[row, length - len(tail) :] = True
+    return out, mask
+
+
+class GTrainer:
+    def __init__(
+        self,
+        config: GConfig,
+        features: np.ndarray,
+        item_ids: list[str],
+        user_ids: list[str],
+        train: GTrainConfig,
+    ) -> None:
+        self.config, self.train_cfg = config, train
+        torch.manual_seed(train.seed)
+        self.rng = np.random.default_rng(train.seed)
+        self.model = TwoTower(config)
+        self.features = torch.from_numpy(np.ascontiguousarray(features, np.float32))  # (N, F)
+        self.item_keys = torch.from_numpy(keys_of(item_ids))  # (N,)
+        self.user_keys = torch.from_numpy(keys_of(user_ids))  # (U,)
+        self.n_items = len(item_ids)
+
+    # ---- data ------------------------------------------------------------------------------------
+    def examples(self, sequences: dict[int, np.ndarray], weights: dict[int, np.ndarray] | None):
+        rows = [(u, p) for u, seq in sequences.items() for p in range(1, len(seq))]
+        return np.asarray(rows, np.int64).reshape(-1, 2)
+
+    # ---- model pieces ----------------------------------------------------------------------------
+    def item_matrix(self, known: torch.Tensor | None, *, content_only: bool = False) -> torch.Tensor:
+        """normalize(ECi [+ EPi]) for the whole catalogue, (N, dim), eval mode."""
+        self.model.eval()
+        with torch.no_grad():
+            content = torch.cat([self.model.g(self.features[s : s + 8192]) for s in range(0, self.n_items, 8192)])
+            if content_only:
+                return F.normalize(content, dim=-1)
+            return self.model.items(content, self.item_keys, known)
+
+    def user_matrix(self, histories: list[np.ndarray], users: np.ndarray | None) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            index, mask = history_matrix(histories, self.config.history)
+            content = self.model.g(self.features[torch.from_numpy(index).reshape(-1)]).reshape(*index.shape, -1)
+            keys = self.user_keys[torch.from_numpy(users)] if users is not None else None
+            return self.model.users(content, torch.from_numpy(mask), keys)
+
+    # ---- training --------------------------------------------------------------------------------
+    def fit(self, data: Interactions, on_progress: Progress | None = None) -> dict:
+        cfg = self.train_cfg
+        sequences = user_sequences(data)
+        weight_seqs = None
+        if cfg.weighted and data.weights is not None:
+            order = np.argsort(data.users, kind="stable")
+            w = data.weights[order] / max(float(np.mean(data.weights)), 1e-9)
+            cuts = np.flatnonzero(np.r_[True, data.users[order][1:] != data.users[order][:-1]])
+            weight_seqs = {
+                int(data.users[order][c]): w[c:e] for c, e in zip(cuts, np.r_[cuts[1:], len(w)], strict=True)
+            }
+        # hold out each user's last training interaction for early stopping
+        valid_users = np.array([u for u, s in sequences.items() if len(s) >= 3], np.int64)
+        valid_targets = np.array([sequences[u][-1] for u in valid_users], np.int64)
+        fit_seqs = {u: (s[:-1] if u in set(valid_users.tolist()) else s) for u, s in sequences.items()}
+        known = torch.zeros(self.n_items, dtype=torch.bool)
+        known[torch.from_numpy(np.concatenate(list(fit_seqs.values())))] = True
+        rows = self.examples(fit_seqs, weight_seqs)
+        steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
+        frequency = StreamingFrequency(initial_gap=float(steps_per_epoch))
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
+        best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
+        history, step, started = [], 0, time.time()
+        item_sets = {u: set(s.tolist()) for u, s in fit_seqs.items()}
+        for epoch in range(1, cfg.epochs + 1):
+            hard_pool = self._hard_pool(known) if cfg.hard_negatives else None
+            self.model.train()
+            order = self.rng.permutation(len(rows))
+            losses = []
+            for start in range(0, len(order), cfg.batch_size):
+                batch = rows[order[start : start + cfg.batch_size]]
+                loss = self._loss(batch, fit_seqs, weight_seqs, item_sets, known, frequency, hard_pool, step)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                losses.append(loss.item())
+                eta(step, {"epoch": epoch, "loss": float(np.mean(losses[-20:]))})
+            hit = self.validate(fit_seqs, valid_users, valid_targets, known)
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_hitrate@50": hit})
+            log.info("G epoch %d: loss %.4f, valid hitrate@50 %.4f", epoch, np.mean(losses), hit)
+            if hit > best["hitrate@50"]:
+                best = {"hitrate@50": hit, "epoch": epoch,
+                        "state": {k: v.clone() for k, v in self.model.state_dict().items()}}  # fmt: skip
+            elif epoch - best["epoch"] >= cfg.patience:
+                break
+        self.model.load_state_dict(best["state"])
+        self.model.eval()
+        self.known = known
+        return {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
+                "seconds": round(time.time() - started, 1), "examples": int(len(rows))}  # fmt: skip
+
+    def _hard_pool(self, known: torch.Tensor) -> torch.Tensor:
+        """(N, hard_pool) nearest items of every item in the current G space (itself excluded)."""
+        items = self.item_matrix(known, content_only=True)
+        pools = []
+        for start in range(0, self.n_items, 2048):
+            sims = items[start : start + 2048] @ items.T  # (c, N)
+            sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0
+            pools.append(torch.topk(sims, self.train_cfg.hard_pool, dim=1).indices)
+        return torch.cat(pools)
+
+    def _loss(self, batch, seqs, weight_seqs, item_sets, known, frequency, hard_pool, step) -> torch.Tensor:
+        cfg, model = self.train_cfg, self.model
+        users = batch[:, 0]
+        targets = np.array([seqs[u][p] for u, p in batch], np.int64)
+        histories = [seqs[u][:p] for u, p in batch]
+        index, mask = history_matrix(histories, self.config.history)
+        randoms = self.rng.integers(self.n_items, size=cfg.random_negatives)
+        hard = np.full(len(batch), -1, np.int64)
+        if hard_pool is not None:
+            picks = hard_pool[torch.from_numpy(targets), self.rng.integers(hard_pool.shape[1], size=len(batch))].numpy()
+            hard = np.array([h if h not in item_sets[u] else -1 for h, u in zip(picks, users, strict=True)])
+        needed = np.unique(np.concatenate([index[mask], targets, randoms, hard[hard >= 0]]))
+        position = torch.full((self.n_items,), -1, dtype=torch.long)
+        position[torch.from_numpy(needed)] = torch.arange(len(needed))
+        content = model.g(self.features[torch.from_numpy(needed)])  # (u, dim): G only where needed
+        history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
+        user_vec = model.users(history, torch.from_numpy(mask), self.user_keys[torch.from_numpy(users)])  # (b, dim)
+
+        def item_vec(idx: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(idx)
+            return model.items(content[position[t]], self.item_keys[t], known[t])
+
+        tau = self.config.temperature
+        target_keys = self.item_keys[torch.from_numpy(targets)]
+        in_batch = user_vec @ item_vec(targets).T / tau  # (b, b)
+        if cfg.log_q:
+            frequency.update(target_keys, step + 1)
+            in_batch = in_batch - frequency.log_q(target_keys)[None, :]
+        same = torch.from_numpy(targets[:, None] == targets[None, :]) & ~torch.eye(len(batch), dtype=torch.bool)
+        in_batch = in_batch.masked_fill(same, float("-inf"))  # another row's copy of my positive is no negative
+        columns = [in_batch]
+        if cfg.random_negatives:
+            random_logits = user_vec @ item_vec(randoms).T / tau  # (b, M)
+            if cfg.log_q:
+                random_logits = random_logits - float(np.log(cfg.random_negatives / self.n_items))
+            collide = torch.from_numpy(randoms[None, :] == targets[:, None])
+            columns.append(random_logits.masked_fill(collide, float("-inf")))
+        if hard_pool is not None and (hard >= 0).any():
+            safe = np.where(hard >= 0, hard, targets)
+            hard_logit = (user_vec * item_vec(safe)).sum(-1, keepdim=True) / tau  # (b, 1)
+            columns.append(hard_logit.masked_fill(torch.from_numpy(hard < 0)[:, None], float("-inf")))
+        logits = torch.cat(columns, dim=1)  # (b, b + M + 1)
+        per_row = F.cross_entropy(logits, torch.arange(len(batch)), reduction="none")  # (b,)
+        if weight_seqs is not None:
+            weights = torch.tensor([weight_seqs[u][p] for u, p in batch], dtype=per_row.dtype)
+            return (per_row * weights).sum() / weights.sum()
+        return per_row.mean()
+
+    def validate(self, seqs, users: np.ndarray, targets: np.ndarray, known: torch.Tensor, k: int = 50) -> float:
+        items = self.item_matrix(known)
+        user_vec = self.user_matrix([seqs[u] for u in users], users)
+        scores = user_vec @ items.T  # (v, N)
+        for row, u in enumerate(users):
+            scores[row, torch.from_numpy(seqs[u])] = float("-inf")
+        target_scores = scores[torch.arange(len(users)), torch.from_numpy(targets)]
+        ranks = (scores >= target_scores[:, None]).sum(dim=1) - 1
+        return float((ranks < k).float().mean())
+
+    def save(self, directory: Path, report: dict) -> Path:
+        return save_g(self.model, directory, report)
+
+
+def make_config(features: np.ndarray, specs: tuple[str, ...], **overrides) -> GConfig:
+    return replace(GConfig(feature_encoders=specs, feature_dim=int(features.shape[1])), **overrides)
