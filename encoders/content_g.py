@@ -144,10 +144,12 @@ class TwoTower(nn.Module):
         return l2_normalize(common + self.user_bias(keys))
 
 
-def save_g(model: TwoTower, directory: Path, report: dict | None = None) -> Path:
+def save_g(model: TwoTower, directory: Path, report: dict | None = None, name: str = "g") -> Path:
+    """g.json + model.pt, and an encoder.json so the registry loads the directory as a "g" encoder."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / WEIGHTS_FILE)
     (directory / CONFIG_FILE).write_text(model.config.to_json())
+    (directory / "encoder.json").write_text(json.dumps({"name": name, "kind": "g", "text": None, "image": None}))
     if report is not None:
         (directory / "train_report.json").write_text(json.dumps(report, indent=2))
     return directory

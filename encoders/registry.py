@@ -33,11 +33,12 @@ def load_config(name: str) -> EncoderConfig:
 
 def _builders() -> dict[str, type[Encoder]]:
     from encoders.dual_stream import DualStreamEncoder
+    from encoders.g_encoder import GEncoder
     from encoders.image_encoders import ImageEncoder
     from encoders.text_image import TextImageEncoder
 
     return {"text-image": TextImageEncoder, "image": ImageEncoder, "tag-image": ImageEncoder,
-            "dual-stream": DualStreamEncoder}  # fmt: skip
+            "dual-stream": DualStreamEncoder, "g": GEncoder}  # fmt: skip
 
 
 def create_encoder(

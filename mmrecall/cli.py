@@ -48,7 +48,7 @@ def import_movielens_cmd(
     )
 
 
-def _run_training(kind: str, params: dict, on_worker: bool) -> None:
+def _run_training(kind: str, params: dict, on_worker: bool) -> dict:
     """Run a training job here (progress in the log) or as a Celery job (progress on the job row)."""
     from workers.training import run_training
 
@@ -61,7 +61,7 @@ def _run_training(kind: str, params: dict, on_worker: bool) -> None:
         except (ValueError, KeyError) as exc:
             _fail(str(exc))
         typer.echo(json.dumps(report, indent=2))
-        return
+        return report
     from mmrecall.queue import enqueue_training
     from mmrecall.runner import wait_for_job
     from storage import catalogue
@@ -72,9 +72,11 @@ def _run_training(kind: str, params: dict, on_worker: bool) -> None:
     enqueue_training(settings, job.id)
     typer.echo(f"job {job.id} queued")
     try:
-        typer.echo(json.dumps(wait_for_job(settings, job.id, timeout=24 * 3600), indent=2))
+        report = wait_for_job(settings, job.id, timeout=24 * 3600)
     except RuntimeError as exc:
         _fail(str(exc))
+    typer.echo(json.dumps(report, indent=2))
+    return report
 
 
 @finetune_app.command("tag-image")
@@ -120,6 +122,25 @@ def finetune_pretrain_dualstream(
     params = {"dataset": str(dataset.resolve()), "base": base, "epochs": epochs, "steps": steps,
               "batch_size": batch_size, "resume": str(resume.resolve()) if resume else None}  # fmt: skip
     _run_training("pretrain-dualstream", params, on_worker)
+
+
+@finetune_app.command("g")
+def finetune_g(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    features: Annotated[str, typer.Option(help="Comma-separated encoders whose vectors feed G")] = (
+        "text-minilm,dual-stream-base"
+    ),
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 512,
+    activate: Annotated[bool, typer.Option(help="Then re-encode the catalogue with G and rebuild the index")] = False,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Train the behaviour-aware content function G (with bias towers) on clicks."""
+    params = {"dataset": str(dataset.resolve()), "features": [f.strip() for f in features.split(",") if f.strip()],
+              "epochs": epochs, "batch_size": batch_size}  # fmt: skip
+    report = _run_training("g", params, on_worker)
+    if activate and report:
+        activate_cmd(report["checkpoint"], wait=True)
 
 
 @app.command()
@@ -204,8 +225,8 @@ def reindex(
     typer.echo(json.dumps(result, indent=2))
 
 
-@app.command()
-def activate(
+@app.command("activate")
+def activate_cmd(
     encoder: Annotated[str, typer.Argument(help="A registered encoder or a checkpoint directory")],
     wait: Annotated[bool, typer.Option(help="Wait for the backfill to finish")] = True,
 ) -> None:

@@ -84,3 +84,22 @@ def test_finetune_cli_runs_two_steps(demo: Path, tmp_path: Path, monkeypatch: py
         assert bad.exit_code == 2 and "tag-image variant" in bad.output
     finally:
         get_settings.cache_clear()
+
+
+def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_path: Path, monkeypatch) -> None:
+    from encoders import ContentInput
+    from mmrecall.settings import get_settings
+
+    monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        args = ["finetune", "g", "--dataset", str(demo), "--features", "tiny-test", "--epochs", "2", "--batch-size", "32"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+    finally:
+        get_settings.cache_clear()
+    encoder = create_encoder(report["checkpoint"])
+    assert encoder.version.startswith("g@") and encoder.dim == 128
+    vectors = encoder.encode([ContentInput("a brand-new pasta video", ["food/noodles"]), ContentInput("tennis final")])
+    assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

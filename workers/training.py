@@ -9,7 +9,7 @@ from mmrecall.settings import Settings
 from storage import catalogue
 from storage.db import session_scope
 
-KINDS = ("tag-image", "pretrain-dualstream")
+KINDS = ("tag-image", "pretrain-dualstream", "g")
 
 
 def run_training(settings: Settings, kind: str, params: dict, on_progress: Progress | None = None) -> dict:
@@ -32,6 +32,17 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
             steps=params.get("steps"), batch_size=int(params.get("batch_size", 64)),
             resume=Path(params["resume"]) if params.get("resume") else None,
             out_root=out_root, cache=cache, progress=on_progress is None, on_progress=on_progress,
+        )  # fmt: skip
+    if kind == "g":
+        from finetune.g_job import DEFAULT_FEATURES, train_g
+        from finetune.g_train import GTrainConfig
+
+        train = GTrainConfig(
+            **{k: params[k] for k in ("epochs", "batch_size", "log_q", "hard_negatives") if k in params}
+        )
+        return train_g(
+            dataset, features=tuple(params.get("features") or DEFAULT_FEATURES), out_root=out_root, cache=cache,
+            train=train, progress=on_progress is None, on_progress=on_progress,
         )  # fmt: skip
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
 

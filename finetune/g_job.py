@@ -1,0 +1,41 @@
+"""`mmrecall finetune g`: train G on a dataset's whole behaviour and write a loadable checkpoint.
+
+Feature vectors come from the named encoders (cached); each user's last interaction is held out for
+early stopping; the checkpoint directory is an encoder ("g") that activation can backfill the catalogue with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.data import by_user_in_time, load_dataset
+from evaluation.vectors import encode_dataset
+from finetune.common import Progress, run_dir
+from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
+
+DEFAULT_FEATURES = ("text-minilm", "dual-stream-base")
+
+
+def train_g(
+    dataset: Path,
+    *,
+    features: tuple[str, ...] = DEFAULT_FEATURES,
+    out_root: Path,
+    cache: Path | None = None,
+    train: GTrainConfig | None = None,
+    progress: bool = True,
+    on_progress: Progress | None = None,
+    **model_overrides,
+) -> dict:
+    data = load_dataset(dataset)
+    if not len(data.users):
+        raise ValueError(f"{dataset}: no interactions to learn from")
+    matrix = np.concatenate([encode_dataset(data, spec, cache=cache, progress=progress) for spec in features], axis=1)
+    users, items, _, weights, _ = by_user_in_time(data)
+    config = make_config(matrix, tuple(features), **model_overrides)
+    trainer = GTrainer(config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig())
+    report = trainer.fit(Interactions(users, items, weights), on_progress=on_progress)
+    out = trainer.save(run_dir(out_root, "g"), {**report, "dataset": str(dataset), "features": list(features)})
+    return {"checkpoint": str(out), **{k: v for k, v in report.items() if k != "epochs"}}
