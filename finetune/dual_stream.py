@@ -84,6 +84,7 @@ def pretrain_dual_stream(
     mask_rate: float = 0.15,
     temperature: float = 0.05,
     checkpoint_every: int = 200,
+    frame_share: float = 0.5,
     resume: Path | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -131,8 +132,9 @@ def pretrain_dual_stream(
     model.train()
     encoder.frames.eval()
     started = time.time()
+    with_frames = np.flatnonzero(offsets[1:] > offsets[:-1])
     while step < total:
-        idx = rng.choice(len(data.items), size=min(batch_size, len(data.items)), replace=False)
+        idx = _sample_batch(rng, len(data.items), with_frames, batch_size, frame_share)
         batch = encoder.tokenize([texts[i] for i in idx])
         frame_feats, frame_mask = _frames(features, offsets, idx, n_frames)
         losses = _step_losses(encoder, mlm_head, frame_pred, contrast, batch, frame_feats, frame_mask, mask_rate, gen)
@@ -160,6 +162,16 @@ def pretrain_dual_stream(
     }
     (out / "train_report.json").write_text(json.dumps({**report, "history": history}, indent=2))
     return report
+
+
+def _sample_batch(rng, n_items: int, with_frames: np.ndarray, size: int, frame_share: float) -> np.ndarray:
+    """A batch where about `frame_share` of the items have frames (when the catalogue has that many),
+    so the frame tasks see enough pairs even when most items have no image."""
+    size = min(size, n_items)
+    wanted = min(len(with_frames), int(round(size * frame_share)))
+    framed = rng.choice(with_frames, size=wanted, replace=False) if wanted else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(n_items), framed, assume_unique=True)
+    return np.concatenate([framed, rng.choice(rest, size=size - wanted, replace=False)])
 
 
 def _frames(features: np.ndarray, offsets: np.ndarray, idx: np.ndarray, n_frames: int):
@@ -196,8 +208,9 @@ def _step_losses(encoder, mlm_head, frame_pred, contrast, batch, frame_feats, fr
         predicted = l2_normalize(frame_pred(view_b["fused_frames"][:, 1:][chosen]))  # (m, h)
         true = l2_normalize(model.frame_proj(frame_feats[chosen]).detach())  # (m, h)
         losses["mfm"] = contrast(predicted, true)
-        # alignment of the two streams' own vectors, on items that have frames
-        losses["align"] = contrast(view_b["text"][has_frames], view_b["frame"][has_frames])
+        # alignment of the two streams' own vectors, from view A where every frame is real (in view B a
+        # one-frame item has its only frame masked)
+        losses["align"] = contrast(view_a["text"][has_frames], view_a["frame"][has_frames])
     losses["joint"] = 0.5 * contrast(view_a["joint"], view_b["joint"])
     return losses
 

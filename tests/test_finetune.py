@@ -93,7 +93,18 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
     monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     try:
-        args = ["finetune", "g", "--dataset", str(demo), "--features", "tiny-test", "--epochs", "2", "--batch-size", "32"]
+        args = [
+            "finetune",
+            "g",
+            "--dataset",
+            str(demo),
+            "--features",
+            "tiny-test",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         report = json.loads(result.output[result.output.index("{") :])
