@@ -1,0 +1,103 @@
+"""The recall channels' building blocks over numpy and faiss: clusters, v2v table, multi-interest,
+merge with provenance, and the numpy user tower matching the torch one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from index.ann import VectorIndex
+from index.clusters import ClusterTable, cluster_recall, default_k
+from index.merge import MergeWeights, merge
+from index.multi_interest import interests, quotas
+from index.personal import UserTowerNumpy, export_user_tower
+from index.v2v import neighbor_table, recall_from_triggers
+from tests.test_index import low_rank_unit
+
+
+def blobs(n_per: int = 30, centres: int = 5, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centre = rng.normal(size=(centres, d))
+    labels = np.repeat(np.arange(centres), n_per)
+    x = centre[labels] + 0.15 * rng.normal(size=(len(labels), d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return x, labels
+
+
+def test_kmeans_finds_the_blobs_and_cluster_recall_stays_inside() -> None:
+    x, labels = blobs()
+    table = ClusterTable.build(x, k=5)
+    for c in range(5):  # each k-means cluster is one blob
+        assert len(set(labels[table.members[c]])) == 1
+    recalled = cluster_recall(table, x, [(0, 1.0), (40, 0.5)], k=100)
+    rows = [r for r, _, _ in recalled]
+    assert 0 not in rows and 40 not in rows and set(labels[rows]) == {labels[0], labels[40]}
+    assert {t for _, _, t in recalled} == {0, 40}
+    scores = [s for _, s, _ in recalled]
+    assert scores == sorted(scores, reverse=True)
+    assert table.assign(x[3]) == table.assignment[3]
+    assert default_k(10_000) == 400 and default_k(3) == 1
+
+
+def test_neighbor_table_matches_exact_search() -> None:
+    x = low_rank_unit(500)
+    rows, scores = neighbor_table(VectorIndex.build([str(i) for i in range(500)], x), n=10, batch=128)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    assert np.array_equal(rows, np.argsort(-sims, axis=1, kind="stable")[:, :10])
+    assert np.allclose(scores[:, 0], sims.max(axis=1), atol=1e-2)
+
+
+def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
+    table = {"a": [("x", 0.9), ("y", 0.5)], "b": [("y", 0.8), ("a", 0.7)]}
+    out = recall_from_triggers(["a", "b"], lambda t: table[t], k=5, decay=0.5, exclude={"seen"})
+    assert [r["id"] for r in out] == ["x", "y"]  # a itself is a trigger, never recalled
+    assert out[1]["score"] == pytest.approx(0.5 + 0.5 * 0.8) and out[1]["trigger"] == "a"
+
+
+def test_interests_separate_two_tastes_and_weigh_recency() -> None:
+    x, labels = blobs(n_per=10, centres=2)
+    history = np.concatenate([x[labels == 0][:8], x[labels == 1][:3]])  # old taste 8 items, recent taste 3
+    found = interests(history, threshold=1.0, half_life=2.0)
+    assert len(found) == 2
+    assert set(found[0].members) == {8, 9, 10}  # the recent taste is the more important one
+    assert found[0].medoid in found[0].members
+    assert sum(quotas(found, 50)) == 50 and quotas(found, 50)[0] > quotas(found, 50)[1]
+    assert interests(np.zeros((0, 4), np.float32)) == []
+
+
+def test_merge_dedupes_drops_seen_and_rewards_agreement_and_diversity() -> None:
+    results = {
+        "v2v": [{"id": "a", "score": 0.9, "trigger": "t1"}, {"id": "b", "score": 0.8, "trigger": "t1"},
+                {"id": "seen", "score": 0.99, "trigger": "t2"}],
+        "cluster": [{"id": "b", "score": 0.7, "trigger": "t2"}, {"id": "c", "score": 0.6, "trigger": "t2"}],
+    }  # fmt: skip
+    tags = {"a": ["food"], "b": ["food"], "c": ["sports"]}
+    out = merge(results, k=3, seen={"seen"}, tags_of=lambda i: tags[i])
+    assert [r["id"] for r in out][0] == "b"  # two channels agree on b
+    assert "seen" not in [r["id"] for r in out] and len(out) == 3
+    b = out[0]
+    assert b["channels"] == ["cluster", "v2v"] and {s["trigger"] for s in b["sources"]} == {"t1", "t2"}
+    only_sim = merge(results, k=3, seen=set(), tags_of=lambda i: tags.get(i, []),
+                     weights=MergeWeights(alpha=0.0, beta=0.0, quotas={"v2v": 1}))  # fmt: skip
+    assert [r["id"] for r in only_sim] == ["a", "b", "c"]  # quota: v2v gives only its first
+
+
+def test_numpy_user_tower_matches_torch(tmp_path) -> None:
+    from encoders.content_g import GConfig, TwoTower, id_key
+
+    torch.manual_seed(0)
+    model = TwoTower(GConfig(feature_dim=8, hidden=16, dim=8, history=5, buckets=64)).eval()
+    with torch.no_grad():
+        model.user_tower.recency.weight.normal_()
+    path = export_user_tower(model, tmp_path / "tower.npz")
+    tower = UserTowerNumpy.load(path)
+    history = torch.nn.functional.normalize(torch.randn(1, 5, 8), dim=-1)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    key = id_key("user-7")
+    with torch.no_grad():
+        expected = model.users(history, mask, torch.tensor([key]))[0].numpy()
+        without = model.users(history, mask, None)[0].numpy()
+    assert np.allclose(tower(history[0].numpy(), key), expected, atol=1e-5)
+    assert np.allclose(tower(history[0].numpy()), without, atol=1e-5)
