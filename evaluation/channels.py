@@ -221,6 +221,10 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "v2v_g": GV2VChannel,
         **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
     }
+    from evaluation.recall_channels import RecallSetChannel
+
+    for name in ("cluster", "multi_interest", "merged"):
+        factories[name] = lambda name=name: RecallSetChannel(name)
     for name in extra:
         if name.startswith("v2v@"):
             encoder = name.split("@", 1)[1]

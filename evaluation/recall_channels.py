@@ -1,0 +1,118 @@
+"""mmrecall's own recall channels in the harness, through the same `index.recall_set` code the API runs.
+
+`DenseSources` answers the recall-set questions from numpy arrays (exact search), restricted to the
+split's candidates (the cold items under the cold protocol). Each channel's ranked list becomes dense
+scores: listed items by rank, everything else -inf (not recalled).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from evaluation.channels import Channel, EvalContext, trained_g
+from evaluation.data import Split
+from index.clusters import ClusterTable, cluster_recall
+from index.recall_set import RecallConfig, channel_candidates, recall_set
+from mmrecall.interchange import tag_at_level
+
+
+class DenseSources:
+    def __init__(self, ids: list[str], space: np.ndarray, g_items: np.ndarray, trainer, tags: list[list[str]],
+                 allowed: np.ndarray | None, popularity: np.ndarray, known_users: np.ndarray) -> None:  # fmt: skip
+        self.ids = ids
+        self.index = {item: i for i, item in enumerate(ids)}
+        self.space = space  # (N, d) v2v / cluster vectors
+        self.g_items = g_items  # (N, d) personal / multi-interest index vectors
+        self.trainer = trainer
+        self.item_tags = tags
+        self.allowed = allowed
+        self.prior = np.log1p(popularity) / max(np.log1p(popularity).max(), 1e-9)
+        self.known_users = known_users
+        self.table = ClusterTable.build(space)
+
+    def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        scores = scores.copy()
+        if self.allowed is not None:
+            scores[~self.allowed] = -np.inf
+        for item in exclude:
+            scores[self.index[item]] = -np.inf
+        n = min(n, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, int)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.ids[i], float(scores[i])) for i in top]
+
+    def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:
+        row = self.index[item]
+        return self._top(self.space @ self.space[row], n, {item})
+
+    def cluster_mates(self, triggers: Sequence[tuple[str, float]], n: int) -> list[dict]:
+        rows = [(self.index[t], w) for t, w in triggers]
+        found = cluster_recall(self.table, self.space, rows, prior=self.prior, k=len(self.ids))
+        if self.allowed is not None:
+            found = [f for f in found if self.allowed[f[0]]]
+        return [{"id": self.ids[r], "score": s, "trigger": self.ids[t]} for r, s, t in found[:n]]
+
+    def content_vectors(self, items: Sequence[str]) -> np.ndarray:
+        return self.g_items[[self.index[i] for i in items]]
+
+    def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray:
+        rows = np.array([self.index[i] for i in history], np.int64)
+        users = np.array([int(user)], np.int64) if user is not None else None
+        return self.trainer.user_matrix([rows], users)[0].numpy()
+
+    def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        return self._top(self.g_items @ vector, n, exclude)
+
+    def tags(self, item: str) -> list[str]:
+        return self.item_tags[self.index[item]]
+
+
+def dense_from_list(results: list[dict], index: dict[str, int], n_items: int) -> np.ndarray:
+    scores = np.full(n_items, -np.inf, np.float32)
+    for rank, result in enumerate(results):
+        scores[index[result["id"]]] = len(results) - rank
+    return scores
+
+
+class RecallSetChannel(Channel):
+    """One of the recall-set channels (or `merged`), computed per query by index.recall_set."""
+
+    def __init__(self, name: str, space: str = "g") -> None:
+        super().__init__()
+        self.name, self.space = name, space  # space: "g" (G content vectors) or "encoder"
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        trainer = trained_g(ctx, split, "personal")
+        data = ctx.data
+        space = (trainer.item_matrix(None, content_only=True).numpy() if self.space == "g"
+                 else ctx.vectors(ctx.encoder))  # fmt: skip
+        counts = Counter(tag_at_level(t, 1) for item in data.items for t in item.tags)
+        common = {t for t, c in counts.items() if c >= 0.005 * data.n_items}
+        tags = [[t for t in {tag_at_level(x, 1) for x in item.tags} if t in common] for item in data.items]
+        allowed = None
+        if split.candidates is not None:
+            allowed = np.zeros(data.n_items, bool)
+            allowed[split.candidates] = True
+        known_users = np.zeros(data.n_users, bool)
+        known_users[np.unique(split.train_users)] = True
+        popularity = np.bincount(split.train_items, minlength=data.n_items).astype(np.float64)
+        # ids are row numbers as strings: the channel code works on ids, the arrays on rows
+        g_items = trainer.item_matrix(trainer.known).numpy()
+        self.sources = DenseSources([str(i) for i in range(data.n_items)], space, g_items, trainer, tags, allowed,
+                                    popularity, known_users)  # fmt: skip
+        self.config = RecallConfig(**self.params) if self.params else RecallConfig()
+
+    def scores(self, users, histories):
+        out = np.empty((len(users), len(self.sources.ids)), np.float32)
+        for row, (user, history) in enumerate(zip(users, histories, strict=True)):
+            hist = [str(i) for i in history]
+            user_id = str(user) if self.sources.known_users[user] else None
+            if self.name == "merged":
+                results, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel, config=self.config)
+            else:
+                results = channel_candidates(self.sources, hist, user_id, [self.name], self.config)[self.name]
+            out[row] = dense_from_list(results, self.sources.index, len(self.sources.ids))
+        return out
