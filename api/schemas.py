@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
 
@@ -30,6 +30,7 @@ class ItemOut(BaseModel):
     created_at: float | None
     status: str
     error: str | None
+    cluster_id: int | None = None
     versions: list[str] = Field(description="encoder versions that have a vector for this item")
 
 
@@ -49,7 +50,47 @@ class SimilarItem(BaseModel):
 
 class SimilarOut(BaseModel):
     item_id: str
+    channel: str = "v2v"
     results: list[SimilarItem]
+
+
+class RecallIn(BaseModel):
+    user_id: str | None = Field(default=None, max_length=128, description="recall from this user's stored history")
+    history: list[str] | None = Field(default=None, max_length=1000, description="or from these item ids, oldest first")
+    k: int = Field(default=100, ge=1, le=1000)
+    channels: list[Literal["v2v", "cluster", "personal", "multi_interest"]] = Field(
+        default=["v2v", "cluster", "personal", "multi_interest"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecallIn:
+        if (self.user_id is None) == (not self.history):
+            raise ValueError("give exactly one of user_id or a non-empty history")
+        return self
+
+
+class RecallItem(BaseModel):
+    id: str
+    score: float
+    similarity: float
+    channels: list[str]
+    diversity_gain: float
+    sources: list[dict] = Field(description="per channel: its score and the trigger item or interest")
+    title: str | None = None
+
+
+class RecallOut(BaseModel):
+    user_id: str | None
+    history_used: int
+    channels: dict[str, int] = Field(description="candidates each channel gave before the merge")
+    results: list[RecallItem]
+
+
+class ClusterOut(BaseModel):
+    cluster_id: int
+    size: int
+    top_tags: list[dict]
+    items: list[dict]
 
 
 class JobOut(BaseModel):

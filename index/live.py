@@ -27,6 +27,7 @@ class LiveIndex:
         self._lock = threading.Lock()
         self.snapshot = snapshot
         self._dim = snapshot.dim if snapshot is not None else dim
+        self.deleted: set[str] = set()  # never returned by any search or lookup
         self._reset_delta()
 
     def _reset_delta(self) -> None:
@@ -68,6 +69,7 @@ class LiveIndex:
             if matrix.shape[1] != self._dim:
                 raise ValueError(f"vector dim {matrix.shape[1]} != index dim {self._dim}")
             replaced, appended = False, []
+            self.deleted.difference_update(ids)  # a re-ingested item is live again
             for item_id, vec in zip(ids, matrix, strict=True):
                 pos = self.delta_pos.get(item_id)
                 if pos is None:
@@ -89,6 +91,8 @@ class LiveIndex:
                 self.delta_index.add(np.stack(appended))
 
     def vector(self, item_id: str) -> np.ndarray | None:
+        if item_id in self.deleted:
+            return None
         pos = self.delta_pos.get(item_id)
         if pos is not None:
             return self.delta_vectors[pos].copy()
@@ -100,6 +104,7 @@ class LiveIndex:
         with self._lock:
             snapshot, delta_index, delta_ids = self.snapshot, self.delta_index, list(self.delta_ids)
             superseded = set(self.superseded)
+        exclude = set(exclude) | self.deleted
         best: dict[str, float] = {}
         want = k + len(exclude)
         if snapshot is not None and len(snapshot):
@@ -115,3 +120,17 @@ class LiveIndex:
                     best[delta_ids[pos]] = float(score)
         ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
         return [Neighbor(item_id, score) for item_id, score in ranked]
+
+    def search_delta(
+        self, query: np.ndarray | None, k: int, *, exclude: set[str] | frozenset = frozenset()
+    ) -> list[Neighbor]:
+        """Only the vectors added since the snapshot (items newer than the snapshot's tables)."""
+        if query is None or self.delta_index is None or not self.delta_index.ntotal:
+            return []
+        with self._lock:
+            delta_index, delta_ids = self.delta_index, list(self.delta_ids)
+        skip = set(exclude) | self.deleted
+        scores, positions = delta_index.search(as_matrix(np.asarray(query, np.float32).reshape(1, -1)),
+                                               min(k + len(skip), delta_index.ntotal))  # fmt: skip
+        found = [Neighbor(delta_ids[p], float(s)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
+        return [n for n in found if n.id not in skip][:k]

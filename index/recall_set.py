@@ -116,6 +116,8 @@ def recall_set(
 ) -> tuple[list[dict], dict[str, list[dict]]]:
     """(merged list with provenance, per-channel candidates)."""
     candidates = channel_candidates(sources, history, user, channels, config)
+    if hasattr(sources, "prepare"):  # e.g. fetch the candidates' tags in one query
+        sources.prepare({r["id"] for results in candidates.values() for r in results})
     merged = merge({c: normalized(r) for c, r in candidates.items()}, k=k, seen=set(history), tags_of=sources.tags,
                    weights=config.merge)  # fmt: skip
     return merged, candidates

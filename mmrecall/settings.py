@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     encode_batch_size: int = 32
     index_factory: str = Field(default="auto", description="faiss factory string, or 'auto' to pick by size.")
     exact_search_below: int = Field(default=200_000, description="'auto' uses exact search below this size.")
+    cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
+    v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
     refresh_interval_s: float = Field(default=0.25, description="How often the API picks up new vectors.")
     max_upload_bytes: int = 10 * 1024 * 1024
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")

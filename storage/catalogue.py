@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
@@ -43,6 +43,11 @@ def get_item(session: Session, item_id: str) -> Item | None:
 def get_items(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
     ids = list(item_ids)
     return {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids)))}
+
+
+def tags_of(session: Session, item_ids: Iterable[str]) -> dict[str, list[str]]:
+    ids = list(item_ids)
+    return dict(session.execute(select(Item.id, Item.tags).where(Item.id.in_(ids))).all()) if ids else {}
 
 
 def titles(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
@@ -99,6 +104,31 @@ def store_vectors(
     )
     if mark_ready:
         set_status(session, item_ids, "ready")
+
+
+def set_cluster_ids(session: Session, item_ids: Sequence[str], clusters: np.ndarray) -> None:
+    """Store each item's k-means cluster id (bulk, in chunks)."""
+    table = Item.__table__
+    statement = update(table).where(table.c.id == bindparam("item")).values(cluster_id=bindparam("cluster"))
+    rows = [{"item": i, "cluster": int(c)} for i, c in zip(item_ids, clusters, strict=True)]
+    for start in range(0, len(rows), 20_000):
+        session.connection().execute(statement, rows[start : start + 20_000])
+
+
+def delete_item(session: Session, item_id: str) -> bool:
+    """Mark an item deleted and drop its vectors (every version); False if there is no such live item."""
+    item = session.get(Item, item_id)
+    if item is None or item.status == "deleted":
+        return False
+    item.status, item.error, item.cluster_id, item.updated_at = "deleted", None, None, time.time()
+    session.execute(delete(ItemVector).where(ItemVector.item_id == item_id))
+    return True
+
+
+def deleted_since(session: Session, since: float) -> list[tuple[str, float]]:
+    return list(
+        session.execute(select(Item.id, Item.updated_at).where(Item.status == "deleted", Item.updated_at > since))
+    )
 
 
 def ready_item_ids(session: Session) -> list[str]:

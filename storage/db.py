@@ -19,11 +19,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-ITEM_STATUSES = ("pending", "encoding", "ready", "failed")
+ITEM_STATUSES = ("pending", "encoding", "ready", "failed", "deleted")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 
 
@@ -43,7 +45,8 @@ class Item(Base):
     created_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # unix seconds
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
+    cluster_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)  # set by reindex
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time, index=True)
 
 
 class ItemVector(Base):
@@ -130,7 +133,23 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """The one schema change we make in place: nullable columns added by a newer release."""
+    inspector = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    added.append(f"{table.name}.{column.name}")
+    return added
 
 
 @lru_cache(maxsize=8)

@@ -159,6 +159,61 @@ def test_eval_runs_as_a_worker_job(service: Service) -> None:
     assert refused.status_code == 400
 
 
+def test_recall_clusters_and_deletes_across_every_channel(service: Service) -> None:
+    http = service.http
+    ids = http.post("/v1/items", json={"items": items_payload(service, "r", 12)}).json()["ids"]
+    service.wait_items(ids)
+    rows = [{"user_id": "ru", "item_id": f"r{i}", "timestamp": 100 + i} for i in (0, 2, 1)]
+    assert http.post("/v1/interactions", json={"interactions": rows}).status_code == 202
+    job = service.wait_job(http.post("/v1/reindex").json()["job_id"])
+    assert job["state"] == "succeeded" and job["result"]["clusters"] >= 1
+    deadline = time.time() + 10
+    while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+    by_history = http.post("/v1/recall", json={"history": ["r0", "r2"], "k": 20})
+    assert by_history.status_code == 200, by_history.text
+    body = by_history.json()
+    assert body["history_used"] == 2 and set(body["channels"]) == {"v2v", "cluster", "personal", "multi_interest"}
+    assert not {"r0", "r2"} & {r["id"] for r in body["results"]}
+    for result in body["results"]:
+        assert result["channels"] and all(source["channel"] in result["channels"] for source in result["sources"])
+    assert any(source.get("trigger") in {"r0", "r2"} for r in body["results"] for source in r["sources"])
+    by_user = http.post("/v1/recall", json={"user_id": "ru", "k": 5, "channels": ["v2v"]}).json()
+    assert by_user["history_used"] == 3 and len(by_user["results"]) == 5
+    assert http.post("/v1/recall", json={"user_id": "nobody"}).status_code == 404
+    assert http.post("/v1/recall", json={"user_id": "ru", "history": ["r0"]}).status_code == 422
+    assert http.post("/v1/recall", json={"history": ["no-such-item"]}).status_code == 422
+
+    cluster_id = http.get("/v1/items/r0").json()["cluster_id"]
+    listing = http.get(f"/v1/clusters/{cluster_id}").json()
+    assert "r0" in {i["id"] for i in listing["items"]} and listing["size"] >= 1
+    assert http.get("/v1/clusters/99999").status_code == 404
+    mates = http.get("/v1/similar/r0", params={"channel": "cluster", "k": 50}).json()["results"]
+    assert all(http.get(f"/v1/items/{m['id']}").json()["cluster_id"] == cluster_id for m in mates[:5])
+
+    victim = http.get("/v1/similar/r0", params={"k": 1}).json()["results"][0]["id"]
+    assert http.delete(f"/v1/items/{victim}").status_code == 204
+    assert http.delete(f"/v1/items/{victim}").status_code == 404
+    assert http.get(f"/v1/similar/{victim}").status_code == 404
+    for channel in ("v2v", "cluster"):
+        assert victim not in {
+            r["id"] for r in http.get("/v1/similar/r0", params={"k": 100, "channel": channel}).json()["results"]
+        }
+    recalled = http.post("/v1/recall", json={"history": ["r0", "r2"], "k": 100}).json()["results"]
+    assert victim not in {r["id"] for r in recalled}
+    # and after the next reindex too
+    job = service.wait_job(http.post("/v1/reindex").json()["job_id"])
+    deadline = time.time() + 10
+    while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    recalled = http.post("/v1/recall", json={"history": ["r0", "r2"], "k": 100}).json()["results"]
+    assert victim not in {r["id"] for r in recalled}
+    assert victim not in {r["id"] for r in http.get("/v1/similar/r0", params={"k": 100}).json()["results"]}
+
+
 def test_activating_another_encoder_backfills_and_swaps(service: Service) -> None:
     http = service.http
     ids = http.post("/v1/items", json={"items": items_payload(service, "e", 4)}).json()["ids"]

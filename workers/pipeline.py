@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from encoders import ContentInput, Encoder, encoder_version, get_encoder
+from encoders.content_g import load_g
 from encoders.media import MediaError, load_content
+from encoders.registry import checkpoint_dir
 from index.ann import VectorIndex, choose_factory
+from index.clusters import ClusterTable
+from index.personal import export_user_tower
+from index.v2v import neighbor_table
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import Item, session_scope
@@ -40,10 +46,6 @@ def load_encoder(settings: Settings, spec: str) -> Encoder:
 
 def active_encoder(settings: Settings) -> Encoder:
     return load_encoder(settings, encoder_specs(settings)[0])
-
-
-def active_version(settings: Settings) -> str:
-    return encoder_version(encoder_specs(settings)[0], *_weights(settings))
 
 
 def content_of(item: Item, encoder: Encoder) -> ContentInput:
@@ -129,7 +131,7 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
                                             mark_ready=False)  # fmt: skip
                 catalogue.update_job(session, job_id, done=start + len(chunk))
             log.info("backfill %s: %d/%d items", encoder.version, start + len(chunk), len(item_ids))
-        result = reindex(settings, job_id, version=encoder.version, finish=False)
+        result = reindex(settings, job_id, spec=spec, finish=False)
     except Exception as exc:
         with session_scope(url) as session:
             catalogue.clear_encoder_state(session, "pending")
@@ -148,13 +150,16 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
     return result
 
 
-def reindex(settings: Settings, job_id: str, *, version: str | None = None, finish: bool = True) -> dict:
-    """Rebuild the index from every stored vector of a version and publish it as the new snapshot.
+def reindex(settings: Settings, job_id: str, *, spec: str | None = None, finish: bool = True) -> dict:
+    """Rebuild every serving structure from the stored vectors of an encoder and publish them as the
+    new snapshot: the ANN index, the k-means cluster table (cluster ids also stored per item), the v2v
+    neighbour table, and for a G encoder its user tower.
 
     The previous snapshot keeps serving until the atomic swap at the end; a failure leaves it in place.
     """
     url = settings.resolved_database_url
-    version = version or active_version(settings)
+    spec = spec or encoder_specs(settings)[0]
+    version = encoder_version(spec, *_weights(settings))
     started = time.time()
     with session_scope(url) as session:
         total = catalogue.count_vectors(session, version)
@@ -175,8 +180,10 @@ def reindex(settings: Settings, job_id: str, *, version: str | None = None, fini
                 log.info("reindex %s: read %d/%d vectors", job_id, len(ids), total)
         factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
         built = VectorIndex.build(ids, np.concatenate(chunks), factory)
+        del chunks
         target = snapshots.new_snapshot_dir(settings.snapshots_dir, job_id[:8])
         built.save(target)
+        extras = write_recall_tables(settings, built, spec, target)
         meta = {
             "encoder_version": version,
             "count": len(ids),
@@ -184,7 +191,10 @@ def reindex(settings: Settings, job_id: str, *, version: str | None = None, fini
             "max_row": max_row,
             "job_id": job_id,
             "created_at": time.time(),
+            **extras,
         }
+        with session_scope(url) as session:
+            catalogue.set_cluster_ids(session, built.ids, np.load(target / "clusters-assignment.npy"))
         snapshots.publish(settings.snapshots_dir, target, meta)
         snapshots.prune(settings.snapshots_dir)
     except Exception as exc:
@@ -196,6 +206,24 @@ def reindex(settings: Settings, job_id: str, *, version: str | None = None, fini
         with session_scope(url) as session:
             catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
     return result
+
+
+def write_recall_tables(settings: Settings, built: VectorIndex, spec: str, target: Path) -> dict:
+    """The structures the recall channels read, next to the ANN index in the snapshot directory."""
+    started = time.time()
+    table = ClusterTable.build(np.asarray(built.vectors), settings.cluster_k or None)
+    table.save(target / "clusters")
+    cluster_s = time.time() - started
+    rows, scores = neighbor_table(built, n=settings.v2v_table_size)
+    np.save(target / "v2v-rows.npy", rows)
+    np.save(target / "v2v-scores.npy", scores)
+    extras = {"clusters": len(table.centroids), "v2v_table": int(rows.shape[1]), "cluster_s": round(cluster_s, 2),
+              "v2v_table_s": round(time.time() - started - cluster_s, 2)}  # fmt: skip
+    directory = checkpoint_dir(spec)
+    if directory is not None and (directory / "g.json").is_file():
+        export_user_tower(load_g(directory), target / "user_tower.npz")
+        extras["user_tower"] = True
+    return extras
 
 
 def evaluate(settings: Settings, job_id: str) -> dict:

@@ -8,13 +8,13 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import ServingDep, SessionDep, SettingsDep
 from api.media import confine_item, save_upload
 from api.schemas import IngestOut, ItemOut, ItemsIn
 from mmrecall.ingest import ingest_items
 from mmrecall.interchange import ItemRecord
 from storage import catalogue
-from storage.db import ItemVector
+from storage.db import ItemVector, session_scope
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -43,6 +43,15 @@ async def upload_item(
     return IngestOut(ids=ingest_items(settings, [record.model_copy(update={"cover": str(path)})]))
 
 
+@router.delete("/{item_id}", status_code=204)
+def delete_item(item_id: str, settings: SettingsDep, serving: ServingDep) -> None:
+    """Remove an item from every channel at once; its vectors go, its past interactions stay."""
+    with session_scope(settings.resolved_database_url) as session:
+        if not catalogue.delete_item(session, item_id):
+            raise HTTPException(404, f"unknown item id {item_id!r}")
+    serving.mark_deleted([item_id])
+
+
 @router.get("/{item_id}", response_model=ItemOut)
 def get_item(item_id: str, session: SessionDep) -> ItemOut:
     item = catalogue.get_item(session, item_id)
@@ -59,5 +68,6 @@ def get_item(item_id: str, session: SessionDep) -> ItemOut:
         created_at=item.created_at,
         status=item.status,
         error=item.error,
+        cluster_id=item.cluster_id,
         versions=versions,
     )

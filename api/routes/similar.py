@@ -1,16 +1,21 @@
-"""Similar-content queries."""
+"""Queries: similar content, the full recall set for a user or a history, cluster listings."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import select
 
 from api.deps import ServingDep, SessionDep
-from api.schemas import SimilarOut
-from api.serving import NotReady, UnknownItem, similar_to
+from api.schemas import ClusterOut, RecallIn, RecallOut, SimilarOut
+from api.serving import NotReady, ServiceSources, UnknownItem, similar_to
+from index.recall_set import RecallConfig, recall_set
+from storage import catalogue
+from storage.db import Interaction, Item
 
 router = APIRouter(prefix="/v1", tags=["query"])
+HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
 
 
 @router.get("/similar/{item_id}", response_model=SimilarOut)
@@ -19,11 +24,63 @@ def similar(
     session: SessionDep,
     serving: ServingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 50,
+    channel: Annotated[Literal["v2v", "cluster"], Query()] = "v2v",
 ) -> dict:
-    """The k nearest items, best first (higher score = more similar), never the item itself."""
+    """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself."""
     try:
-        return similar_to(session, serving, item_id, k)
+        return similar_to(session, serving, item_id, k, channel)
     except UnknownItem as exc:
         raise HTTPException(404, str(exc)) from exc
     except NotReady as exc:
         raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/recall", response_model=RecallOut)
+def recall(body: RecallIn, session: SessionDep, serving: ServingDep) -> dict:
+    """The merged recall set with provenance: which channels recalled each item, from which trigger."""
+    if body.user_id is not None:
+        rows = session.execute(
+            select(Interaction.item_id)
+            .where(Interaction.user_id == body.user_id)
+            .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
+            .limit(HISTORY_LIMIT)
+        ).all()
+        history = [row[0] for row in reversed(rows)]
+        if not history:
+            raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
+    else:
+        history = list(body.history or [])
+    state = serving.state
+    known = [item for item in history if state.live.vector(item) is not None]
+    if not known:
+        raise HTTPException(422, "none of the history items has a vector (unknown, deleted or not encoded yet)")
+    sources = ServiceSources(state, session)
+    merged, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
+                                    config=RecallConfig(per_channel=max(body.k, 100)))  # fmt: skip
+    titles = catalogue.titles(session, [r["id"] for r in merged])
+    return {
+        "user_id": body.user_id,
+        "history_used": len(known),
+        "channels": {name: len(results) for name, results in candidates.items()},
+        "results": [{**r, "title": titles.get(r["id"])} for r in merged],
+    }
+
+
+@router.get("/clusters/{cluster_id}", response_model=ClusterOut)
+def cluster(
+    cluster_id: int, session: SessionDep, serving: ServingDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
+) -> dict:
+    """A k-means cluster's items (from the serving snapshot), with titles and the top tags."""
+    state = serving.state
+    table, snapshot = state.clusters, state.live.snapshot
+    if table is None or snapshot is None or not 0 <= cluster_id < len(table.members):
+        raise HTTPException(404, f"no cluster {cluster_id} in the serving snapshot")
+    members = [snapshot.ids[r] for r in table.members[cluster_id] if snapshot.ids[r] not in state.live.deleted]
+    rows = session.execute(select(Item.id, Item.title, Item.tags).where(Item.id.in_(members[:limit]))).all()
+    counts: dict[str, int] = {}
+    for _, _, tags in rows:
+        for tag in tags or []:
+            counts[tag] = counts.get(tag, 0) + 1
+    top = sorted(counts.items(), key=lambda pair: -pair[1])[:10]
+    return {"cluster_id": cluster_id, "size": len(members), "top_tags": [{"tag": t, "count": c} for t, c in top],
+            "items": [{"id": i, "title": t} for i, t, _ in rows]}  # fmt: skip
