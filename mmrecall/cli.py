@@ -252,13 +252,37 @@ def activate_cmd(
 def similar(
     item_id: str,
     k: Annotated[int, typer.Option("-k", help="How many neighbours")] = 10,
+    channel: Annotated[str, typer.Option(help="v2v or cluster")] = "v2v",
     api: Annotated[str | None, typer.Option(help="Ask a running API (e.g. http://127.0.0.1:8000)")] = None,
 ) -> None:
     """Print the k most similar items (the same JSON as GET /v1/similar/{id})."""
     from mmrecall.query import QueryError, similar_items
 
     try:
-        result = similar_items(get_settings(), item_id, k=k, api=api)
+        result = similar_items(get_settings(), item_id, k=k, channel=channel, api=api)
+    except QueryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def recall(
+    user_id: Annotated[str | None, typer.Option(help="Recall from this user's stored history")] = None,
+    history: Annotated[str | None, typer.Option(help="Or from these comma-separated item ids, oldest first")] = None,
+    k: Annotated[int, typer.Option("-k")] = 20,
+    channels: Annotated[str, typer.Option(help="Comma-separated")] = "v2v,cluster,personal,multi_interest",
+    api: Annotated[str | None, typer.Option(help="Ask a running API")] = None,
+) -> None:
+    """Print the merged recall set with provenance (the same JSON as POST /v1/recall)."""
+    from mmrecall.query import QueryError, recall_items
+
+    body = {"k": k, "channels": [c.strip() for c in channels.split(",") if c.strip()]}
+    if user_id:
+        body["user_id"] = user_id
+    if history:
+        body["history"] = [h.strip() for h in history.split(",") if h.strip()]
+    try:
+        result = recall_items(get_settings(), body, api=api)
     except QueryError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False))

@@ -11,12 +11,18 @@ class QueryError(RuntimeError):
     pass
 
 
-def similar_items(settings: Settings, item_id: str, *, k: int = 10, api: str | None = None) -> dict:
+def _answer(response: httpx.Response) -> dict:
+    if response.status_code != 200:
+        raise QueryError(f"HTTP {response.status_code}: {response.json().get('detail')}")
+    return response.json()
+
+
+def similar_items(
+    settings: Settings, item_id: str, *, k: int = 10, channel: str = "v2v", api: str | None = None
+) -> dict:
     if api:
-        response = httpx.get(f"{api.rstrip('/')}/v1/similar/{item_id}", params={"k": k}, timeout=30)
-        if response.status_code != 200:
-            raise QueryError(f"HTTP {response.status_code}: {response.json().get('detail')}")
-        return response.json()
+        return _answer(httpx.get(f"{api.rstrip('/')}/v1/similar/{item_id}", params={"k": k, "channel": channel},
+                                 timeout=30))  # fmt: skip
     from api.serving import NotReady, ServingIndex, UnknownItem, similar_to
     from storage.db import session_scope
 
@@ -24,6 +30,18 @@ def similar_items(settings: Settings, item_id: str, *, k: int = 10, api: str | N
     serving.refresh()
     with session_scope(settings.resolved_database_url) as session:
         try:
-            return similar_to(session, serving, item_id, k)
+            return similar_to(session, serving, item_id, k, channel)
         except (UnknownItem, NotReady) as exc:
             raise QueryError(str(exc)) from exc
+
+
+def recall_items(settings: Settings, body: dict, *, api: str | None = None) -> dict:
+    """The merged recall set, as POST /v1/recall answers it (through the API's own route in process)."""
+    if api:
+        return _answer(httpx.post(f"{api.rstrip('/')}/v1/recall", json=body, timeout=60))
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(settings)) as client:  # the same app, without a server
+        return _answer(client.post("/v1/recall", json=body))

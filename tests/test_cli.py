@@ -43,6 +43,13 @@ def test_ingest_reindex_similar(cli_env, tmp_path: Path) -> None:
     assert len(body["results"]) == 4 and "food-baking-000" not in [r["id"] for r in body["results"]]
     assert body["results"][0]["id"].startswith("food-")
 
+    result = runner.invoke(app, ["recall", "--history", "food-baking-000,food-baking-001", "-k", "5"])
+    assert result.exit_code == 0, result.output
+    recalled = json.loads(result.output)["results"]
+    assert len(recalled) == 5 and all(r["channels"] for r in recalled)
+    bad = runner.invoke(app, ["recall"])
+    assert bad.exit_code == 2 and "exactly one of user_id" in bad.output
+
     missing = runner.invoke(app, ["similar", "nope"])
     assert missing.exit_code == 2 and "unknown item id" in missing.output
     status = runner.invoke(app, ["status"])
