@@ -24,6 +24,7 @@ class EvalContext:
     cache: Path | None = None
     encoder: str = "skeleton-base"  # the encoder behind mmrecall's own v2v channel
     g_features: tuple[str, ...] = ()  # encoders whose vectors feed G (default: text-minilm + `encoder`)
+    g_train: dict = field(default_factory=dict)  # GTrainConfig overrides (e.g. fewer epochs in tests)
     progress: bool = True
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict = field(default_factory=dict)  # trained models shared between channels of one split
@@ -157,7 +158,7 @@ def trained_g(ctx: EvalContext, split: Split, variant: str):
         train_overrides, model_overrides = G_VARIANTS[variant]
         config = make_config(features, specs, **model_overrides)
         trainer = GTrainer(config, features, [i.id for i in ctx.data.items], ctx.data.user_ids,
-                           GTrainConfig(**train_overrides))  # fmt: skip
+                           GTrainConfig(**{**ctx.g_train, **train_overrides}))  # fmt: skip
         report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights))
         ctx.models[key] = trainer
         ctx.models[(key, "report")] = report

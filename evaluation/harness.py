@@ -84,6 +84,7 @@ def run_eval(
     cache: Path | None = None,
     encoder: str = "skeleton-base",
     g_features: Sequence[str] = (),
+    g_train: dict | None = None,
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> dict:
@@ -96,7 +97,8 @@ def run_eval(
     if protocol not in ("last", "cold", "both"):
         raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
     data = load_dataset(dataset_dir)
-    ctx = EvalContext(data, cache=cache, encoder=encoder, g_features=tuple(g_features), progress=progress)
+    ctx = EvalContext(data, cache=cache, encoder=encoder, g_features=tuple(g_features), g_train=g_train or {},
+                      progress=progress)  # fmt: skip
     reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
     report: dict = {
         "dataset": str(dataset_dir),

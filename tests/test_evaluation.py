@@ -140,3 +140,21 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     assert list((tmp_path / "c").glob("vectors-*.npy"))  # encodings cached for the next run
     bad = CliRunner().invoke(app, ["eval", "--dataset", str(dataset), "--channels", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown channels" in bad.output
+
+
+def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
+    """G, the recall-set channels and the merge run end to end through the harness (tiny settings)."""
+    from evaluation.harness import run_eval
+
+    dataset = generate_demo(tmp_path / "demo", per_leaf=8, users=40)
+    channels = ["personal", "v2v_g", "cluster", "multi_interest", "merged", "personal_nobias"]
+    report = run_eval(dataset, channels=channels, encoder="tiny-test", cache=tmp_path / "c", progress=False,
+                      g_train={"epochs": 3, "batch_size": 64, "random_negatives": 32})  # fmt: skip
+    for key in ("channels", "cold"):
+        assert set(channels) <= set(report[key])
+        merged, cluster = report[key]["merged"], report[key]["cluster"]
+        assert 0 <= merged["hitrate@50"] <= 1 and merged["coverage"] > 0
+        # the cluster channel recalls only cluster-mates of the triggers: fewer categories than the merge
+        assert cluster["diversity"] <= merged["diversity"]
+    assert report["cold"]["personal"]["hitrate@10"] > report["cold"]["random"]["hitrate@10"]
+    assert "channels/personal" in report["training"]

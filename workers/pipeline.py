@@ -229,21 +229,13 @@ def write_recall_tables(settings: Settings, built: VectorIndex, spec: str, targe
 def evaluate(settings: Settings, job_id: str) -> dict:
     """Run `mmrecall eval` as a job: parameters from the job row, progress onto it, report into it."""
     import json
-    from pathlib import Path
 
     from evaluation.harness import plot_report, run_eval
+    from workers.jobs import run_job
 
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        params = dict(catalogue.get_job(session, job_id).params)
-        catalogue.update_job(session, job_id, state="running")
-
-    def progress(step: str, done: int, total: int) -> None:
-        with session_scope(url) as session:
-            catalogue.update_job(session, job_id, done=done, total=total, message=step)
-
-    try:
-        report = run_eval(
+    def work(job, report) -> dict:
+        params = dict(job.params)
+        result = run_eval(
             Path(params["dataset"]),
             channels=params.get("channels"),
             protocol=params.get("protocol", "both"),
@@ -251,16 +243,13 @@ def evaluate(settings: Settings, job_id: str) -> dict:
             cache=Path(params["cache"]) if params.get("cache") else settings.home / "eval-cache",
             encoder=params.get("encoder") or settings.encoder,
             progress=False,
-            on_progress=progress,
+            on_progress=lambda step, done, total: report(done, total, step),
         )
         if params.get("out"):
-            Path(params["out"]).write_text(json.dumps(report, indent=2))
+            Path(params["out"]).write_text(json.dumps(result, indent=2))
         if params.get("plot"):
-            plot_report(report, Path(params["plot"]))
-    except Exception as exc:
-        with session_scope(url) as session:
-            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    with session_scope(url) as session:
-        catalogue.update_job(session, job_id, state="succeeded", result=report)
+            plot_report(result, Path(params["plot"]))
+        return result
+
+    report = run_job(settings, job_id, work)
     return {"job_id": job_id, "channels": list(report["channels"]), "cold": list(report["cold"])}

@@ -6,8 +6,6 @@ from pathlib import Path
 
 from finetune.common import Progress
 from mmrecall.settings import Settings
-from storage import catalogue
-from storage.db import session_scope
 
 KINDS = ("tag-image", "pretrain-dualstream", "g")
 
@@ -49,23 +47,12 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
 
 def training_job(settings: Settings, job_id: str) -> dict:
     """The Celery side: parameters from the job row, progress onto it, the report into its result."""
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        job = catalogue.get_job(session, job_id)
-        kind, params = job.kind.removeprefix("finetune:"), dict(job.params)
-        catalogue.update_job(session, job_id, state="running")
+    from workers.jobs import run_job
 
-    def progress(done: int, total: int, metrics: dict) -> None:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        with session_scope(url) as session:
-            catalogue.update_job(session, job_id, done=done, total=total, message=shown)
+    def work(job, report) -> dict:
+        def progress(done: int, total: int, metrics: dict) -> None:
+            report(done, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
-    try:
-        report = run_training(settings, kind, params, on_progress=progress)
-    except Exception as exc:
-        with session_scope(url) as session:
-            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    with session_scope(url) as session:
-        catalogue.update_job(session, job_id, state="succeeded", result=report)
-    return report
+        return run_training(settings, job.kind.removeprefix("finetune:"), dict(job.params), on_progress=progress)
+
+    return run_job(settings, job_id, work)
