@@ -25,7 +25,7 @@ from mmrecall.interchange import read_items
 from mmrecall.runner import start_worker, wait_for_items, wait_for_workers
 from mmrecall.settings import Settings
 
-ENCODERS = ("skeleton-base", "text-minilm")
+ENCODERS = ("skeleton-base", "text-minilm", "image-effnet", "dual-stream-base")
 
 
 def raw_throughput(encoder_name: str, records, batch_size: int) -> float:
