@@ -167,18 +167,19 @@ def trained_g(ctx: EvalContext, split: Split, variant: str):
 
 class GChannel(Channel):
     """Personalized recall: the user tower over G of the history (+ EPu for known users) against every
-    item's normalize(ECi + EPi) (EPi only for items seen in training; new items by content alone)."""
+    item's normalize(ECi + EPi) (EPi only for items seen in training; new items by content alone).
+    `content_items` serves every item by normalize(ECi) alone, to decide what the index should hold."""
 
-    def __init__(self, name: str, variant: str) -> None:
+    def __init__(self, name: str, variant: str, *, content_items: bool = False) -> None:
         super().__init__()
-        self.name, self.variant = name, variant
+        self.name, self.variant, self.content_items = name, variant, content_items
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
         import torch
 
         self.torch = torch
         self.trainer = trained_g(ctx, split, self.variant)
-        self.items = self.trainer.item_matrix(self.trainer.known)
+        self.items = self.trainer.item_matrix(None if self.content_items else self.trainer.known)
         self.known_users = np.zeros(ctx.data.n_users, bool)
         self.known_users[np.unique(split.train_users)] = True
 
@@ -221,6 +222,7 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
         "v2v_g": GV2VChannel,
         **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
+        "personal_content": lambda: GChannel("personal_content", "personal", content_items=True),
     }
     from evaluation.recall_channels import RecallSetChannel
 

@@ -19,7 +19,7 @@ from mmrecall.interchange import tag_at_level
 
 log = logging.getLogger(__name__)
 BATCH = 256
-OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard"}  # ablations: only when named
+OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content"}  # only when named
 Progress = Callable[[str, int, int], None]
 
 
