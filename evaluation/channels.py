@@ -179,7 +179,7 @@ class GChannel(Channel):
 
         self.torch = torch
         self.trainer = trained_g(ctx, split, self.variant)
-        self.items = self.trainer.item_matrix(None if self.content_items else self.trainer.known)
+        self.items = self.trainer.item_matrix(self.trainer.known, content_only=self.content_items)
         self.known_users = np.zeros(ctx.data.n_users, bool)
         self.known_users[np.unique(split.train_users)] = True
 
