@@ -150,7 +150,9 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
     return result
 
 
-def reindex(settings: Settings, job_id: str, *, spec: str | None = None, finish: bool = True) -> dict:
+def reindex(
+    settings: Settings, job_id: str, *, spec: str | None = None, version: str | None = None, finish: bool = True
+) -> dict:
     """Rebuild every serving structure from the stored vectors of an encoder and publish them as the
     new snapshot: the ANN index, the k-means cluster table (cluster ids also stored per item), the v2v
     neighbour table, and for a G encoder its user tower.
@@ -159,7 +161,7 @@ def reindex(settings: Settings, job_id: str, *, spec: str | None = None, finish:
     """
     url = settings.resolved_database_url
     spec = spec or encoder_specs(settings)[0]
-    version = encoder_version(spec, *_weights(settings))
+    version = version or encoder_version(spec, *_weights(settings))
     started = time.time()
     with session_scope(url) as session:
         total = catalogue.count_vectors(session, version)
@@ -168,19 +170,25 @@ def reindex(settings: Settings, job_id: str, *, spec: str | None = None, finish:
         raise ValueError(f"no vectors stored for encoder version {version}; nothing to index")
     try:
         ids: list[str] = []
-        chunks: list[np.ndarray] = []
+        matrix: np.ndarray | None = None  # filled in place: memory grows with the index, not with copies
         max_row = 0
         with session_scope(url) as session:
-            for chunk_ids, matrix, last_row in catalogue.iter_vectors(session, version, chunk=20_000):
-                ids.extend(chunk_ids)
-                chunks.append(matrix)
-                max_row = last_row
+            for chunk_ids, chunk, last_row in catalogue.iter_vectors(session, version, chunk=20_000):
+                if matrix is None:
+                    matrix = np.empty((total, chunk.shape[1]), np.float32)
+                take = min(len(chunk_ids), total - len(ids))  # rows written since the count wait for the feed
+                matrix[len(ids) : len(ids) + take] = chunk[:take]
+                ids.extend(chunk_ids[:take])
+                max_row = last_row if take == len(chunk_ids) else max_row
                 with session_scope(url) as progress:
                     catalogue.update_job(progress, job_id, done=len(ids))
                 log.info("reindex %s: read %d/%d vectors", job_id, len(ids), total)
+                if len(ids) >= total:
+                    break
+        matrix = matrix[: len(ids)]
         factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
-        built = VectorIndex.build(ids, np.concatenate(chunks), factory)
-        del chunks
+        built = VectorIndex.build(ids, matrix, factory)
+        del matrix
         target = snapshots.new_snapshot_dir(settings.snapshots_dir, job_id[:8])
         built.save(target)
         extras = write_recall_tables(settings, built, spec, target)
