@@ -68,14 +68,14 @@ def pipeline_throughput(
     return len(records) / elapsed
 
 
-def run(out: Path, seconds: float = 8.0, batch_size: int = 32, concurrency: int = 2, **_kw) -> dict:
+def run(out: Path, seconds: float = 8.0, batch_size: int = 32, concurrency: int = 2, encoders=ENCODERS, **_kw) -> dict:
     """Each encoder gets enough items for about `seconds` of raw forward, so polling granularity and
     start-up do not dominate the pipeline figure."""
     redis_url = os.environ.get("MMRECALL_REDIS_URL", "redis://127.0.0.1:6379/0")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmrecall-bench-") as tmp:
         pool = list(read_items(generate_demo(Path(tmp) / "data", per_leaf=500, users=1)))
-        for name in ENCODERS:
+        for name in encoders:
             probe = raw_throughput(name, pool[: batch_size * 4], batch_size)
             items = int(min(len(pool), max(batch_size * 8, probe * seconds)))
             records = pool[:items]

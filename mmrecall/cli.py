@@ -381,7 +381,7 @@ def demo(
 def bench(
     name: Annotated[str, typer.Argument(help="encode, index or api")],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
-    scale: Annotated[str, typer.Option(help="index: 100k, or 1m for 100k and 1M")] = "100k",
+    scale: Annotated[str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf: 10k, 100k or 1m")] = "100k",
 ) -> None:
     """Run a benchmark: prints a table and writes OUT/NAME.json."""
     from benchmarks import get_benchmark

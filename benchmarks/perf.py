@@ -1,0 +1,205 @@
+"""`mmrecall bench perf`: the performance targets in one run, on a synthetic catalogue of the asked size.
+
+- reindex_s / reindex_peak_gb: the real reindex job (ANN index, k-means cluster table, v2v top-100
+  table) over vectors stored in the catalogue, in a child process whose peak memory is measured;
+- similar_p99_ms / recall_p99_ms: HTTP against the API in its own process, 8 concurrent clients;
+- personal_ann_p99_ms / personal_ann_recall_at_100: the serving index on user-like query vectors,
+  single queries, against exact search;
+- freshness_s: a vector stored as a worker stores it, until /v1/similar of its neighbour returns it;
+- encode_efficiency: pipeline / raw items per second of the default encoder (benchmarks.encode).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import insert
+
+from benchmarks.common import low_rank_vectors, percentiles_ms, table, write_result
+from index.ann import VectorIndex
+from mmrecall.runner import settings_env
+from mmrecall.settings import Settings
+from storage import catalogue
+from storage.db import Item, ItemVector, get_engine, session_scope
+
+SCALES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+VERSION = "bench@synthetic"
+DIM = 256
+
+
+def store_catalogue(settings: Settings, vectors: np.ndarray) -> list[str]:
+    ids = [f"item{i:07d}" for i in range(len(vectors))]
+    engine = get_engine(settings.resolved_database_url)
+    tags = [f"cat{i % 50}/sub{i % 7}" for i in range(50)]
+    with engine.begin() as conn:
+        for start in range(0, len(ids), 20_000):
+            block = range(start, min(start + 20_000, len(ids)))
+            conn.execute(insert(Item), [{"id": ids[i], "title": f"title {i}", "tags": [tags[i % 50]], "status": "ready"}
+                                        for i in block])  # fmt: skip
+            conn.execute(insert(ItemVector), [{"item_id": ids[i], "encoder": "bench", "version": VERSION, "dim": DIM,
+                                               "vector": vectors[i].astype("<f4").tobytes(), "created_at": 0.0}
+                                              for i in block])  # fmt: skip
+    return ids
+
+
+def _reindex_child(settings_json: str, job_id: str) -> None:
+    from workers.pipeline import reindex
+
+    reindex(Settings.model_validate_json(settings_json), job_id, spec="bench", version=VERSION)
+
+
+def timed_reindex(settings: Settings) -> tuple[float, float, dict]:
+    with session_scope(settings.resolved_database_url) as session:
+        job_id = catalogue.create_job(session, "reindex").id
+    started = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_reindex_child, args=(settings.model_dump_json(), job_id)
+    )
+    child.start()
+    child.join()
+    seconds = time.perf_counter() - started
+    if child.exitcode != 0:
+        raise RuntimeError(f"reindex failed (exit {child.exitcode})")
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    with session_scope(settings.resolved_database_url) as session:
+        result = catalogue.get_job(session, job_id).result
+    return seconds, peak_gb, result
+
+
+def http_load(url: str, make_request, *, clients: int = 8, seconds: float = 10.0) -> dict:
+    timings: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(slot: int) -> None:
+        rng = np.random.default_rng(slot)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = make_request(http, rng)
+                timings[slot].append(time.perf_counter() - started)
+                errors[slot] += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flat = [t for per in timings for t in per]
+    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / (time.perf_counter() - started),
+            **percentiles_ms(flat)}  # fmt: skip
+
+
+def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) -> tuple[float, float]:
+    """p99 ms of single user-vector queries on the serving index, and recall@100 against exact search."""
+    index = VectorIndex.load(snapshot_dir)
+    rng = np.random.default_rng(5)
+    picks = rng.integers(len(vectors), size=(queries, 20))
+    users = vectors[picks].mean(axis=1)  # a user vector is a blend of the items they liked
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    timings, recalls = [], []
+    exact = (
+        VectorIndex.build([str(i) for i in range(len(vectors))], vectors, "Flat") if index.factory != "Flat" else index
+    )
+    for user in users:
+        started = time.perf_counter()
+        _, found = index.search(user[None, :], 100)
+        timings.append(time.perf_counter() - started)
+        _, truth = exact.search(user[None, :], 100)
+        recalls.append(len(set(found[0]) & set(truth[0])) / 100)
+    return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
+
+
+def freshness(settings: Settings, url: str, vectors: np.ndarray, ids: list[str]) -> float:
+    """Store a new vector right next to an existing item, then poll that item's neighbours."""
+    anchor = 12345 % len(ids)
+    new_vector = vectors[anchor] + 0.001 * np.random.default_rng(9).normal(size=DIM).astype(np.float32)
+    new_vector /= np.linalg.norm(new_vector)
+    with session_scope(settings.resolved_database_url) as session:
+        catalogue.upsert_items(session, [catalogue_record("fresh-item")])
+    started = time.perf_counter()
+    with session_scope(settings.resolved_database_url) as session:
+        catalogue.store_vectors(session, ["fresh-item"], new_vector[None, :], encoder="bench", version=VERSION)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while time.perf_counter() - started < 30:
+            found = http.get(f"/v1/similar/{ids[anchor]}", params={"k": 10}).json()["results"]
+            if "fresh-item" in {r["id"] for r in found}:
+                return time.perf_counter() - started
+            time.sleep(0.02)
+    return float("inf")
+
+
+def catalogue_record(item_id: str):
+    from mmrecall.interchange import ItemRecord
+
+    return ItemRecord(id=item_id, title="a fresh item")
+
+
+def run(out: Path, scale: str = "100k", **_kw) -> dict:
+    n = SCALES.get(scale, SCALES["100k"])
+    result: dict = {"scale": scale, "items": n, "dim": DIM}
+    with tempfile.TemporaryDirectory(prefix="mmrecall-perf-") as tmp:
+        settings = Settings(home=Path(tmp), refresh_interval_s=0.1)
+        settings.ensure_dirs()
+        vectors = low_rank_vectors(n, DIM, seed=11)
+        started = time.perf_counter()
+        ids = store_catalogue(settings, vectors)
+        result["store_s"] = round(time.perf_counter() - started, 1)
+        reindex_s, peak_gb, job = timed_reindex(settings)
+        result.update(reindex_s=round(reindex_s, 1), reindex_peak_gb=round(peak_gb, 2), factory=job["factory"],
+                      reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters")})  # fmt: skip
+        snapshot_dir = settings.snapshots_dir / job["snapshot"]
+        result["personal_ann_p99_ms"], result["personal_ann_recall_at_100"] = personal_ann(snapshot_dir, vectors)
+        port = 18500 + os.getpid() % 500
+        command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port)]
+        server = subprocess.Popen(
+            command, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_serving(url, server, job["snapshot"])
+            similar = http_load(url, lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}",
+                                                                 params={"k": 50}))  # fmt: skip
+            recall = http_load(url, lambda http, rng: http.post("/v1/recall", json={
+                "history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}))  # fmt: skip
+            for name, measured in (("similar", similar), ("recall", recall)):
+                result.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
+            result["http_errors"] = similar["errors"] + recall["errors"]
+            result["freshness_s"] = round(freshness(settings, url, vectors, ids), 3)
+        finally:
+            server.terminate()
+            server.wait(30)
+    from benchmarks.encode import ENCODERS
+    from benchmarks.encode import run as encode_run
+
+    encoded = encode_run(out, encoders=ENCODERS[:1])
+    result["encode_efficiency"] = encoded["rows"][0]["ratio"]
+    rows = [{"metric": k, "value": v} for k, v in result.items() if not isinstance(v, dict)]
+    print(table(rows, ["metric", "value"]))
+    write_result(out, "perf", result)
+    return result
+
+
+def _wait_serving(url: str, server: subprocess.Popen, snapshot: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the API exited")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).json().get("snapshot") == snapshot:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the API did not load the snapshot")
