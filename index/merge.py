@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class Candidate:
@@ -46,26 +48,33 @@ def union(channel_results: dict[str, Sequence[dict]], *, seen: set[str], quotas:
 def rerank(
     candidates: list[Candidate], k: int, weights: MergeWeights, tags_of: Callable[[str], Sequence[str]]
 ) -> list[dict]:
-    """Greedy: at each step take the candidate with the best score given the tags already covered."""
-    covered: set[str] = set()
-    pool = list(candidates)
+    """Greedy: at each step take the candidate with the best score given the categories already covered.
+
+    Vectorized over candidates (a candidate x tag matrix), so a step costs one pass of numpy, not Python.
+    """
+    if not candidates:
+        return []
+    tag_lists = [list(dict.fromkeys(tags_of(c.item))) for c in candidates]
+    vocabulary = {tag: j for j, tag in enumerate(dict.fromkeys(t for tags in tag_lists for t in tags))}
+    has = np.zeros((len(candidates), max(1, len(vocabulary))), bool)  # (m, t)
+    for row, tags in enumerate(tag_lists):
+        has[row, [vocabulary[t] for t in tags]] = True
+    counts = has.sum(axis=1)  # (m,)
+    base = np.array([weights.similarity * c.similarity + weights.alpha * len(c.channels) for c in candidates])
+    covered = np.zeros(has.shape[1], bool)  # (t,)
+    available = np.ones(len(candidates), bool)
     out = []
-    while pool and len(out) < k:
-        best_index, best_score, best_gain = 0, float("-inf"), 0.0
-        for index, candidate in enumerate(pool):
-            tags = set(tags_of(candidate.item))
-            gain = len(tags - covered) / len(tags) if tags else 0.0
-            score = (
-                weights.similarity * candidate.similarity
-                + weights.alpha * len(candidate.channels)
-                + weights.beta * gain
-            )
-            if score > best_score:
-                best_index, best_score, best_gain = index, score, gain
-        chosen = pool.pop(best_index)
-        covered |= set(tags_of(chosen.item))
-        out.append({"id": chosen.item, "score": best_score, "similarity": chosen.similarity,
-                    "channels": chosen.channels, "diversity_gain": best_gain, "sources": chosen.sources})  # fmt: skip
+    for _ in range(min(k, len(candidates))):
+        fresh = (has & ~covered).sum(axis=1)  # (m,)
+        gain = np.divide(fresh, counts, out=np.zeros(len(candidates)), where=counts > 0)
+        score = np.where(available, base + weights.beta * gain, -np.inf)
+        best = int(np.argmax(score))
+        available[best] = False
+        covered |= has[best]
+        chosen = candidates[best]
+        out.append({"id": chosen.item, "score": float(score[best]), "similarity": chosen.similarity,
+                    "channels": chosen.channels, "diversity_gain": float(gain[best]),
+                    "sources": chosen.sources})  # fmt: skip
     return out
 
 
