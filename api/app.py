@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import faiss
 from fastapi import FastAPI
 
 import mmrecall
@@ -19,6 +20,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One query is too small to split across cores; with concurrent requests, OpenMP threads only
+        # fight each other (measured: a single flat search at 10k went from 16 ms to 0.45 ms under load).
+        faiss.omp_set_num_threads(max(1, settings.api_faiss_threads))
         settings.ensure_dirs()
         get_engine(settings.resolved_database_url)  # creates the tables on first start
         app.state.serving.start()

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     exact_search_below: int = Field(default=200_000, description="'auto' uses exact search below this size.")
     cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
     v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
+    api_faiss_threads: int = Field(
+        default=1, description="OpenMP threads per faiss search in the API: requests run in parallel already."
+    )
     refresh_interval_s: float = Field(default=0.25, description="How often the API picks up new vectors.")
     max_upload_bytes: int = 10 * 1024 * 1024
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
