@@ -128,6 +128,8 @@ def run_eval(
         channel.params.update(params[name])
         channel.fit(ctx, the_split)
         report[key][name] = evaluate_channel(channel, the_split, ctx, reference=reference, exclude_history=exclude)
+        if getattr(channel, "tuned", None):
+            report["params"][f"{key}/{name}"] = channel.tuned
         trained = ctx.models.get(((id(the_split), getattr(channel, "variant", None)), "report"))
         if trained:
             report.setdefault("training", {})[f"{key}/{name}"] = {k: v for k, v in trained.items() if k != "epochs"}

@@ -7,15 +7,18 @@ scores: listed items by rank, everything else -inf (not recalled).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from evaluation.channels import Channel, EvalContext, trained_g
 from evaluation.data import Split
 from index.clusters import ClusterTable, cluster_recall
-from index.recall_set import RecallConfig, channel_candidates, recall_set
+from index.merge import MergeWeights, merge
+from index.recall_set import CHANNELS, RecallConfig, channel_candidates, normalized, recall_set
 from mmrecall.interchange import tag_at_level
 
 
@@ -104,6 +107,35 @@ class RecallSetChannel(Channel):
         self.sources = DenseSources([str(i) for i in range(data.n_items)], space, g_items, trainer, tags, allowed,
                                     popularity, known_users)  # fmt: skip
         self.config = RecallConfig(**self.params) if self.params else RecallConfig()
+        if self.name == "merged":
+            self.config = self.tune_merge(trainer)
+
+    def tune_merge(self, trainer) -> RecallConfig:
+        """Merge weights chosen on the interactions G held out for early stopping (never on test).
+
+        Channel candidates are computed once per held-out query; each weight setting only re-merges.
+        """
+        held_out = getattr(trainer, "held_out", None)
+        if not held_out:
+            return self.config
+        queries = []
+        for user, history, target in held_out:
+            hist = [str(i) for i in history]
+            user_id = str(user) if self.sources.known_users[user] else None
+            candidates = channel_candidates(self.sources, hist, user_id, CHANNELS, self.config)
+            queries.append(({c: normalized(r) for c, r in candidates.items()}, set(hist), str(target)))
+        best, best_hits = self.config, -1.0
+        for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3)):
+            trust = {c: others for c in CHANNELS if c != "personal"}
+            config = replace(self.config, merge=MergeWeights(alpha=alpha, beta=beta, trust=trust))
+            hits = np.mean([target in {r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags,
+                                                                weights=config.merge)}
+                            for results, seen, target in queries])  # fmt: skip
+            if hits > best_hits:
+                best, best_hits = config, float(hits)
+        self.tuned = {"alpha": best.merge.alpha, "beta": best.merge.beta, "trust": best.merge.trust,
+                      "held_out_hitrate@50": best_hits}  # fmt: skip
+        return best
 
     def scores(self, users, histories):
         out = np.empty((len(users), len(self.sources.ids)), np.float32)

@@ -161,6 +161,8 @@ class GTrainer:
         self.model.load_state_dict(best["state"])
         self.model.eval()
         self.known = known
+        # what early stopping held out: (user, history, target), for tuning what sits on top of G
+        self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
         return {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
                 "seconds": round(time.time() - started, 1), "examples": int(len(rows))}  # fmt: skip
 

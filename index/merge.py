@@ -27,20 +27,30 @@ class MergeWeights:
     alpha: float = 0.5  # per recalling channel
     beta: float = 0.2  # per unit of tag-diversity gain
     quotas: dict[str, int] = field(default_factory=dict)  # channel -> most candidates taken from it
+    trust: dict[str, float] = field(default_factory=dict)  # channel -> factor on its similarities (default 1)
 
 
-def union(channel_results: dict[str, Sequence[dict]], *, seen: set[str], quotas: dict[str, int]) -> list[Candidate]:
+def union(
+    channel_results: dict[str, Sequence[dict]],
+    *,
+    seen: set[str],
+    quotas: dict[str, int],
+    trust: dict[str, float] | None = None,
+) -> list[Candidate]:
     """channel -> ranked [{"id", "score", "trigger"?/"interest"?}]; per-channel quotas, seen items dropped."""
     merged: dict[str, Candidate] = {}
+    trust = trust or {}
     for channel, results in channel_results.items():
         limit = quotas.get(channel, len(results))
+        factor = trust.get(channel, 1.0)
         for result in list(results)[:limit]:
             item = result["id"]
             if item in seen:
                 continue
             source = {"channel": channel, **{k: v for k, v in result.items() if k != "id"}}
-            candidate = merged.setdefault(item, Candidate(item, float(result["score"])))
-            candidate.similarity = max(candidate.similarity, float(result["score"]))
+            similarity = factor * float(result["score"])
+            candidate = merged.setdefault(item, Candidate(item, similarity))
+            candidate.similarity = max(candidate.similarity, similarity)
             candidate.sources.append(source)
     return list(merged.values())
 
@@ -86,4 +96,5 @@ def merge(
     tags_of: Callable[[str], Sequence[str]],
     weights: MergeWeights = MergeWeights(),
 ) -> list[dict]:
-    return rerank(union(channel_results, seen=seen, quotas=weights.quotas), k, weights, tags_of)
+    candidates = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust)
+    return rerank(candidates, k, weights, tags_of)
