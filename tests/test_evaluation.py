@@ -125,7 +125,7 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     dataset = generate_demo(tmp_path / "demo", per_leaf=6, users=30)
     out, plot = tmp_path / "report.json", tmp_path / "report.png"
     args = ["eval", "--dataset", str(dataset), "--out", str(out), "--plot", str(plot), "--cache", str(tmp_path / "c"),
-            "--encoder", "tiny-test"]  # fmt: skip
+            "--encoder", "tiny-test", "--channels", "v2v"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
