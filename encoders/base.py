@@ -24,6 +24,7 @@ class ContentInput:
     tags: list[str] = field(default_factory=list)
     image: Image.Image | None = None  # the cover: frame 0
     frames: list[Image.Image] = field(default_factory=list)  # frames 1.. (sampled from the video)
+    item_id: str | None = None  # only id-aware encoders (G, for its item bias) look at it
 
     def all_frames(self) -> list[Image.Image]:
         return ([self.image] if self.image is not None else []) + self.frames

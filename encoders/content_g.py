@@ -24,6 +24,7 @@ from encoders.base import l2_normalize
 
 CONFIG_FILE = "g.json"
 WEIGHTS_FILE = "model.pt"
+KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
 AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
 
 

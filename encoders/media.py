@@ -47,6 +47,7 @@ def load_content(
     *,
     images: bool = True,
     n_frames: int = 1,
+    item_id: str | None = None,
 ):
     """An item's content with its media decoded: the cover is frame 0 (else the first sampled frame),
     then frames sampled uniformly from the video or the frame list, n_frames in all."""
@@ -55,5 +56,6 @@ def load_content(
 
     decoded = item_frames(cover=cover, frames=frames, video=video, n=n_frames) if images else []
     return ContentInput(
-        title=title or "", tags=list(tags or []), image=decoded[0] if decoded else None, frames=decoded[1:]
-    )
+        title=title or "", tags=list(tags or []), image=decoded[0] if decoded else None, frames=decoded[1:],
+        item_id=item_id,
+    )  # fmt: skip

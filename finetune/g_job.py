@@ -37,5 +37,6 @@ def train_g(
     config = make_config(matrix, tuple(features), **model_overrides)
     trainer = GTrainer(config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig())
     report = trainer.fit(Interactions(users, items, weights), on_progress=on_progress)
-    out = trainer.save(run_dir(out_root, "g"), {**report, "dataset": str(dataset), "features": list(features)})
+    out = trainer.save(run_dir(out_root, "g"), {**report, "dataset": str(dataset), "features": list(features)},
+                       item_ids=[i.id for i in data.items])  # fmt: skip
     return {"checkpoint": str(out), **{k: v for k, v in report.items() if k != "epochs"}}

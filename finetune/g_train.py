@@ -10,6 +10,7 @@ training interaction, held out for validation.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders.content_g import GConfig, TwoTower, keys_of, save_g
+from encoders.content_g import KNOWN_ITEMS_FILE, GConfig, TwoTower, keys_of, save_g
 from finetune.common import EtaLogger, Progress
 from finetune.frequency import StreamingFrequency
 
@@ -234,8 +235,13 @@ class GTrainer:
         ranks = (scores >= target_scores[:, None]).sum(dim=1) - 1
         return float((ranks < k).float().mean())
 
-    def save(self, directory: Path, report: dict) -> Path:
-        return save_g(self.model, directory, report)
+    def save(self, directory: Path, report: dict, item_ids: list[str] | None = None) -> Path:
+        """The checkpoint; with `item_ids`, also the ids of the items seen in training (their bias is served)."""
+        out = save_g(self.model, directory, report)
+        if item_ids is not None:
+            known = [item_ids[i] for i in np.flatnonzero(self.known.numpy())]
+            (out / KNOWN_ITEMS_FILE).write_text(json.dumps(known))
+        return out
 
 
 def make_config(features: np.ndarray, specs: tuple[str, ...], **overrides) -> GConfig:

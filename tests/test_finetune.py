@@ -114,3 +114,10 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
     assert encoder.version.startswith("g@") and encoder.dim == 128
     vectors = encoder.encode([ContentInput("a brand-new pasta video", ["food/noodles"]), ContentInput("tennis final")])
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # an item G trained on gets its item bias; the same content under a new id is served by content alone
+    seen = sorted(encoder.known_items)[0]
+    assert len(encoder.known_items) > 10 and "brand-new" not in encoder.known_items
+    old, new = encoder.encode([ContentInput("x", ["food/baking"], item_id=seen),
+                               ContentInput("x", ["food/baking"], item_id="brand-new")])  # fmt: skip
+    assert not np.allclose(old, new, atol=1e-4)
+    assert np.allclose(new, encoder.encode([ContentInput("x", ["food/baking"])])[0], atol=1e-6)
