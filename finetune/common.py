@@ -19,9 +19,16 @@ Progress = Callable[[int, int, dict], None]  # (done, total, metrics)
 
 
 def run_dir(root: Path, kind: str) -> Path:
-    path = root / kind / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    path.mkdir(parents=True, exist_ok=False)
-    return path
+    """A new directory per run, named by its start time (a suffix when two runs start in one second)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for attempt in range(1000):
+        path = root / kind / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run directory under {root / kind}")
 
 
 def item_frames_or_none(item: ItemRecord, n_frames: int):
