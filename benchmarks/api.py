@@ -10,15 +10,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 from sqlalchemy import insert
 
-from benchmarks.common import low_rank_vectors, percentiles_ms, table, write_result
+from benchmarks.common import http_load, low_rank_vectors, table, write_result
 from index.ann import VectorIndex, choose_factory
 from mmrecall.runner import settings_env
 from mmrecall.settings import Settings
@@ -44,32 +42,6 @@ def build_catalogue(settings: Settings, n: int, dim: int) -> list[str]:
     return ids
 
 
-def load(url: str, ids: list[str], *, clients: int, seconds: float, k: int) -> dict:
-    timings: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    stop = time.perf_counter() + seconds
-
-    def client(slot: int) -> None:
-        rng = np.random.default_rng(slot)
-        with httpx.Client(base_url=url, timeout=10) as http:
-            while time.perf_counter() < stop:
-                item = ids[int(rng.integers(len(ids)))]
-                started = time.perf_counter()
-                response = http.get(f"/v1/similar/{item}", params={"k": k})
-                timings[slot].append(time.perf_counter() - started)
-                errors[slot] += response.status_code != 200
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    flat = [t for per in timings for t in per]
-    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / elapsed, **percentiles_ms(flat)}
-
-
 def run(out: Path, items: int = 100_000, dim: int = 256, clients: int = 8, seconds: float = 15.0, **_kw) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmrecall-bench-api-") as tmp:
         settings = Settings(home=Path(tmp), refresh_interval_s=1.0)
@@ -91,9 +63,13 @@ def run(out: Path, items: int = 100_000, dim: int = 256, clients: int = 8, secon
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError("API did not come up")
                 time.sleep(0.3)
-            load(url, ids, clients=clients, seconds=2.0, k=50)  # warm-up
+
+            def request(http, rng):
+                return http.get(f"/v1/similar/{ids[int(rng.integers(len(ids)))]}", params={"k": 50})
+
+            http_load(url, request, clients=clients, seconds=2.0)  # warm-up
             rows = [{"endpoint": "/v1/similar?k=50", "items": items, "clients": clients,
-                     **load(url, ids, clients=clients, seconds=seconds, k=50)}]  # fmt: skip
+                     **http_load(url, request, clients=clients, seconds=seconds)}]  # fmt: skip
         finally:
             server.terminate()
             server.wait(30)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 
@@ -70,3 +72,29 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
+
+
+def http_load(url: str, make_request: Callable, *, clients: int = 8, seconds: float = 10.0) -> dict:
+    """Concurrent keep-alive clients for `seconds`: requests, errors, QPS, p50/p99 ms."""
+    timings: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(slot: int) -> None:
+        rng = np.random.default_rng(slot)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = make_request(http, rng)
+                timings[slot].append(time.perf_counter() - started)
+                errors[slot] += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flat = [t for per in timings for t in per]
+    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / (time.perf_counter() - started),
+            **percentiles_ms(flat)}  # fmt: skip

@@ -17,7 +17,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import httpx
 import numpy as np
 from sqlalchemy import insert
 
-from benchmarks.common import low_rank_vectors, percentiles_ms, table, write_result
+from benchmarks.common import http_load, low_rank_vectors, percentiles_ms, table, write_result
 from index.ann import VectorIndex
 from mmrecall.runner import settings_env
 from mmrecall.settings import Settings
@@ -74,31 +73,6 @@ def timed_reindex(settings: Settings) -> tuple[float, float, dict]:
     with session_scope(settings.resolved_database_url) as session:
         result = catalogue.get_job(session, job_id).result
     return seconds, peak_gb, result
-
-
-def http_load(url: str, make_request, *, clients: int = 8, seconds: float = 10.0) -> dict:
-    timings: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    stop = time.perf_counter() + seconds
-
-    def client(slot: int) -> None:
-        rng = np.random.default_rng(slot)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                response = make_request(http, rng)
-                timings[slot].append(time.perf_counter() - started)
-                errors[slot] += response.status_code != 200
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    flat = [t for per in timings for t in per]
-    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / (time.perf_counter() - started),
-            **percentiles_ms(flat)}  # fmt: skip
 
 
 def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) -> tuple[float, float]:

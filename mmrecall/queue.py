@@ -24,7 +24,8 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
-        accept_content=["json"],  # never pickle: a broker message must not run code
+        # JSON only: a broker message must never be able to run code in a worker
+        accept_content=["json"],
         task_default_queue=settings.queue,
         task_default_routing_key=settings.queue,
         worker_prefetch_multiplier=1,
