@@ -121,3 +121,18 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
                                ContentInput("x", ["food/baking"], item_id="brand-new")])  # fmt: skip
     assert not np.allclose(old, new, atol=1e-4)
     assert np.allclose(new, encoder.encode([ContentInput("x", ["food/baking"])])[0], atol=1e-6)
+
+    # a reindex with G active ships its user tower (in numpy) beside the index for personal recall
+    from index.ann import VectorIndex
+    from index.personal import UserTowerNumpy
+    from mmrecall.settings import Settings
+    from workers.pipeline import write_recall_tables
+
+    vectors = encoder.encode([ContentInput(f"item {i}", ["food/baking"], item_id=str(i)) for i in range(20)])
+    built = VectorIndex.build([str(i) for i in range(20)], vectors)
+    target = tmp_path / "snapshot"
+    target.mkdir()
+    extras = write_recall_tables(Settings(home=tmp_path / "h"), built, report["checkpoint"], target)
+    assert extras["user_tower"] and extras["clusters"] >= 1
+    user = UserTowerNumpy.load(target / "user_tower.npz")(vectors[:5])
+    assert user.shape == (128,) and np.isclose(np.linalg.norm(user), 1, atol=1e-5)
