@@ -170,6 +170,14 @@ def render_report(report: dict) -> str:
     return "\n".join(parts)
 
 
+def short_name(channel: str) -> str:
+    """`v2v@/long/path/checkpoints/tag-image/20261125T0737` -> `v2v@tag-image/20261125T0737` for legends."""
+    head, _, spec = channel.partition("@")
+    if "/" in spec:
+        return f"{head}@{'/'.join(Path(spec).parts[-2:])}"
+    return channel
+
+
 def plot_report(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -180,7 +188,7 @@ def plot_report(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         for name, row in report[key].items():
-            ax.plot(KS, [row[f"hitrate@{k}"] for k in KS], marker="o", label=name)
+            ax.plot(KS, [row[f"hitrate@{k}"] for k in KS], marker="o", label=short_name(name))
         ax.set_title(f"{title} ({report['split'] if key == 'channels' else 'test'})")
         ax.set_xlabel("K")
         ax.set_ylabel("hitRate@K")
