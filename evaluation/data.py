@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mmrecall.interchange import INTERACTIONS_FILE, ITEMS_FILE, ItemRecord, read_interactions, read_items
+from mmrecall.interchange import INTERACTIONS_FILE, ITEMS_FILE, ItemRecord, read_interactions, read_items, tag_at_level
 
 
 @dataclass
@@ -168,3 +169,14 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
         candidates=cold,
         cold_items=cold,
     )
+
+
+def category_tags(data: Dataset, min_share: float = 0.005) -> list[frozenset[str]]:
+    """Per item, its level-1 tags that at least `min_share` of the catalogue carries.
+
+    Diversity counts categories (genres, sections), not free-text user tags that name one item each.
+    """
+    per_item = [frozenset(tag_at_level(t, 1) for t in item.tags) for item in data.items]
+    counts = Counter(tag for tags in per_item for tag in tags)
+    common = {tag for tag, n in counts.items() if n >= min_share * len(per_item)}
+    return [tags & common for tags in per_item]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,25 +12,13 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluation.channels import BASELINES, Channel, EvalContext, channel_factories
-from evaluation.data import Dataset, Split, cold_items_split, leave_last_out, load_dataset
+from evaluation.data import Split, category_tags, cold_items_split, leave_last_out, load_dataset
 from evaluation.metrics import KS, LIST_K, MetricAccumulator
-from mmrecall.interchange import tag_at_level
 
 log = logging.getLogger(__name__)
 BATCH = 256
 OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content"}  # only when named
 Progress = Callable[[str, int, int], None]
-
-
-def category_tags(data: Dataset, min_share: float = 0.005) -> list[frozenset[str]]:
-    """Per item, its level-1 tags that at least `min_share` of the catalogue carries.
-
-    Diversity counts categories (genres, sections), not free-text user tags that name one item each.
-    """
-    per_item = [frozenset(tag_at_level(t, 1) for t in item.tags) for item in data.items]
-    counts = Counter(tag for tags in per_item for tag in tags)
-    common = {tag for tag, n in counts.items() if n >= min_share * len(per_item)}
-    return [tags & common for tags in per_item]
 
 
 def evaluate_channel(

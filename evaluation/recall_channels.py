@@ -8,18 +8,16 @@ scores: listed items by rank, everything else -inf (not recalled).
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from evaluation.channels import Channel, EvalContext, trained_g
-from evaluation.data import Split
+from evaluation.data import Split, category_tags
 from index.clusters import ClusterTable, cluster_recall
 from index.merge import MergeWeights, merge
 from index.recall_set import CHANNELS, RecallConfig, channel_candidates, normalized, recall_set
-from mmrecall.interchange import tag_at_level
 
 
 class DenseSources:
@@ -89,12 +87,19 @@ class RecallSetChannel(Channel):
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
         trainer = trained_g(ctx, split, "personal")
+        key = ("sources", id(split), self.space)  # one cluster table and index per split, shared by channels
+        if key not in ctx.models:
+            ctx.models[key] = self.build_sources(ctx, split, trainer)
+        self.sources = ctx.models[key]
+        self.config = RecallConfig(**self.params) if self.params else RecallConfig()
+        if self.name == "merged":
+            self.config = self.tune_merge(trainer)
+
+    def build_sources(self, ctx: EvalContext, split: Split, trainer) -> DenseSources:
         data = ctx.data
         space = (trainer.item_matrix(None, content_only=True).numpy() if self.space == "g"
                  else ctx.vectors(ctx.encoder))  # fmt: skip
-        counts = Counter(tag_at_level(t, 1) for item in data.items for t in item.tags)
-        common = {t for t, c in counts.items() if c >= 0.005 * data.n_items}
-        tags = [[t for t in {tag_at_level(x, 1) for x in item.tags} if t in common] for item in data.items]
+        tags = [sorted(t) for t in category_tags(data)]
         allowed = None
         if split.candidates is not None:
             allowed = np.zeros(data.n_items, bool)
@@ -104,11 +109,8 @@ class RecallSetChannel(Channel):
         popularity = np.bincount(split.train_items, minlength=data.n_items).astype(np.float64)
         # ids are row numbers as strings: the channel code works on ids, the arrays on rows
         g_items = trainer.item_matrix(trainer.known).numpy()
-        self.sources = DenseSources([str(i) for i in range(data.n_items)], space, g_items, trainer, tags, allowed,
-                                    popularity, known_users)  # fmt: skip
-        self.config = RecallConfig(**self.params) if self.params else RecallConfig()
-        if self.name == "merged":
-            self.config = self.tune_merge(trainer)
+        return DenseSources([str(i) for i in range(data.n_items)], space, g_items, trainer, tags, allowed,
+                            popularity, known_users)  # fmt: skip
 
     def tune_merge(self, trainer) -> RecallConfig:
         """Merge weights chosen on the interactions G held out for early stopping (never on test).

@@ -89,7 +89,8 @@ class GTrainer:
         self.n_items = len(item_ids)
 
     # ---- data ------------------------------------------------------------------------------------
-    def examples(self, sequences: dict[int, np.ndarray], weights: dict[int, np.ndarray] | None):
+    def examples(self, sequences: dict[int, np.ndarray]) -> np.ndarray:
+        """(user, position) of every interaction after a user's first: its history predicts it."""
         rows = [(u, p) for u, seq in sequences.items() for p in range(1, len(seq))]
         return np.asarray(rows, np.int64).reshape(-1, 2)
 
@@ -129,7 +130,7 @@ class GTrainer:
         fit_seqs = {u: (s[:-1] if u in set(valid_users.tolist()) else s) for u, s in sequences.items()}
         known = torch.zeros(self.n_items, dtype=torch.bool)
         known[torch.from_numpy(np.concatenate(list(fit_seqs.values())))] = True
-        rows = self.examples(fit_seqs, weight_seqs)
+        rows = self.examples(fit_seqs)
         steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
         frequency = StreamingFrequency(initial_gap=float(steps_per_epoch))
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -48,6 +48,17 @@ def import_movielens_cmd(
     )
 
 
+def _follow(job_id: str, *, timeout: float) -> dict:
+    """Wait for a queued job with a progress bar; its result, or a clear error and exit code 2."""
+    from mmrecall.runner import wait_for_job
+
+    typer.echo(f"job {job_id} queued")
+    try:
+        return wait_for_job(get_settings(), job_id, timeout=timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+
+
 def _run_training(kind: str, params: dict, on_worker: bool) -> dict:
     """Run a training job here (progress in the log) or as a Celery job (progress on the job row)."""
     from workers.training import run_training
@@ -62,19 +73,9 @@ def _run_training(kind: str, params: dict, on_worker: bool) -> dict:
             _fail(str(exc))
         typer.echo(json.dumps(report, indent=2))
         return report
-    from mmrecall.queue import enqueue_training
-    from mmrecall.runner import wait_for_job
-    from storage import catalogue
-    from storage.db import session_scope
+    from mmrecall.queue import submit_job
 
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, f"finetune:{kind}", params)
-    enqueue_training(settings, job.id)
-    typer.echo(f"job {job.id} queued")
-    try:
-        report = wait_for_job(settings, job.id, timeout=24 * 3600)
-    except RuntimeError as exc:
-        _fail(str(exc))
+    report = _follow(submit_job(settings, f"finetune:{kind}", params), timeout=24 * 3600)
     typer.echo(json.dumps(report, indent=2))
     return report
 
@@ -197,31 +198,27 @@ def reindex(
     local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
 ) -> None:
     """Rebuild the index from all stored vectors and swap it in atomically."""
-    from mmrecall.queue import enqueue_reindex
-    from mmrecall.runner import wait_for_job
-    from storage import catalogue
-    from storage.db import session_scope
-
     settings = get_settings()
     settings.ensure_dirs()
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, "reindex")
     if local:
+        from storage import catalogue
+        from storage.db import session_scope
         from workers.pipeline import reindex as run_reindex
 
+        with session_scope(settings.resolved_database_url) as session:
+            job_id = catalogue.create_job(session, "reindex").id
         try:
-            result = run_reindex(settings, job.id)
+            result = run_reindex(settings, job_id)
         except ValueError as exc:
             _fail(str(exc))
     else:
-        enqueue_reindex(settings, job.id)
-        typer.echo(f"job {job.id} queued")
+        from mmrecall.queue import submit_job
+
+        job_id = submit_job(settings, "reindex")
         if not wait:
+            typer.echo(f"job {job_id} queued")
             return
-        try:
-            result = wait_for_job(settings, job.id)
-        except RuntimeError as exc:
-            _fail(str(exc))
+        result = _follow(job_id, timeout=3600)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -231,21 +228,13 @@ def activate_cmd(
     wait: Annotated[bool, typer.Option(help="Wait for the backfill to finish")] = True,
 ) -> None:
     """Switch the catalogue to another encoder: re-encode everything through a worker, reindex, swap."""
-    from mmrecall.queue import enqueue_backfill
-    from mmrecall.runner import wait_for_job
-    from storage import catalogue
-    from storage.db import session_scope
+    from mmrecall.queue import submit_job
 
-    settings = get_settings()
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, "backfill", {"encoder": encoder})
-    enqueue_backfill(settings, job.id)
-    typer.echo(f"backfill job {job.id} queued")
-    if wait:
-        try:
-            typer.echo(json.dumps(wait_for_job(settings, job.id, timeout=24 * 3600), indent=2))
-        except RuntimeError as exc:
-            _fail(str(exc))
+    job_id = submit_job(get_settings(), "backfill", {"encoder": encoder})
+    if not wait:
+        typer.echo(f"backfill job {job_id} queued")
+        return
+    typer.echo(json.dumps(_follow(job_id, timeout=24 * 3600), indent=2))
 
 
 @app.command()
@@ -327,23 +316,12 @@ def eval_cmd(
     from evaluation.harness import plot_report, render_report, run_eval
 
     if on_worker:
-        from mmrecall.queue import enqueue_eval
-        from mmrecall.runner import wait_for_job
-        from storage import catalogue
-        from storage.db import session_scope
+        from mmrecall.queue import submit_job
 
-        settings = get_settings()
         params = {"dataset": str(dataset.resolve()), "out": str(out.resolve()), "split": split, "protocol": protocol,
                   "plot": str(plot.resolve()) if plot else None, "cache": str(cache.resolve()) if cache else None,
                   "encoder": encoder, "channels": channels.split(",") if channels else None}  # fmt: skip
-        with session_scope(settings.resolved_database_url) as session:
-            job = catalogue.create_job(session, "eval", params)
-        enqueue_eval(settings, job.id)
-        typer.echo(f"eval job {job.id} queued")
-        try:
-            report = wait_for_job(settings, job.id, timeout=6 * 3600)
-        except RuntimeError as exc:
-            _fail(str(exc))
+        report = _follow(submit_job(get_settings(), "eval", params), timeout=6 * 3600)
         typer.echo(render_report(report))
         return
     try:

@@ -17,7 +17,7 @@ EXAMPLES = ("food-baking-000", "sports-tennis-003", "pets-cats-007")
 def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_dir: Path = DEMO_DIR) -> None:
     from mmrecall.ingest import bulk_ingest
     from mmrecall.query import similar_items
-    from mmrecall.queue import enqueue_reindex, workers_alive
+    from mmrecall.queue import submit_job, workers_alive
     from mmrecall.runner import start_worker, wait_for_job, wait_for_workers
     from storage import catalogue
     from storage.db import session_scope
@@ -35,10 +35,7 @@ def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_d
     report = bulk_ingest(settings, demo_dir)
     typer.echo(f"ingested {report['items']} items: {report['ready']} ready, {report['failed']} failed "
                f"in {report['seconds']}s ({report['items_per_s']} items/s)")  # fmt: skip
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, "reindex")
-    enqueue_reindex(settings, job.id)
-    result = wait_for_job(settings, job.id)
+    result = wait_for_job(settings, submit_job(settings, "reindex"))
     typer.echo(f"reindexed {result['count']} vectors ({result['factory']}) into snapshot {result['snapshot']}")
     for item_id in EXAMPLES:
         found = similar_items(settings, item_id, k=5)

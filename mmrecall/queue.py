@@ -55,20 +55,26 @@ def enqueue_encode(settings: Settings, item_ids: Sequence[str]) -> list[str]:
     ]
 
 
-def enqueue_reindex(settings: Settings, job_id: str) -> str:
-    return client(settings).send_task(REINDEX_TASK, args=[job_id], queue=settings.queue).id
+def task_for(kind: str) -> str:
+    """The Celery task that runs a job of this kind."""
+    if kind.startswith("finetune:"):
+        return TRAIN_TASK
+    tasks = {"reindex": REINDEX_TASK, "eval": EVAL_TASK, "backfill": BACKFILL_TASK}
+    if kind not in tasks:
+        raise ValueError(f"no task runs jobs of kind {kind!r}")
+    return tasks[kind]
 
 
-def enqueue_eval(settings: Settings, job_id: str) -> str:
-    return client(settings).send_task(EVAL_TASK, args=[job_id], queue=settings.queue).id
+def submit_job(settings: Settings, kind: str, params: dict | None = None) -> str:
+    """Commit the job row first (the database is the source of truth), then enqueue its task; the job id."""
+    from storage import catalogue
+    from storage.db import session_scope
 
-
-def enqueue_training(settings: Settings, job_id: str) -> str:
-    return client(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.queue).id
-
-
-def enqueue_backfill(settings: Settings, job_id: str) -> str:
-    return client(settings).send_task(BACKFILL_TASK, args=[job_id], queue=settings.queue).id
+    task = task_for(kind)
+    with session_scope(settings.resolved_database_url) as session:
+        job_id = catalogue.create_job(session, kind, params).id
+    client(settings).send_task(task, args=[job_id], queue=settings.queue)
+    return job_id
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:

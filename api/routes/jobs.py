@@ -11,9 +11,8 @@ from fastapi import APIRouter, HTTPException
 from api.deps import SessionDep, SettingsDep
 from api.media import confine
 from api.schemas import ActivateIn, EvalIn, JobCreated, JobOut
-from mmrecall.queue import enqueue_backfill, enqueue_eval, enqueue_reindex
+from mmrecall.queue import submit_job
 from storage import catalogue
-from storage.db import session_scope
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -28,10 +27,7 @@ def registered_encoders() -> list[str]:
 
 @router.post("/reindex", status_code=202, response_model=JobCreated)
 def post_reindex(settings: SettingsDep) -> JobCreated:
-    with session_scope(settings.resolved_database_url) as session:  # committed before the task exists
-        job = catalogue.create_job(session, "reindex")
-    enqueue_reindex(settings, job.id)
-    return JobCreated(job_id=job.id, state=job.state)
+    return JobCreated(job_id=submit_job(settings, "reindex"), state="queued")
 
 
 @router.post("/eval", status_code=202, response_model=JobCreated)
@@ -39,10 +35,7 @@ def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
     """Run `mmrecall eval` on a worker; the report lands in the job's `result`."""
     params = body.model_dump()
     params["dataset"] = confine(body.dataset, settings.media_roots)
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, "eval", params)
-    enqueue_eval(settings, job.id)
-    return JobCreated(job_id=job.id, state=job.state)
+    return JobCreated(job_id=submit_job(settings, "eval", params), state="queued")
 
 
 @router.post("/encoders/activate", status_code=202, response_model=JobCreated)
@@ -52,10 +45,7 @@ def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
     known = registered_encoders()
     if body.encoder not in known and not (Path(body.encoder) / "encoder.json").is_file():
         raise HTTPException(400, f"unknown encoder {body.encoder!r}; known: {known} or a checkpoint directory")
-    with session_scope(settings.resolved_database_url) as session:
-        job = catalogue.create_job(session, "backfill", {"encoder": body.encoder})
-    enqueue_backfill(settings, job.id)
-    return JobCreated(job_id=job.id, state=job.state)
+    return JobCreated(job_id=submit_job(settings, "backfill", {"encoder": body.encoder}), state="queued")
 
 
 @router.get("/encoders")
