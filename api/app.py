@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import faiss
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
 import mmrecall
+from api.auth import parse_keys
+from api.limits import BodyLimit
 from api.routes import interactions, items, jobs, similar
 from api.serving import ServingIndex
 from mmrecall.settings import Settings, get_settings
 from storage.db import get_engine
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One query is too small to split across cores; with concurrent requests, OpenMP threads only
         # fight each other (measured: a single flat search at 10k went from 16 ms to 0.45 ms under load).
         faiss.omp_set_num_threads(max(1, settings.api_faiss_threads))
+        threadpool_limits(max(1, settings.api_faiss_threads))  # BLAS (numpy's exact search) likewise
         settings.ensure_dirs()
         get_engine(settings.resolved_database_url)  # creates the tables on first start
         app.state.serving.start()
@@ -31,6 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="mmrecall", version=mmrecall.__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.api_keys = parse_keys(settings.api_keys)
+    if not app.state.api_keys:
+        log.warning("no MMRECALL_API_KEYS configured: serving loopback clients only")
+    app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.state.serving = ServingIndex(settings)
     for module in (items, interactions, jobs, similar):
         app.include_router(module.router)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from index.ann import VectorIndex
 from index.clusters import ClusterTable, cluster_recall
+from index.item_meta import ItemMeta
 from index.live import LiveIndex
 from index.personal import UserTowerNumpy
 from mmrecall.settings import Settings
@@ -42,6 +42,7 @@ class ServingState:
     v2v_rows: np.ndarray | None = None  # (n, N) neighbour rows of the snapshot
     v2v_scores: np.ndarray | None = None
     user_tower: UserTowerNumpy | None = None
+    meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> ServingState:
@@ -49,10 +50,16 @@ class ServingState:
         clusters = (
             ClusterTable.load(directory / "clusters") if (directory / "clusters-centroids.npy").is_file() else None
         )
-        rows = np.load(directory / "v2v-rows.npy", mmap_mode="r") if (directory / "v2v-rows.npy").is_file() else None
-        scores = np.load(directory / "v2v-scores.npy", mmap_mode="r") if rows is not None else None
+        rows = _mapped(directory / "v2v-rows.npy") if (directory / "v2v-rows.npy").is_file() else None
+        scores = _mapped(directory / "v2v-scores.npy") if rows is not None else None
         tower = UserTowerNumpy.load(directory / "user_tower.npz") if (directory / "user_tower.npz").is_file() else None
-        return cls(LiveIndex(snapshot), meta["encoder_version"], directory.name, clusters, rows, scores, tower)
+        return cls(LiveIndex(snapshot), meta["encoder_version"], directory.name, clusters, rows, scores, tower,
+                   ItemMeta.load(directory))  # fmt: skip
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A read-only ndarray view of a memory-mapped .npy (shared between API processes by the page cache)."""
+    return np.asarray(np.load(path, mmap_mode="r"))
 
 
 class ServingIndex:
@@ -160,29 +167,57 @@ class NotReady(RuntimeError):
 
 class ServiceSources:
     """index.recall_set's questions answered from a ServingState (see evaluation.recall_channels for
-    the harness's dense counterpart)."""
+    the harness's dense counterpart). Snapshot items are answered from memory; the database is asked
+    only about items written after the snapshot."""
 
-    def __init__(self, state: ServingState, session: Session) -> None:
-        self.state, self.session = state, session
+    def __init__(self, state: ServingState, database_url: str) -> None:
+        self.state, self.database_url = state, database_url
         self.live = state.live
-        self._tags: dict[str, list[str]] = {}
+        self._db_tags: dict[str, list[str]] = {}
+
+    def _snapshot_row(self, item: str) -> int | None:
+        """The item's row in the snapshot's tables, unless it was re-encoded since (then they are stale)."""
+        snapshot = self.live.snapshot
+        if snapshot is None or item in self.live.superseded:
+            return None
+        return snapshot.position.get(item)
 
     def vector(self, item: str) -> np.ndarray | None:
         return self.live.vector(item)
 
+    def _table_neighbors(
+        self, item: str, n: int, exclude: set[str], *, complete: bool = False
+    ) -> list[tuple[str, float]] | None:
+        """Up to n neighbours from the v2v table plus the delta (items newer than the table), or None when
+        the table cannot answer (no table, item not in it; with `complete`, fewer than n left)."""
+        pos, state = self._snapshot_row(item), self.state
+        if pos is None or state.v2v_rows is None:
+            return None
+        snapshot, deleted, superseded = self.live.snapshot, self.live.deleted, self.live.superseded
+        row, scores = state.v2v_rows[pos], state.v2v_scores[pos]
+        keep = row >= 0
+        skip = [snapshot.position[i] for i in (deleted | superseded | exclude) if i in snapshot.position]
+        if skip:  # usually a short history; deletions and re-encodes since the snapshot are rare
+            keep &= ~np.isin(row, skip)
+        ids = snapshot.ids
+        found = [(ids[r], s) for r, s in zip(row[keep].tolist(), scores[keep].tolist(), strict=True)]
+        if complete and len(found) < n and len(row) < len(ids) - 1:
+            return None  # the table row is too short for this request
+        fresh = self.live.search_delta(self.live.vector(item), n, exclude=exclude | {item})
+        return sorted(found + [(x.id, x.score) for x in fresh], key=lambda p: -p[1])[:n]
+
     def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:
         """From the v2v table when the item is in the snapshot (and was not re-encoded since), else live ANN."""
-        snapshot, state = self.live.snapshot, self.state
-        pos = snapshot.position.get(item) if snapshot is not None else None
-        if pos is not None and state.v2v_rows is not None and item not in self.live.superseded:
-            rows, scores = state.v2v_rows[pos][:n], state.v2v_scores[pos][:n]
-            deleted = self.live.deleted
-            found = [(snapshot.ids[r], float(s)) for r, s in zip(rows, scores, strict=True) if r >= 0]
-            found = [pair for pair in found if pair[0] not in deleted and pair[0] not in self.live.superseded]
-            fresh = self.live.search_delta(self.live.vector(item), n, exclude={item})  # newer than the table
-            return sorted(found + [(x.id, x.score) for x in fresh], key=lambda p: -p[1])[:n]
+        found = self._table_neighbors(item, n, set())
+        if found is not None:
+            return found
         vector = self.live.vector(item)
         return [] if vector is None else [(x.id, x.score) for x in self.live.search(vector, n, exclude={item})]
+
+    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """Nearest items to a history item (a PinnerSage medoid): its cached v2v row where that answers."""
+        found = self._table_neighbors(item, n, exclude, complete=True)
+        return found if found is not None else self.search(vector, n, exclude)
 
     def cluster_mates(self, triggers: Sequence[tuple[str, float]], n: int) -> list[dict]:
         table, snapshot = self.state.clusters, self.live.snapshot
@@ -223,11 +258,35 @@ class ServiceSources:
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         return [(x.id, x.score) for x in self.live.search(vector, n, exclude=exclude)]
 
+    def _from_database(self, items: Iterable[str]) -> list[str]:
+        meta = self.state.meta
+        return [i for i in items if meta is None or self._snapshot_row(i) is None]
+
     def prepare(self, items: set[str]) -> None:
-        self._tags.update(catalogue.tags_of(self.session, items - set(self._tags)))
+        """Fetch, in one query, the tags of candidates the snapshot cannot answer for."""
+        missing = [i for i in self._from_database(items) if i not in self._db_tags]
+        if missing:
+            with session_scope(self.database_url) as session:
+                self._db_tags.update({i: [] for i in missing} | catalogue.tags_of(session, missing))
 
     def tags(self, item: str) -> list[str]:
-        return [t.split("/")[0] for t in self._tags.get(item, [])]
+        """First-level tags (the rerank's diversity categories)."""
+        pos = self._snapshot_row(item) if self.state.meta is not None else None
+        if pos is not None:
+            return self.state.meta.top_level_tags(pos)
+        return [t.split("/")[0] for t in self._db_tags.get(item) or []]
+
+    def titles(self, items: Sequence[str]) -> dict[str, str | None]:
+        meta, found = self.state.meta, {}
+        for item in items:
+            pos = self._snapshot_row(item) if meta is not None else None
+            if pos is not None:
+                found[item] = meta.title(pos)
+        missing = [i for i in items if i not in found]
+        if missing:
+            with session_scope(self.database_url) as session:
+                found.update(catalogue.titles(session, missing))
+        return found
 
 
 def user_key(user: str) -> int:
@@ -237,25 +296,27 @@ def user_key(user: str) -> int:
     return int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def similar_to(session: Session, serving: ServingIndex, item_id: str, k: int, channel: str = "v2v") -> dict:
+def similar_to(serving: ServingIndex, item_id: str, k: int, channel: str = "v2v") -> dict:
     """`{"item_id", "channel", "results": [{"id", "score", "title"}]}`, never the item itself."""
     state = serving.state
-    sources = ServiceSources(state, session)
+    url = serving.settings.resolved_database_url
+    sources = ServiceSources(state, url)
     vector = state.live.vector(item_id)
     if vector is None or item_id in state.live.deleted:
-        item = catalogue.get_item(session, item_id)
-        if item is None or item.status == "deleted":
-            raise UnknownItem(f"unknown item id {item_id!r}")
-        stored = catalogue.get_vectors(session, state.version, [item_id]) if state.version else {}
-        if item_id not in stored:
-            reason = f": {item.error}" if item.error else ""
-            raise NotReady(f"item {item_id!r} has no vector yet (status {item.status}{reason})")
+        with session_scope(url) as session:
+            item = catalogue.get_item(session, item_id)
+            if item is None or item.status == "deleted":
+                raise UnknownItem(f"unknown item id {item_id!r}")
+            stored = catalogue.get_vectors(session, state.version, [item_id]) if state.version else {}
+            if item_id not in stored:
+                reason = f": {item.error}" if item.error else ""
+                raise NotReady(f"item {item_id!r} has no vector yet (status {item.status}{reason})")
         state.live.add([item_id], stored[item_id][None, :])  # the feed will bring it anyway; answer now
     if channel == "cluster":
         found = [(r["id"], r["score"]) for r in sources.cluster_mates([(item_id, 1.0)], k)]
     else:
         found = sources.neighbors(item_id, k)
-    titles = catalogue.titles(session, [i for i, _ in found])
+    titles = sources.titles([i for i, _ in found])
     return {
         "item_id": item_id,
         "channel": channel,

@@ -67,6 +67,9 @@ class DenseSources:
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         return self._top(self.g_items @ vector, n, exclude)
 
+    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        return self.search(vector, n, exclude)
+
     def tags(self, item: str) -> list[str]:
         return self.item_tags[self.index[item]]
 

@@ -11,6 +11,9 @@ import numpy as np
 
 HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256)
 IVF_NPROBE = 32
+# faiss's flat search takes a slow non-BLAS path for small batches (measured at 100k x 256, one query:
+# 6.8 ms in faiss, 2.4 ms as a numpy product + partial sort); few queries go through numpy instead
+NUMPY_FLAT_MAX_QUERIES = 8
 
 
 def choose_factory(n: int, spec: str = "auto", *, exact_below: int = 200_000) -> str:
@@ -63,7 +66,10 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions), each (q, k), best first; position -1 where fewer than k exist."""
         k = max(1, min(k, len(self.ids)))
-        return self.index.search(as_matrix(queries), k)
+        queries = as_matrix(queries)
+        if self.factory == "Flat" and len(queries) <= NUMPY_FLAT_MAX_QUERIES:
+            return _exact_top_k(self.vectors, queries, k)
+        return self.index.search(queries, k)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -76,10 +82,22 @@ class VectorIndex:
     def load(cls, directory: Path) -> VectorIndex:
         ids = json.loads((directory / "ids.json").read_text())
         meta = json.loads((directory / "index.json").read_text())
-        vectors = np.load(directory / "vectors.npy", mmap_mode="r")
+        vectors = np.asarray(np.load(directory / "vectors.npy", mmap_mode="r"))  # an ndarray view of the map
         index = faiss.read_index(str(directory / "index.faiss"))
         _tune(index)
         return cls(ids, vectors, index, meta["factory"])
+
+
+def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k by one matrix product and a partial sort."""
+    scores = queries @ np.asarray(vectors).T  # (q, n)
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    picked = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    return np.take_along_axis(picked, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
 def _tune(index: faiss.Index) -> None:

@@ -77,17 +77,22 @@ def cluster_recall(
     (cos(trigger, item) + prior_weight * prior[item]); an item keeps its best trigger.
     `trigger_clusters` gives clusters for triggers newer than the table (row -1 allowed there).
     """
-    best: dict[int, tuple[float, int]] = {}
+    members_of, scores_of, trigger_of = [], [], []
     for i, (row, weight) in enumerate(triggers):
         cluster = trigger_clusters[i] if trigger_clusters is not None else int(table.assignment[row])
         members = table.members[cluster]
         members = members[members != row]
         if not len(members):
             continue
-        sims = vectors[members] @ vectors[row] if row >= 0 else vectors[members] @ table.centroids[cluster]
-        scores = weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0))
-        for member, score in zip(members.tolist(), scores.tolist(), strict=True):
-            if member not in best or score > best[member][0]:
-                best[member] = (score, row)
-    ranked = sorted(best.items(), key=lambda pair: -pair[1][0])[:k]
-    return [(member, score, trigger) for member, (score, trigger) in ranked]
+        sims = vectors[members] @ (vectors[row] if row >= 0 else table.centroids[cluster])
+        members_of.append(members)
+        scores_of.append(weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0)))
+        trigger_of.append(np.full(len(members), row))
+    if not members_of:
+        return []
+    members, scores, trigger = (np.concatenate(parts) for parts in (members_of, scores_of, trigger_of))
+    order = np.lexsort((np.arange(len(scores)), -scores))  # best score first; earlier trigger wins ties
+    members, scores, trigger = members[order], scores[order], trigger[order]
+    _, first = np.unique(members, return_index=True)  # an item keeps its best trigger
+    first = np.sort(first)[:k]
+    return list(zip(members[first].tolist(), scores[first].tolist(), trigger[first].tolist(), strict=True))

@@ -30,6 +30,8 @@ class RecallSources(Protocol):
     def content_vectors(self, items: Sequence[str]) -> np.ndarray: ...  # (h, d) unit, G space
     def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray | None: ...
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
+    # nearest items to a history item whose vector is given (a cache, e.g. the v2v table, may answer)
+    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
     def tags(self, item: str) -> Sequence[str]: ...
 
 
@@ -85,14 +87,9 @@ def channel_candidates(
         )  # fmt: skip
         results: dict[str, dict] = {}
         for number, (interest, quota) in enumerate(zip(found_interests, quotas(found_interests, n), strict=True)):
-            taken = 0
-            for item, score in sources.search(interest.vector, quota + len(results), seen):
-                if item in results:
-                    continue
-                results[item] = {"id": item, "score": score, "interest": number, "trigger": recent[interest.medoid]}
-                taken += 1
-                if taken >= quota:
-                    break
+            medoid = recent[interest.medoid]
+            for item, score in sources.nearest(medoid, interest.vector, quota, seen | results.keys()):
+                results[item] = {"id": item, "score": score, "interest": number, "trigger": medoid}
         out["multi_interest"] = sorted(results.values(), key=lambda r: -r["score"])
     return out
 

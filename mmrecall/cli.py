@@ -183,13 +183,40 @@ def worker(
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(help="API processes (default: MMRECALL_API_WORKERS)")] = 0,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
     from api.app import create_app
+    from api.auth import is_loopback, parse_keys
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+    settings = get_settings()
+    try:
+        keys = parse_keys(settings.api_keys)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not keys and not is_loopback(host):
+        _fail(f"refusing to serve on {host} without API keys: set MMRECALL_API_KEYS (KEY:write,...) or bind 127.0.0.1")
+    if not keys:
+        typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
+    workers = workers or settings.api_workers
+    options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
+    if workers > 1:  # each process maps the same snapshot files: the index is in memory once
+        uvicorn.run("api.app:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
+
+
+@app.command()
+def reconcile() -> None:
+    """Send again items stuck `pending`/`encoding` (their task was lost) and fail jobs that stopped.
+
+    Workers run this sweep on their own at start-up and every MMRECALL_RECONCILE_EVERY_S."""
+    from workers.reconcile import reconcile as sweep
+
+    typer.echo(json.dumps(sweep(get_settings())))
 
 
 @app.command()

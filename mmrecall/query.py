@@ -24,15 +24,13 @@ def similar_items(
         return _answer(httpx.get(f"{api.rstrip('/')}/v1/similar/{item_id}", params={"k": k, "channel": channel},
                                  timeout=30))  # fmt: skip
     from api.serving import NotReady, ServingIndex, UnknownItem, similar_to
-    from storage.db import session_scope
 
     serving = ServingIndex(settings)
     serving.refresh()
-    with session_scope(settings.resolved_database_url) as session:
-        try:
-            return similar_to(session, serving, item_id, k, channel)
-        except (UnknownItem, NotReady) as exc:
-            raise QueryError(str(exc)) from exc
+    try:
+        return similar_to(serving, item_id, k, channel)
+    except (UnknownItem, NotReady) as exc:
+        raise QueryError(str(exc)) from exc
 
 
 def recall_items(settings: Settings, body: dict, *, api: str | None = None) -> dict:

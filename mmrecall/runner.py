@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -19,22 +20,28 @@ TERMINAL = ("ready", "failed")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process the same settings as this one."""
-    env = dict(os.environ)
-    env.update(
-        MMRECALL_HOME=str(settings.home.resolve()),
-        MMRECALL_DATABASE_URL=settings.resolved_database_url,
-        MMRECALL_REDIS_URL=settings.redis_url,
-        MMRECALL_QUEUE=settings.queue,
-        MMRECALL_ENCODER=settings.encoder,
-        MMRECALL_MEDIA_ROOTS=",".join(str(p.resolve()) for p in settings.media_roots),
-        MMRECALL_ENCODE_BATCH_SIZE=str(settings.encode_batch_size),
-    )
-    if settings.image_checkpoint:
-        env["MMRECALL_IMAGE_CHECKPOINT"] = str(settings.image_checkpoint.resolve())
-    if settings.text_model_dir:
-        env["MMRECALL_TEXT_MODEL_DIR"] = str(settings.text_model_dir.resolve())
+    """The environment that gives a child process the same settings as this one (every field that
+    differs from its default, paths made absolute)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRECALL_")}  # this object decides
+    defaults = Settings.model_construct()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value == getattr(defaults, name, None) and name not in ("home", "redis_url", "queue", "encoder"):
+            continue
+        env[f"MMRECALL_{name.upper()}"] = _env_value(value)
+    env["MMRECALL_HOME"] = str(settings.home.resolve())
+    env["MMRECALL_DATABASE_URL"] = settings.resolved_database_url
     return env
+
+
+def _env_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, list | tuple):
+        return ",".join(_env_value(v) for v in value)
+    return str(value)
 
 
 def worker_command(

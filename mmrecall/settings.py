@@ -34,10 +34,25 @@ class Settings(BaseSettings):
     cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
     v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
     api_faiss_threads: int = Field(
-        default=1, description="OpenMP threads per faiss search in the API: requests run in parallel already."
+        default=1, description="OpenMP/BLAS threads per search in the API: requests run in parallel already."
     )
+    api_workers: int = Field(default=1, description="API processes for `mmrecall serve`; they share the snapshot.")
     refresh_interval_s: float = Field(default=0.25, description="How often the API picks up new vectors.")
     max_upload_bytes: int = 10 * 1024 * 1024
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, description="Largest JSON request body (413 above).")
+    api_keys: str = Field(default="", repr=False, description='"KEY1:write,KEY2:read"; empty: loopback only.')
+    media_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts media URLs may be fetched from (comma-separated); none by default."
+    )
+    max_media_bytes: int = Field(default=50 * 1024 * 1024, description="Largest media file fetched from a URL.")
+    reconcile_after_s: float = Field(
+        default=600.0, description="Items pending/encoding this long without progress are enqueued again."
+    )
+    max_encode_attempts: int = Field(default=3, description="Encode attempts per item before it is failed.")
+    reconcile_every_s: float = Field(default=60.0, description="How often a worker runs the reconcile sweep.")
+    job_stale_after_s: float = Field(
+        default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
+    )
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
 
     @field_validator("media_roots", mode="before")
@@ -45,6 +60,13 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [Path(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("media_url_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
     @property

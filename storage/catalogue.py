@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
@@ -21,19 +23,77 @@ ITEM_FIELDS = ("title", "tags", "cover", "frames", "video", "created_at")
 
 def upsert_items(session: Session, records: Sequence[ItemRecord]) -> list[str]:
     """Insert or update items and set them `pending`; returns the ids in order, duplicates merged
-    (the last record of an id wins)."""
+    (the last record of an id wins). One INSERT ... ON CONFLICT DO UPDATE, so concurrent ingests of
+    the same id leave one item whatever their interleaving."""
     by_id = {record.id: record for record in records}
-    existing = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(list(by_id))))}
-    for item_id, record in by_id.items():
-        item = existing.get(item_id)
-        if item is None:
-            item = Item(id=item_id)
-            session.add(item)
-        for field in ITEM_FIELDS:
-            setattr(item, field, getattr(record, field))
-        item.status, item.error, item.updated_at = "pending", None, time.time()
-    session.flush()
+    if not by_id:
+        return []
+    now = time.time()
+    rows = [{"id": item_id, **{f: getattr(r, f) for f in ITEM_FIELDS}, "status": "pending", "error": None,
+             "updated_at": now, "attempts": 0} for item_id, r in by_id.items()]  # fmt: skip
+    dialect = session.get_bind().dialect.name
+    insert_for = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}.get(dialect)
+    if insert_for is None:  # another database: read, then insert or update (not race-safe)
+        existing = set(session.scalars(select(Item.id).where(Item.id.in_(list(by_id)))))
+        for row in rows:
+            if row["id"] in existing:
+                session.execute(update(Item).where(Item.id == row["id"]).values(**row))
+            else:
+                session.add(Item(**row))
+        session.flush()
+        return list(by_id)
+    for start in range(0, len(rows), 2000):
+        statement = insert_for(Item).values(rows[start : start + 2000])
+        changed = {name: statement.excluded[name] for name in (*ITEM_FIELDS, "status", "error", "updated_at",
+                                                                "attempts")}  # fmt: skip
+        session.execute(statement.on_conflict_do_update(index_elements=[Item.id], set_=changed))
+    session.expire_all()
     return list(by_id)
+
+
+def start_encoding(
+    session: Session, item_ids: Sequence[str], *, max_attempts: int
+) -> tuple[dict[str, Item], list[str]]:
+    """Mark items still waiting (`pending`, or `encoding` by a task that was lost) as `encoding` and
+    count the attempt: (items to encode, ids given up on). Items already `ready`, `failed` or `deleted`
+    are left alone, so a redelivered task writes nothing twice.
+
+    An item whose earlier attempts all died with their worker (a crash inside a decoder, say) ends
+    `failed` after max_attempts, instead of being redelivered forever."""
+    waiting = ("pending", "encoding")
+    items = {i: item for i, item in get_items(session, item_ids).items() if item.status in waiting}
+    given_up = [i for i, item in items.items() if (item.attempts or 0) >= max_attempts]
+    if given_up:
+        set_status(session, given_up, "failed",
+                   f"gave up after {max_attempts} attempts: the worker died while encoding this item")  # fmt: skip
+    todo = {i: item for i, item in items.items() if i not in set(given_up)}
+    if todo:
+        session.execute(update(Item).where(Item.id.in_(list(todo)))
+                        .values(status="encoding", error=None, attempts=func.coalesce(Item.attempts, 0) + 1,
+                                updated_at=time.time()))  # fmt: skip
+    return todo, given_up
+
+
+def stale_items(session: Session, older_than: float, *, limit: int = 50_000) -> list[str]:
+    """Items `pending` or `encoding` with no change since `older_than` (their task may be lost)."""
+    return list(session.scalars(
+        select(Item.id).where(Item.status.in_(("pending", "encoding")), Item.updated_at < older_than).limit(limit)
+    ))  # fmt: skip
+
+
+def touch_items(session: Session, item_ids: Sequence[str]) -> None:
+    """Restart the items' staleness clock (after re-enqueueing them) without changing their status."""
+    for start in range(0, len(item_ids), 5000):
+        chunk = list(item_ids[start : start + 5000])
+        session.execute(update(Item).where(Item.id.in_(chunk)).values(updated_at=time.time()))
+
+
+def fail_stale_jobs(session: Session, older_than: float, reason: str) -> list[str]:
+    """Jobs queued or running with no progress since `older_than` end `failed` with the reason."""
+    ids = list(session.scalars(select(Job.id).where(Job.state.in_(("queued", "running")), Job.updated_at < older_than)))
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(state="failed", error=reason, updated_at=time.time()))
+    return ids
 
 
 def get_item(session: Session, item_id: str) -> Item | None:
@@ -52,6 +112,22 @@ def tags_of(session: Session, item_ids: Iterable[str]) -> dict[str, list[str]]:
 
 def titles(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
     return dict(session.execute(select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))).all())
+
+
+def iter_item_meta(session: Session, *, chunk: int = 50_000) -> Iterator[tuple[str, str | None, list[str] | None]]:
+    """(id, title, tags) of every live item, in id order, read in chunks (keyset pagination)."""
+    last = ""
+    while True:
+        rows = session.execute(
+            select(Item.id, Item.title, Item.tags)
+            .where(Item.id > last, Item.status != "deleted")
+            .order_by(Item.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield from rows
 
 
 def set_status(session: Session, item_ids: Sequence[str], status: str, error: str | None = None) -> None:

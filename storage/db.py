@@ -47,6 +47,8 @@ class Item(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cluster_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)  # set by reindex
     updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time, index=True)
+    # encode attempts since the last upsert: a batch that keeps killing its worker is given up, not retried forever
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=0)
 
 
 class ItemVector(Base):

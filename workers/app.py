@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from mmrecall.queue import make_celery
 from mmrecall.settings import get_settings
@@ -18,3 +18,21 @@ def _set_threads(**_kwargs) -> None:
     # One process per core with one thread each beats one process with many threads for small batches.
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
+
+
+_reconcile = None
+
+
+@worker_ready.connect
+def _start_reconcile(**_kwargs) -> None:
+    """Sweep at start-up (items a previous worker or broker lost) and then on a timer."""
+    global _reconcile
+    from workers.reconcile import ReconcileLoop
+
+    _reconcile = ReconcileLoop(settings).start()
+
+
+@worker_shutdown.connect
+def _stop_reconcile(**_kwargs) -> None:
+    if _reconcile is not None:
+        _reconcile.stop()

@@ -15,6 +15,7 @@ from encoders.media import MediaError, load_content
 from encoders.registry import checkpoint_dir
 from index.ann import VectorIndex, choose_factory
 from index.clusters import ClusterTable
+from index.item_meta import ItemMeta
 from index.personal import export_user_tower
 from index.v2v import neighbor_table
 from mmrecall.settings import Settings
@@ -87,8 +88,7 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     encoder = load_encoder(settings, active)
     url = settings.resolved_database_url
     with session_scope(url) as session:
-        items = catalogue.get_items(session, item_ids)
-        catalogue.set_status(session, list(items), "encoding")
+        items, given_up = catalogue.start_encoding(session, item_ids, max_attempts=settings.max_encode_attempts)
     ids, vectors, failed = encode_batch(encoder, items)
     extra = None
     if pending and pending != active:
@@ -102,7 +102,8 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
                                     mark_ready=False)  # fmt: skip
         for item_id, reason in failed.items():
             catalogue.set_status(session, [item_id], "failed", reason)
-    return {"ready": len(ids), "failed": len(failed), "unknown": len(set(item_ids) - set(items))}
+    skipped = set(item_ids) - set(items) - set(given_up)  # unknown, or finished already (a redelivery)
+    return {"ready": len(ids), "failed": len(failed) + len(given_up), "skipped": len(skipped)}
 
 
 def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64) -> dict:
@@ -191,6 +192,10 @@ def reindex(
         del matrix
         target = snapshots.new_snapshot_dir(settings.snapshots_dir, job_id[:8])
         built.save(target)
+        with session_scope(url) as session:
+            positions = built.position
+            rows = catalogue.iter_item_meta(session)
+            ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)).save(target)
         extras = write_recall_tables(settings, built, spec, target)
         meta = {
             "encoder_version": version,

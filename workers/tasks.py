@@ -10,7 +10,10 @@ from workers import pipeline
 from workers.app import app
 
 
-@app.task(name=ENCODE_TASK)
+# Acknowledged after it ran: a worker killed mid-batch leaves the message to be delivered again (and
+# the reconcile sweep catches what the broker loses). Encoding is idempotent, so that is safe. Jobs keep
+# early acks: a redelivered hour-long reindex would run twice; a lost job is failed by reconcile.
+@app.task(name=ENCODE_TASK, acks_late=True, reject_on_worker_lost=True)
 def encode_items(item_ids: list[str]) -> dict[str, int]:
     return pipeline.encode_items(get_settings(), item_ids)
 

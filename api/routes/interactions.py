@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
+from api.auth import WRITE
 from api.deps import SessionDep
 from api.schemas import CountOut, InteractionsIn
 from storage import catalogue
@@ -13,7 +14,7 @@ from storage.db import Item
 router = APIRouter(prefix="/v1/interactions", tags=["interactions"])
 
 
-@router.post("", status_code=202, response_model=CountOut)
+@router.post("", status_code=202, response_model=CountOut, dependencies=[WRITE])
 def post_interactions(body: InteractionsIn, session: SessionDep) -> CountOut:
     wanted = {row.item_id for row in body.interactions}
     known = set(session.scalars(select(Item.id).where(Item.id.in_(wanted))))

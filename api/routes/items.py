@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from api.auth import READ, WRITE
 from api.deps import ServingDep, SessionDep, SettingsDep
 from api.media import confine_item, save_upload
 from api.schemas import IngestOut, ItemOut, ItemsIn
@@ -19,14 +20,14 @@ from storage.db import ItemVector, session_scope
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
 
-@router.post("", status_code=202, response_model=IngestOut)
+@router.post("", status_code=202, response_model=IngestOut, dependencies=[WRITE])
 def post_items(body: ItemsIn, settings: SettingsDep) -> IngestOut:
     """Store items (media paths must lie inside the media roots) and enqueue their encoding."""
     records = [confine_item(item, settings.media_roots) for item in body.items]
     return IngestOut(ids=ingest_items(settings, records))
 
 
-@router.post("/upload", status_code=202, response_model=IngestOut)
+@router.post("/upload", status_code=202, response_model=IngestOut, dependencies=[WRITE])
 async def upload_item(
     settings: SettingsDep,
     cover: Annotated[UploadFile, File(description="cover image")],
@@ -43,7 +44,7 @@ async def upload_item(
     return IngestOut(ids=ingest_items(settings, [record.model_copy(update={"cover": str(path)})]))
 
 
-@router.delete("/{item_id}", status_code=204)
+@router.delete("/{item_id}", status_code=204, dependencies=[WRITE])
 def delete_item(item_id: str, settings: SettingsDep, serving: ServingDep) -> None:
     """Remove an item from every channel at once; its vectors go, its past interactions stay."""
     with session_scope(settings.resolved_database_url) as session:
@@ -52,7 +53,7 @@ def delete_item(item_id: str, settings: SettingsDep, serving: ServingDep) -> Non
     serving.mark_deleted([item_id])
 
 
-@router.get("/{item_id}", response_model=ItemOut)
+@router.get("/{item_id}", response_model=ItemOut, dependencies=[READ])
 def get_item(item_id: str, session: SessionDep) -> ItemOut:
     item = catalogue.get_item(session, item_id)
     if item is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 
+from api.auth import READ, WRITE
 from api.deps import SessionDep, SettingsDep
 from api.media import confine
 from api.schemas import ActivateIn, EvalIn, JobCreated, JobOut
@@ -25,12 +26,12 @@ def registered_encoders() -> list[str]:
     return sorted(path.stem for folder in folders for path in folder.glob("*.json"))
 
 
-@router.post("/reindex", status_code=202, response_model=JobCreated)
+@router.post("/reindex", status_code=202, response_model=JobCreated, dependencies=[WRITE])
 def post_reindex(settings: SettingsDep) -> JobCreated:
     return JobCreated(job_id=submit_job(settings, "reindex"), state="queued")
 
 
-@router.post("/eval", status_code=202, response_model=JobCreated)
+@router.post("/eval", status_code=202, response_model=JobCreated, dependencies=[WRITE])
 def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
     """Run `mmrecall eval` on a worker; the report lands in the job's `result`."""
     params = body.model_dump()
@@ -38,7 +39,7 @@ def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
     return JobCreated(job_id=submit_job(settings, "eval", params), state="queued")
 
 
-@router.post("/encoders/activate", status_code=202, response_model=JobCreated)
+@router.post("/encoders/activate", status_code=202, response_model=JobCreated, dependencies=[WRITE])
 def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
     """Re-encode the catalogue with another encoder, rebuild the index from it, then swap; queries keep
     the old vectors until the swap."""
@@ -48,7 +49,7 @@ def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
     return JobCreated(job_id=submit_job(settings, "backfill", {"encoder": body.encoder}), state="queued")
 
 
-@router.get("/encoders")
+@router.get("/encoders", dependencies=[READ])
 def encoders_state(session: SessionDep, settings: SettingsDep) -> dict:
     state = catalogue.encoder_state(session)
     return {
@@ -58,7 +59,7 @@ def encoders_state(session: SessionDep, settings: SettingsDep) -> dict:
     }
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
+@router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[READ])
 def get_job(job_id: str, session: SessionDep) -> JobOut:
     job = catalogue.get_job(session, job_id)
     if job is None:

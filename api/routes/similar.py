@@ -7,44 +7,45 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 
+from api.auth import READ
 from api.deps import ServingDep, SessionDep
 from api.schemas import ClusterOut, RecallIn, RecallOut, SimilarOut
 from api.serving import NotReady, ServiceSources, UnknownItem, similar_to
 from index.recall_set import RecallConfig, recall_set
-from storage import catalogue
-from storage.db import Interaction, Item
+from storage.db import Interaction, Item, session_scope
 
 router = APIRouter(prefix="/v1", tags=["query"])
 HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
 
 
-@router.get("/similar/{item_id}", response_model=SimilarOut)
+@router.get("/similar/{item_id}", response_model=SimilarOut, dependencies=[READ])
 def similar(
     item_id: str,
-    session: SessionDep,
     serving: ServingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 50,
     channel: Annotated[Literal["v2v", "cluster"], Query()] = "v2v",
 ) -> dict:
     """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself."""
     try:
-        return similar_to(session, serving, item_id, k, channel)
+        return similar_to(serving, item_id, k, channel)
     except UnknownItem as exc:
         raise HTTPException(404, str(exc)) from exc
     except NotReady as exc:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/recall", response_model=RecallOut)
-def recall(body: RecallIn, session: SessionDep, serving: ServingDep) -> dict:
+@router.post("/recall", response_model=RecallOut, dependencies=[READ])
+def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
+    url = serving.settings.resolved_database_url
     if body.user_id is not None:
-        rows = session.execute(
-            select(Interaction.item_id)
-            .where(Interaction.user_id == body.user_id)
-            .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
-            .limit(HISTORY_LIMIT)
-        ).all()
+        with session_scope(url) as session:
+            rows = session.execute(
+                select(Interaction.item_id)
+                .where(Interaction.user_id == body.user_id)
+                .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
+                .limit(HISTORY_LIMIT)
+            ).all()
         history = [row[0] for row in reversed(rows)]
         if not history:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
@@ -54,10 +55,10 @@ def recall(body: RecallIn, session: SessionDep, serving: ServingDep) -> dict:
     known = [item for item in history if state.live.vector(item) is not None]
     if not known:
         raise HTTPException(422, "none of the history items has a vector (unknown, deleted or not encoded yet)")
-    sources = ServiceSources(state, session)
+    sources = ServiceSources(state, url)
     merged, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
                                     config=RecallConfig(per_channel=max(body.k, 100)))  # fmt: skip
-    titles = catalogue.titles(session, [r["id"] for r in merged])
+    titles = sources.titles([r["id"] for r in merged])
     return {
         "user_id": body.user_id,
         "history_used": len(known),
@@ -66,7 +67,7 @@ def recall(body: RecallIn, session: SessionDep, serving: ServingDep) -> dict:
     }
 
 
-@router.get("/clusters/{cluster_id}", response_model=ClusterOut)
+@router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])
 def cluster(
     cluster_id: int, session: SessionDep, serving: ServingDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> dict:

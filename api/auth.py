@@ -1,0 +1,77 @@
+"""API keys with scopes: `MMRECALL_API_KEYS="KEY1:write,KEY2:read"`, sent as `Authorization: Bearer KEY`.
+
+`write` (ingest, delete, reindex, finetune, activate) implies `read` (queries, item and job lookups).
+With no keys configured the API is open but answers loopback clients only (the demo default), and
+`mmrecall serve` refuses to bind a non-loopback address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Literal
+
+from fastapi import Depends, HTTPException, Request
+
+Scope = Literal["read", "write"]
+SCOPES: tuple[Scope, ...] = ("read", "write")
+GRANTS: dict[str, set[str]] = {"read": {"read"}, "write": {"read", "write"}}
+
+
+def parse_keys(spec: str) -> dict[str, Scope]:
+    """"KEY1:write,KEY2:read" -> {key: scope}; a clear ValueError for anything else."""
+    keys: dict[str, Scope] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, _, scope = part.rpartition(":")
+        if not key or scope not in SCOPES:
+            raise ValueError(f"MMRECALL_API_KEYS entry {part[:4]}... must be KEY:read or KEY:write")
+        if len(key) < 16:
+            raise ValueError("MMRECALL_API_KEYS: keys must be at least 16 characters")
+        keys[key] = scope  # type: ignore[assignment]
+    return keys
+
+
+def is_loopback(host: str | None) -> bool:
+    if host in ("localhost", "testclient"):  # testclient: Starlette's in-process test transport
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scope_of(presented: str, keys: dict[str, Scope]) -> Scope | None:
+    """The scope of a presented key; every configured key is compared, in constant time each."""
+    found: Scope | None = None
+    for key, scope in keys.items():
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = scope
+    return found
+
+
+def require(needed: Scope):
+    """A route dependency: 401 without a valid key, 403 when the key's scope is not enough."""
+
+    def check(request: Request) -> None:
+        keys: dict[str, Scope] = request.app.state.api_keys
+        if not keys:
+            client = request.client.host if request.client else None
+            if not is_loopback(client):
+                raise HTTPException(403, "no API keys are configured, so only loopback clients are served")
+            return
+        header = request.headers.get("authorization", "")
+        kind, _, presented = header.partition(" ")
+        if kind.lower() != "bearer" or not presented:
+            raise HTTPException(401, "missing API key: send Authorization: Bearer KEY",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        scope = scope_of(presented.strip(), keys)
+        if scope is None:
+            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if needed not in GRANTS[scope]:
+            raise HTTPException(403, f"this key has the {scope!r} scope; this route needs {needed!r}")
+
+    return Depends(check)
+
+
+READ = require("read")
+WRITE = require("write")

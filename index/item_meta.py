@@ -1,0 +1,81 @@
+"""Titles and tags of a snapshot's rows, stored beside the index and memory-mapped when served.
+
+The query paths (`/v1/similar`, `/v1/recall`) need a title per result and tags for the diversity term
+of the rerank. Reading them from the database costs a round trip per request; from these arrays it
+costs a slice. Items written after the snapshot are not here: callers ask the database for those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+FILES = ("meta-titles.bin", "meta-title-spans.npy", "meta-tag-offsets.npy", "meta-tag-codes.npy", "meta-tags.json")
+
+
+class ItemMeta:
+    def __init__(self, blob: np.ndarray, title_spans: np.ndarray, tag_offsets: np.ndarray, tag_codes: np.ndarray,
+                 vocabulary: Sequence[str]) -> None:  # fmt: skip
+        self.blob = blob  # uint8: every title's UTF-8 bytes, back to back
+        self.title_spans = title_spans  # (n, 2) int64 start, end in blob; start -1: no title
+        self.tag_offsets = tag_offsets  # (n + 1,) int64 into tag_codes
+        self.tag_codes = tag_codes  # int32 codes into vocabulary
+        self.vocabulary = list(vocabulary)
+        self.top_level = [tag.split("/")[0] for tag in self.vocabulary]
+
+    def __len__(self) -> int:
+        return len(self.title_spans)
+
+    @classmethod
+    def build(cls, count: int, rows: Iterable[tuple[int, str | None, Sequence[str] | None]]) -> ItemMeta:
+        """rows: (snapshot position, title, tags) in any order; positions never given get no title or tags."""
+        titles: list[bytes | None] = [None] * count
+        tags: list[list[int]] = [[] for _ in range(count)]
+        vocabulary: dict[str, int] = {}
+        for pos, title, item_tags in rows:
+            titles[pos] = title.encode() if title is not None else None
+            tags[pos] = [vocabulary.setdefault(tag, len(vocabulary)) for tag in dict.fromkeys(item_tags or [])]
+        ends = np.cumsum([len(t) if t is not None else 0 for t in titles], dtype=np.int64)
+        spans = np.stack([ends - [len(t) if t is not None else 0 for t in titles], ends], axis=1).reshape(count, 2)
+        spans[[t is None for t in titles], 0] = -1
+        blob = np.frombuffer(b"".join(t for t in titles if t), np.uint8)
+        tag_offsets = np.zeros(count + 1, np.int64)
+        np.cumsum([len(t) for t in tags], out=tag_offsets[1:])
+        codes = np.fromiter((c for t in tags for c in t), np.int32, count=int(tag_offsets[-1]))
+        return cls(blob, spans, tag_offsets, codes, list(vocabulary))
+
+    def title(self, pos: int) -> str | None:
+        start, end = self.title_spans[pos].tolist()
+        if start < 0:
+            return None
+        return bytes(self.blob[start:end]).decode()
+
+    def tags(self, pos: int) -> list[str]:
+        codes = self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])]
+        return [self.vocabulary[c] for c in codes.tolist()]
+
+    def top_level_tags(self, pos: int) -> list[str]:
+        codes = self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])]
+        return [self.top_level[c] for c in codes.tolist()]
+
+    def save(self, directory: Path) -> None:
+        (directory / FILES[0]).write_bytes(self.blob.tobytes())
+        np.save(directory / FILES[1], self.title_spans)
+        np.save(directory / FILES[2], self.tag_offsets)
+        np.save(directory / FILES[3], self.tag_codes)
+        (directory / FILES[4]).write_text(json.dumps(self.vocabulary))
+
+    @classmethod
+    def load(cls, directory: Path) -> ItemMeta | None:
+        """None for a snapshot written before these files existed (callers fall back to the database)."""
+        if not all((directory / name).is_file() for name in FILES):
+            return None
+        blob_path = directory / FILES[0]
+        empty = blob_path.stat().st_size == 0  # numpy cannot map an empty file
+        blob = np.zeros(0, np.uint8) if empty else np.asarray(np.memmap(blob_path, np.uint8, mode="r"))
+        # plain ndarray views of the maps: indexing a np.memmap subclass costs several times more per call
+        spans, tag_offsets, codes = (np.asarray(np.load(directory / name, mmap_mode="r")) for name in FILES[1:4])
+        return cls(blob, spans, tag_offsets, codes, json.loads((directory / FILES[4]).read_text()))
