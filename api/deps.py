@@ -13,7 +13,7 @@ from mmrecall.settings import Settings
 from storage.db import session_scope
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup
     return request.app.state.settings
 
 
@@ -22,7 +22,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_serving(request: Request) -> ServingIndex:
+async def get_serving(request: Request) -> ServingIndex:
     return request.app.state.serving
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, UploadFile
 from PIL import Image
 
+from mmrecall.fetch import url_allowed
 from mmrecall.interchange import ItemRecord
 from mmrecall.settings import Settings
 
@@ -25,12 +27,24 @@ def confine(path: str, roots: list[Path]) -> str:
     raise HTTPException(400, f"media path {path!r} is outside the configured media roots")
 
 
-def confine_item(item: ItemRecord, roots: list[Path]) -> ItemRecord:
+def confine_media(path: str, settings: Settings) -> str:
+    """A local path inside the media roots, or an http(s) URL whose host is on the allow-list."""
+    if "://" not in path:
+        return confine(path, settings.media_roots)
+    parts = urlsplit(path)
+    if parts.scheme not in ("http", "https"):
+        raise HTTPException(400, f"media URL scheme {parts.scheme!r} is not supported (http or https)")
+    if not url_allowed(path, settings.media_url_hosts):
+        raise HTTPException(400, f"media URL host {parts.hostname!r} is not in MMRECALL_MEDIA_URL_HOSTS")
+    return path
+
+
+def confine_item(item: ItemRecord, settings: Settings) -> ItemRecord:
     return item.model_copy(
         update={
-            "cover": confine(item.cover, roots) if item.cover else None,
-            "video": confine(item.video, roots) if item.video else None,
-            "frames": [confine(f, roots) for f in item.frames] if item.frames else item.frames,
+            "cover": confine_media(item.cover, settings) if item.cover else None,
+            "video": confine_media(item.video, settings) if item.video else None,
+            "frames": [confine_media(f, settings) for f in item.frames] if item.frames else item.frames,
         }
     )
 

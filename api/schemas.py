@@ -14,6 +14,17 @@ MAX_BATCH = 1000
 class ItemsIn(BaseModel):
     items: list[ItemRecord] = Field(min_length=1, max_length=MAX_BATCH)
 
+    @model_validator(mode="after")
+    def _distinct_ids_with_content(self) -> ItemsIn:
+        ids = [item.id for item in self.items]
+        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        if repeated:
+            raise ValueError(f"duplicate item ids in one request: {repeated[:10]}")
+        empty = [item.id for item in self.items if not item.has_content()]
+        if empty:
+            raise ValueError(f"items with nothing to encode (no title, tags or media): {empty[:10]}")
+        return self
+
 
 class IngestOut(BaseModel):
     ids: list[str]

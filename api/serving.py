@@ -8,6 +8,7 @@ sees half of an old snapshot and half of a new one.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -104,6 +105,11 @@ class ServingIndex:
             # rows at or below the snapshot's watermark are in it already
             in_snapshot = catalogue.vector_rows_after(session, meta["encoder_version"], max_row - FEED_WINDOW)
         self.state = state  # one reference swap: requests in flight finish on the old state
+        # A snapshot holds millions of long-lived Python objects (ids, the id -> row dict): keep them out
+        # of the cyclic collector's generations, or every full collection walks them in the middle of
+        # a request (they are still freed by reference counting when the snapshot is replaced).
+        gc.collect()
+        gc.freeze()
         self.watermark = max_row
         self._seen_rows = {row for row in in_snapshot if row <= max_row}
         log.info("serving snapshot %s (%d vectors, %s)", current.name, len(state.live), state.version)
@@ -157,6 +163,10 @@ class ServingIndex:
             self._thread.join(timeout=5)
 
 
+class NeedsDatabase(RuntimeError):
+    """Raised by in-memory-only sources when an answer needs the database (the caller moves to a thread)."""
+
+
 class UnknownItem(LookupError):
     """No such item id (HTTP 404)."""
 
@@ -170,8 +180,8 @@ class ServiceSources:
     the harness's dense counterpart). Snapshot items are answered from memory; the database is asked
     only about items written after the snapshot."""
 
-    def __init__(self, state: ServingState, database_url: str) -> None:
-        self.state, self.database_url = state, database_url
+    def __init__(self, state: ServingState, database_url: str, *, in_memory_only: bool = False) -> None:
+        self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
         self.live = state.live
         self._db_tags: dict[str, list[str]] = {}
 
@@ -265,6 +275,8 @@ class ServiceSources:
     def prepare(self, items: set[str]) -> None:
         """Fetch, in one query, the tags of candidates the snapshot cannot answer for."""
         missing = [i for i in self._from_database(items) if i not in self._db_tags]
+        if missing and self.in_memory_only:
+            raise NeedsDatabase(f"tags of {len(missing)} items newer than the snapshot")
         if missing:
             with session_scope(self.database_url) as session:
                 self._db_tags.update({i: [] for i in missing} | catalogue.tags_of(session, missing))
@@ -283,6 +295,8 @@ class ServiceSources:
             if pos is not None:
                 found[item] = meta.title(pos)
         missing = [i for i in items if i not in found]
+        if missing and self.in_memory_only:
+            raise NeedsDatabase(f"titles of {len(missing)} items newer than the snapshot")
         if missing:
             with session_scope(self.database_url) as session:
                 found.update(catalogue.titles(session, missing))
@@ -296,13 +310,19 @@ def user_key(user: str) -> int:
     return int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def similar_to(serving: ServingIndex, item_id: str, k: int, channel: str = "v2v") -> dict:
-    """`{"item_id", "channel", "results": [{"id", "score", "title"}]}`, never the item itself."""
+def similar_to(
+    serving: ServingIndex, item_id: str, k: int, channel: str = "v2v", *, in_memory_only: bool = False
+) -> dict:
+    """`{"item_id", "channel", "results": [{"id", "score", "title"}]}`, never the item itself.
+
+    in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     state = serving.state
     url = serving.settings.resolved_database_url
-    sources = ServiceSources(state, url)
+    sources = ServiceSources(state, url, in_memory_only=in_memory_only)
     vector = state.live.vector(item_id)
     if vector is None or item_id in state.live.deleted:
+        if in_memory_only:
+            raise NeedsDatabase(f"item {item_id!r} is not in the serving index")
         with session_scope(url) as session:
             item = catalogue.get_item(session, item_id)
             if item is None or item.status == "deleted":

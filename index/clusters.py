@@ -11,10 +11,13 @@ import numpy as np
 
 from index.ann import as_matrix
 
+MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
+
 
 def default_k(n: int) -> int:
-    """About 4 sqrt(n) clusters: ~25 items each at 10k, ~250 at 1M; never more than n / 2."""
-    return int(max(1, min(n // 2 if n >= 2 else 1, round(4 * math.sqrt(n)))))
+    """About 4 sqrt(n) clusters (~25 items each at 10k, ~80 at 100k), at most 2048 (~500 each at 1M);
+    never more than n / 2."""
+    return int(max(1, min(n // 2 if n >= 2 else 1, round(4 * math.sqrt(n)), MAX_DEFAULT_K)))
 
 
 def kmeans(
@@ -23,8 +26,9 @@ def kmeans(
     """Spherical k-means: (centroids (k, d), cluster id per row (n,))."""
     matrix = as_matrix(vectors)
     k = min(k or default_k(len(matrix)), len(matrix))
-    km = faiss.Kmeans(matrix.shape[1], k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=256,
-                      verbose=False)  # fmt: skip
+    large = len(matrix) > 200_000  # train on a sample: 64 points per centroid place them well enough
+    km = faiss.Kmeans(matrix.shape[1], k, niter=niter if not large else min(niter, 12), seed=seed, spherical=True,
+                      max_points_per_centroid=64 if large else 256, verbose=False)  # fmt: skip
     km.train(matrix)
     _, assignment = km.index.search(matrix, 1)
     return km.centroids.copy(), assignment[:, 0].astype(np.int32)

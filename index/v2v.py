@@ -5,20 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import faiss
 import numpy as np
 
 from index.ann import VectorIndex
 
 
-def neighbor_table(index: VectorIndex, n: int = 100, *, batch: int = 4096, progress: Callable | None = None):
-    """(rows int32 (N, n), scores float16 (N, n)): each row's n nearest other rows, best first (-1 pads)."""
+def neighbor_table(
+    index: VectorIndex, n: int = 100, *, batch: int = 4096, progress: Callable | None = None, ef_search: int = 0
+):
+    """(rows int32 (N, n), scores float16 (N, n)): each row's n nearest other rows, best first (-1 pads).
+
+    ef_search: for an HNSW index, the search breadth used here (one query per item makes the table the
+    slowest part of a reindex at 1M items; the serving breadth stays as tuned)."""
     size = len(index)
     n = max(1, min(n, size - 1)) if size > 1 else 1
     rows = np.full((size, n), -1, np.int32)
     scores = np.zeros((size, n), np.float16)
+    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n + 1)) if ef_search and _is_hnsw(index) else None
     for start in range(0, size, batch):
         block = np.asarray(index.vectors[start : start + batch], np.float32)
-        found_scores, found = index.search(block, n + 1)
+        if params is not None:
+            found_scores, found = index.index.search(block, n + 1, params=params)
+        else:
+            found_scores, found = index.search(block, n + 1)
         for offset in range(len(block)):
             me = start + offset
             keep = found[offset] != me
@@ -28,6 +38,10 @@ def neighbor_table(index: VectorIndex, n: int = 100, *, batch: int = 4096, progr
         if progress:
             progress(min(start + batch, size), size)
     return rows, scores
+
+
+def _is_hnsw(index: VectorIndex) -> bool:
+    return isinstance(index.index, faiss.IndexHNSW)
 
 
 def trigger_weights(n: int, decay: float = 0.8) -> np.ndarray:

@@ -384,7 +384,7 @@ def demo(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="encode, index or api")],
+    name: Annotated[str, typer.Argument(help="encode, index, api, perf or faults")],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
     scale: Annotated[str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf: 10k, 100k or 1m")] = "100k",
 ) -> None:
@@ -395,7 +395,7 @@ def bench(
         runner = get_benchmark(name)
     except KeyError as exc:
         _fail(str(exc))
-    runner(out=out, scale=scale)
+    runner(out=out, scale=scale, redis_url=get_settings().redis_url)
     typer.echo(f"wrote {out / (name + '.json')}")
 
 

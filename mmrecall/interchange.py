@@ -23,6 +23,8 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event", "weight")
 MAX_ID_LENGTH = 128
 MAX_TITLE_LENGTH = 10_000
 MAX_TAGS = 256
+MAX_FRAMES = 256  # frame images listed per item; encoders sample a handful of them
+MAX_PATH_LENGTH = 4096
 
 
 class FormatError(ValueError):
@@ -35,9 +37,9 @@ class ItemRecord(BaseModel):
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     title: str = Field(default="", max_length=MAX_TITLE_LENGTH)
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    cover: str | None = None
-    frames: list[str] | None = None
-    video: str | None = None
+    cover: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
+    frames: list[str] | None = Field(default=None, max_length=MAX_FRAMES)
+    video: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
     created_at: float | None = None
 
     @field_validator("id")
@@ -46,6 +48,10 @@ class ItemRecord(BaseModel):
         if any(ch in value for ch in "\x00\n\r\t") or value in (".", ".."):
             raise ValueError("id must be printable, without control characters")
         return value
+
+    def has_content(self) -> bool:
+        """Something an encoder can read: a title, a tag or a media file."""
+        return bool(self.title or self.tags or self.cover or self.frames or self.video)
 
     @field_validator("tags")
     @classmethod

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     exact_search_below: int = Field(default=200_000, description="'auto' uses exact search below this size.")
     cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
     v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
+    v2v_table_ef_search: int = Field(
+        default=256, description="HNSW efSearch while building the v2v table (one query per item: speed matters)."
+    )
     api_faiss_threads: int = Field(
         default=1, description="OpenMP/BLAS threads per search in the API: requests run in parallel already."
     )

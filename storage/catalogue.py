@@ -88,6 +88,12 @@ def touch_items(session: Session, item_ids: Sequence[str]) -> None:
         session.execute(update(Item).where(Item.id.in_(chunk)).values(updated_at=time.time()))
 
 
+def touch_job(session: Session, job_id: str) -> None:
+    """A running job's heartbeat: its row's updated_at moves, nothing else."""
+    session.execute(update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running")))
+                    .values(updated_at=time.time()))  # fmt: skip
+
+
 def fail_stale_jobs(session: Session, older_than: float, reason: str) -> list[str]:
     """Jobs queued or running with no progress since `older_than` end `failed` with the reason."""
     ids = list(session.scalars(select(Job.id).where(Job.state.in_(("queued", "running")), Job.updated_at < older_than)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from index.clusters import ClusterTable
 from index.item_meta import ItemMeta
 from index.personal import export_user_tower
 from index.v2v import neighbor_table
+from mmrecall.fetch import FetchError, fetch_media, is_url
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import Item, session_scope
@@ -49,26 +50,46 @@ def active_encoder(settings: Settings) -> Encoder:
     return load_encoder(settings, encoder_specs(settings)[0])
 
 
-def content_of(item: Item, encoder: Encoder) -> ContentInput:
+def local_media(item: Item, settings: Settings | None) -> tuple[str | None, list[str] | None, str | None]:
+    """(cover, frames, video) as local paths: URLs are fetched (allow-listed hosts only)."""
+
+    def local(path: str | None) -> str | None:
+        if not is_url(path):
+            return path
+        if settings is None:
+            raise MediaError(f"media URL {path} cannot be fetched here")
+        try:
+            return str(fetch_media(path, settings))
+        except FetchError as exc:
+            raise MediaError(str(exc)) from exc
+
+    frames = [local(f) for f in item.frames] if item.frames else item.frames
+    return local(item.cover), frames, local(item.video)
+
+
+def content_of(item: Item, encoder: Encoder, settings: Settings | None = None) -> ContentInput:
     """Decode what the encoder needs of an item's media; raises MediaError with the reason."""
+    cover, frames, video = local_media(item, settings) if encoder.uses_images else (None, None, None)
     return load_content(
         item.title,
         item.tags,
-        item.cover,
-        item.frames,
-        item.video,
+        cover,
+        frames,
+        video,
         images=encoder.uses_images,
         n_frames=encoder.n_frames,
     )
 
 
-def encode_batch(encoder: Encoder, items: dict[str, Item]) -> tuple[list[str], np.ndarray, dict[str, str]]:
+def encode_batch(
+    encoder: Encoder, items: dict[str, Item], settings: Settings | None = None
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """(encoded ids, float32 vectors, {failed id: reason}); a bad item never stops the others."""
     inputs: dict[str, ContentInput] = {}
     failed: dict[str, str] = {}
     for item_id, item in items.items():
         try:
-            inputs[item_id] = content_of(item, encoder)
+            inputs[item_id] = content_of(item, encoder, settings)
         except MediaError as exc:
             failed[item_id] = str(exc)
     ids = list(inputs)
@@ -89,11 +110,11 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     url = settings.resolved_database_url
     with session_scope(url) as session:
         items, given_up = catalogue.start_encoding(session, item_ids, max_attempts=settings.max_encode_attempts)
-    ids, vectors, failed = encode_batch(encoder, items)
+    ids, vectors, failed = encode_batch(encoder, items, settings)
     extra = None
     if pending and pending != active:
         extra_encoder = load_encoder(settings, pending)
-        extra = (extra_encoder, *encode_batch(extra_encoder, {i: items[i] for i in ids})[:2])
+        extra = (extra_encoder, *encode_batch(extra_encoder, {i: items[i] for i in ids}, settings)[:2])
     with session_scope(url) as session:
         if ids:
             catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version)
@@ -124,7 +145,7 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
             chunk = item_ids[start : start + batch_size]
             with session_scope(url) as session:
                 items = catalogue.get_items(session, chunk)
-            ids, vectors, failed = encode_batch(encoder, items)
+            ids, vectors, failed = encode_batch(encoder, items, settings)
             skipped.update(failed)
             with session_scope(url) as session:
                 if ids:
@@ -196,7 +217,11 @@ def reindex(
             positions = built.position
             rows = catalogue.iter_item_meta(session)
             ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)).save(target)
-        extras = write_recall_tables(settings, built, spec, target)
+        def report(done: int, total: int, _metrics: dict) -> None:
+            with session_scope(url) as session:
+                catalogue.update_job(session, job_id, message=f"{version}: v2v table {done}/{total}")
+
+        extras = write_recall_tables(settings, built, spec, target, report=report)
         meta = {
             "encoder_version": version,
             "count": len(ids),
@@ -221,13 +246,20 @@ def reindex(
     return result
 
 
-def write_recall_tables(settings: Settings, built: VectorIndex, spec: str, target: Path) -> dict:
+def write_recall_tables(
+    settings: Settings, built: VectorIndex, spec: str, target: Path, *, report: Callable | None = None
+) -> dict:
     """The structures the recall channels read, next to the ANN index in the snapshot directory."""
+    from finetune.common import EtaLogger
+
     started = time.time()
     table = ClusterTable.build(np.asarray(built.vectors), settings.cluster_k or None)
     table.save(target / "clusters")
     cluster_s = time.time() - started
-    rows, scores = neighbor_table(built, n=settings.v2v_table_size)
+    log.info("reindex: %d clusters in %.1fs", len(table.centroids), cluster_s)
+    eta = EtaLogger("v2v table", len(built), on_progress=report, every_s=15.0)
+    rows, scores = neighbor_table(built, n=settings.v2v_table_size, ef_search=settings.v2v_table_ef_search,
+                                  progress=lambda done, _total: eta(done, {}))  # fmt: skip
     np.save(target / "v2v-rows.npy", rows)
     np.save(target / "v2v-scores.npy", scores)
     extras = {"clusters": len(table.centroids), "v2v_table": int(rows.shape[1]), "cluster_s": round(cluster_s, 2),

@@ -8,6 +8,7 @@ from storage import catalogue
 from storage.db import session_scope
 from workers import pipeline
 from workers.app import app
+from workers.jobs import heartbeat
 
 
 # Acknowledged after it ran: a worker killed mid-batch leaves the message to be delivered again (and
@@ -22,7 +23,8 @@ def encode_items(item_ids: list[str]) -> dict[str, int]:
 def reindex(job_id: str) -> dict:
     settings = get_settings()
     try:
-        return pipeline.reindex(settings, job_id)
+        with heartbeat(settings, job_id):
+            return pipeline.reindex(settings, job_id)
     except Exception as exc:
         with session_scope(settings.resolved_database_url) as session:
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -31,14 +33,16 @@ def reindex(job_id: str) -> dict:
 
 @app.task(name=EVAL_TASK)
 def evaluate(job_id: str) -> dict:
-    return pipeline.evaluate(get_settings(), job_id)  # records its own failure on the job row
+    with heartbeat(get_settings(), job_id):
+        return pipeline.evaluate(get_settings(), job_id)  # records its own failure on the job row
 
 
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> dict:
     from workers.training import training_job
 
-    return training_job(get_settings(), job_id)  # records its own failure on the job row
+    with heartbeat(get_settings(), job_id):
+        return training_job(get_settings(), job_id)  # records its own failure on the job row
 
 
 @app.task(name=BACKFILL_TASK)
@@ -46,4 +50,5 @@ def backfill(job_id: str) -> dict:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         spec = catalogue.get_job(session, job_id).params["encoder"]
-    return pipeline.backfill(settings, job_id, spec)  # records its own failure on the job row
+    with heartbeat(settings, job_id):
+        return pipeline.backfill(settings, job_id, spec)  # records its own failure on the job row

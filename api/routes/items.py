@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 @router.post("", status_code=202, response_model=IngestOut, dependencies=[WRITE])
 def post_items(body: ItemsIn, settings: SettingsDep) -> IngestOut:
     """Store items (media paths must lie inside the media roots) and enqueue their encoding."""
-    records = [confine_item(item, settings.media_roots) for item in body.items]
+    records = [confine_item(item, settings) for item in body.items]
     return IngestOut(ids=ingest_items(settings, records))
 
 

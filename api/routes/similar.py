@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import READ
 from api.deps import ServingDep, SessionDep
 from api.schemas import ClusterOut, RecallIn, RecallOut, SimilarOut
-from api.serving import NotReady, ServiceSources, UnknownItem, similar_to
+from api.serving import NeedsDatabase, NotReady, ServiceSources, UnknownItem, similar_to
 from index.recall_set import RecallConfig, recall_set
 from storage.db import Interaction, Item, session_scope
 
@@ -18,8 +19,11 @@ router = APIRouter(prefix="/v1", tags=["query"])
 HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
 
 
+# The two hot routes are `async def`: their work is in-memory CPU, so each request runs to completion on
+# the event loop instead of interleaving with others in the thread pool under the GIL (measured at 10k
+# items, 8 clients: recall p99 132 ms in the thread pool). The rare database reads go to a thread.
 @router.get("/similar/{item_id}", response_model=SimilarOut, dependencies=[READ])
-def similar(
+async def similar(
     item_id: str,
     serving: ServingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -27,7 +31,10 @@ def similar(
 ) -> dict:
     """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself."""
     try:
-        return similar_to(serving, item_id, k, channel)
+        try:
+            return similar_to(serving, item_id, k, channel, in_memory_only=True)
+        except NeedsDatabase:
+            return await run_in_threadpool(similar_to, serving, item_id, k, channel)
     except UnknownItem as exc:
         raise HTTPException(404, str(exc)) from exc
     except NotReady as exc:
@@ -35,18 +42,11 @@ def similar(
 
 
 @router.post("/recall", response_model=RecallOut, dependencies=[READ])
-def recall(body: RecallIn, serving: ServingDep) -> dict:
+async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     url = serving.settings.resolved_database_url
     if body.user_id is not None:
-        with session_scope(url) as session:
-            rows = session.execute(
-                select(Interaction.item_id)
-                .where(Interaction.user_id == body.user_id)
-                .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
-                .limit(HISTORY_LIMIT)
-            ).all()
-        history = [row[0] for row in reversed(rows)]
+        history = await run_in_threadpool(user_history, url, body.user_id)
         if not history:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
     else:
@@ -55,7 +55,26 @@ def recall(body: RecallIn, serving: ServingDep) -> dict:
     known = [item for item in history if state.live.vector(item) is not None]
     if not known:
         raise HTTPException(422, "none of the history items has a vector (unknown, deleted or not encoded yet)")
-    sources = ServiceSources(state, url)
+    sources = ServiceSources(state, url, in_memory_only=True)
+    try:
+        return recall_response(sources, body, known)
+    except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
+        return await run_in_threadpool(recall_response, ServiceSources(state, url), body, known)
+
+
+def user_history(url: str, user_id: str) -> list[str]:
+    """The user's latest interactions, oldest first."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Interaction.item_id)
+            .where(Interaction.user_id == user_id)
+            .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
+            .limit(HISTORY_LIMIT)
+        ).all()
+    return [row[0] for row in reversed(rows)]
+
+
+def recall_response(sources: ServiceSources, body: RecallIn, known: list[str]) -> dict:
     merged, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
                                     config=RecallConfig(per_channel=max(body.k, 100)))  # fmt: skip
     titles = sources.titles([r["id"] for r in merged])
