@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 import mmrecall
 from api.auth import parse_keys
 from api.limits import BodyLimit
-from api.routes import interactions, items, jobs, similar
+from api.routes import inspect, interactions, items, jobs, similar, ui
 from api.serving import ServingIndex
 from mmrecall.settings import Settings, get_settings
 from storage.db import get_engine
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("no MMRECALL_API_KEYS configured: serving loopback clients only")
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.state.serving = ServingIndex(settings)
-    for module in (items, interactions, jobs, similar):
+    for module in (items, interactions, jobs, similar, inspect, ui):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"])

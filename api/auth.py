@@ -19,7 +19,7 @@ GRANTS: dict[str, set[str]] = {"read": {"read"}, "write": {"read", "write"}}
 
 
 def parse_keys(spec: str) -> dict[str, Scope]:
-    """"KEY1:write,KEY2:read" -> {key: scope}; a clear ValueError for anything else."""
+    """ "KEY1:write,KEY2:read" -> {key: scope}; a clear ValueError for anything else."""
     keys: dict[str, Scope] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, _, scope = part.rpartition(":")

@@ -11,6 +11,14 @@ from mmrecall.interchange import InteractionRecord, ItemRecord
 MAX_BATCH = 1000
 
 
+class ErrorOut(BaseModel):
+    detail: str = Field(description="why the request was refused")
+
+
+# documented on every route: what a refused request answers (422 keeps FastAPI's validation shape)
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413)}
+
+
 class ItemsIn(BaseModel):
     items: list[ItemRecord] = Field(min_length=1, max_length=MAX_BATCH)
 

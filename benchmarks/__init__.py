@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-NAMES = ("encode", "index", "api", "perf", "faults")
+NAMES = ("encode", "index", "api", "perf", "faults", "scaling")
 
 
 def get_benchmark(name: str) -> Callable[..., dict]:

@@ -119,11 +119,14 @@ def vector_rows_per_item(settings: Settings, ids: list[str]) -> dict[str, int]:
 
 
 @contextmanager
-def worker(settings: Settings, log_name: str = "worker.log") -> Iterator[subprocess.Popen]:
-    """One solo-pool worker process (SIGKILL takes the whole worker, no orphaned children)."""
+def worker(settings: Settings, log_name: str = "worker.log", *, wait: bool = True) -> Iterator[subprocess.Popen]:
+    """One solo-pool worker process (SIGKILL takes the whole worker, no orphaned children).
+
+    wait=False: do not ping it first (a busy solo worker answers pings only between tasks)."""
     process = start_worker(settings, concurrency=1, pool="solo", log_path=str(settings.home / log_name))
     try:
-        wait_for_workers(settings, timeout=120)
+        if wait:
+            wait_for_workers(settings, timeout=120)
         yield process
     finally:
         if process.poll() is None:
@@ -219,18 +222,19 @@ class ApiProcess:
 def worker_killed_mid_batch(home: Path, redis_url: str, n: int = 48) -> Outcome:
     """SIGKILL the worker while it encodes a batch; a new worker (redelivery + reconcile) finishes."""
     settings = scenario_settings(home, redis_url)
-    records = make_items(settings, "k", n, size=640)  # large covers: a batch takes long enough to be hit
+    records = make_items(settings, "k", n, size=800)  # large covers: a batch takes long enough to be hit
     ids = ingest_items(settings, records)  # queued before any worker runs
     outcome = Outcome("worker SIGKILL mid-batch", faults=1)
-    with worker(settings, "worker-1.log") as first:
+    with worker(settings, "worker-1.log", wait=False) as first:
         deadline = time.time() + 120
         while time.time() < deadline:
             found = statuses(settings, ids)
             if any(status == "encoding" for status, _ in found.values()):
                 break
-            time.sleep(0.005)
-        kill(first)
+            time.sleep(0.002)
+        kill(first)  # right after seeing a batch in flight (it decodes 8 large covers: ~0.2 s)
     at_kill = statuses(settings, ids)
+    outcome.checks["encoding_seen"] = sum(s == "encoding" for s, _ in found.values())
     outcome.checks["encoding_at_kill"] = sum(s == "encoding" for s, _ in at_kill.values())
     outcome.checks["ready_at_kill"] = sum(s == "ready" for s, _ in at_kill.values())
     with worker(settings, "worker-2.log"):
@@ -450,17 +454,32 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
         BadInput("absurd frame count", item("bad-frames", frames=[str(good)] * 10_000), 422),
         BadInput("empty item", lambda http: http.post("/v1/items", json={"items": [{"id": "bad-empty"}]}), 422),
         BadInput("huge title", item("bad-huge", title="x" * 20_000), 422),
-        BadInput("invalid UTF-8 body", lambda http: http.post(
-            "/v1/items", content=b'{"items": [{"id": "bad-utf8", "title": "\xff\xfe"}]}',
-            headers={"content-type": "application/json"}), 400),  # fmt: skip
-        BadInput("duplicate ids", lambda http: http.post("/v1/items", json={"items": [
-            {"id": "bad-dup", "title": "a"}, {"id": "bad-dup", "title": "b"}]}), 422),  # fmt: skip
+        BadInput(
+            "invalid UTF-8 body",
+            lambda http: http.post(
+                "/v1/items",
+                content=b'{"items": [{"id": "bad-utf8", "title": "\xff\xfe"}]}',
+                headers={"content-type": "application/json"},
+            ),
+            400,
+        ),  # fmt: skip
+        BadInput(
+            "duplicate ids",
+            lambda http: http.post(
+                "/v1/items", json={"items": [{"id": "bad-dup", "title": "a"}, {"id": "bad-dup", "title": "b"}]}
+            ),
+            422,
+        ),  # fmt: skip
         BadInput("unknown id (similar)", lambda http: http.get("/v1/similar/no-such-item"), 404),
         BadInput("unknown id (delete)", lambda http: http.delete("/v1/items/no-such-item"), 404),
-        BadInput("unknown history (recall)", lambda http: http.post("/v1/recall", json={"history": ["nope"]}), 422),
-        BadInput("oversized body", lambda http: http.post(
-            "/v1/items", content=b"x" * (settings.max_body_bytes + 1), headers={"content-type": "application/json"}),
-            413),  # fmt: skip
+        BadInput("unknown history (recall)", lambda http: http.post("/v1/recall", json={"history": ["nope"]}), 400),
+        BadInput(
+            "oversized body",
+            lambda http: http.post(
+                "/v1/items", content=b"x" * (settings.max_body_bytes + 1), headers={"content-type": "application/json"}
+            ),
+            413,
+        ),  # fmt: skip
         BadInput("wrong types", lambda http: http.post("/v1/items", json={"items": [{"id": 5, "title": ["x"]}]}), 422),
         BadInput("wrong query type", lambda http: http.get("/v1/similar/x", params={"k": "many"}), 422),
         BadInput("path outside the roots", item("bad-outside", cover=str(outside)), 400),
@@ -472,8 +491,14 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
         upload("upload: empty", b"", 400),
         upload("upload: decompression bomb", bomb, 400),
         upload("upload: too large", b"\x89PNG" + b"\x00" * (settings.max_upload_bytes + 1), 413),
-        BadInput("bad interactions", lambda http: http.post("/v1/interactions", json={"interactions": [
-            {"user_id": "u", "item_id": "i", "timestamp": "yesterday-ish"}]}), 422),  # fmt: skip
+        BadInput(
+            "bad interactions",
+            lambda http: http.post(
+                "/v1/interactions",
+                json={"interactions": [{"user_id": "u", "item_id": "i", "timestamp": "yesterday-ish"}]},
+            ),
+            422,
+        ),  # fmt: skip
     ]
 
 

@@ -130,16 +130,23 @@ class RecallSetChannel(Channel):
             candidates = channel_candidates(self.sources, hist, user_id, CHANNELS, self.config)
             queries.append(({c: normalized(r) for c, r in candidates.items()}, set(hist), str(target)))
         best, best_hits = self.config, -1.0
-        for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3)):
-            trust = {c: others for c in CHANNELS if c != "personal"}
-            config = replace(self.config, merge=MergeWeights(alpha=alpha, beta=beta, trust=trust))
+        grid = [
+            MergeWeights(alpha=alpha, beta=beta, trust={c: others for c in CHANNELS if c != "personal"})
+            for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3))
+        ]
+        # rank fusion: the other channels' top items interleave with personal's by a weight on their ranks
+        grid += [MergeWeights(mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta,
+                              trust={c: others for c in CHANNELS if c != "personal"})
+                 for rrf_k, beta, others in itertools.product((10.0, 60.0), (0.05, 0.0), (0.5, 0.25, 0.1))]  # fmt: skip
+        for weights in grid:
+            config = replace(self.config, merge=weights)
             hits = np.mean([target in {r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags,
                                                                 weights=config.merge)}
                             for results, seen, target in queries])  # fmt: skip
             if hits > best_hits:
                 best, best_hits = config, float(hits)
-        self.tuned = {"alpha": best.merge.alpha, "beta": best.merge.beta, "trust": best.merge.trust,
-                      "held_out_hitrate@50": best_hits}  # fmt: skip
+        self.tuned = {"mode": best.merge.mode, "rrf_k": best.merge.rrf_k, "alpha": best.merge.alpha,
+                      "beta": best.merge.beta, "trust": best.merge.trust, "held_out_hitrate@50": best_hits}  # fmt: skip
         return best
 
     def scores(self, users, histories):

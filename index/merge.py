@@ -28,6 +28,11 @@ class MergeWeights:
     beta: float = 0.2  # per unit of tag-diversity gain
     quotas: dict[str, int] = field(default_factory=dict)  # channel -> most candidates taken from it
     trust: dict[str, float] = field(default_factory=dict)  # channel -> factor on its similarities (default 1)
+    # "score": a candidate's similarity is the best trusted score any channel gave it (MIC);
+    # "rank": weighted reciprocal-rank fusion, sum over channels of trust / (rrf_k + rank), scaled to (0, 1]:
+    # robust when channels' scores are not comparable (a dot product vs a recency-weighted sum)
+    mode: str = "score"
+    rrf_k: float = 60.0
 
 
 def union(
@@ -36,6 +41,8 @@ def union(
     seen: set[str],
     quotas: dict[str, int],
     trust: dict[str, float] | None = None,
+    mode: str = "score",
+    rrf_k: float = 60.0,
 ) -> list[Candidate]:
     """channel -> ranked [{"id", "score", "trigger"?/"interest"?}]; per-channel quotas, seen items dropped."""
     merged: dict[str, Candidate] = {}
@@ -43,16 +50,24 @@ def union(
     for channel, results in channel_results.items():
         limit = quotas.get(channel, len(results))
         factor = trust.get(channel, 1.0)
-        for result in list(results)[:limit]:
+        for rank, result in enumerate(list(results)[:limit], start=1):
             item = result["id"]
             if item in seen:
                 continue
             source = {"channel": channel, **{k: v for k, v in result.items() if k != "id"}}
-            similarity = factor * float(result["score"])
-            candidate = merged.setdefault(item, Candidate(item, similarity))
-            candidate.similarity = max(candidate.similarity, similarity)
+            if mode == "rank":
+                candidate = merged.setdefault(item, Candidate(item, 0.0))
+                candidate.similarity += factor / (rrf_k + rank)
+            else:
+                similarity = factor * float(result["score"])
+                candidate = merged.setdefault(item, Candidate(item, similarity))
+                candidate.similarity = max(candidate.similarity, similarity)
             candidate.sources.append(source)
             candidate.channel_set.add(channel)
+    if mode == "rank" and merged:
+        top = max(c.similarity for c in merged.values()) or 1.0
+        for candidate in merged.values():
+            candidate.similarity /= top
     return list(merged.values())
 
 
@@ -100,5 +115,6 @@ def merge(
     tags_of: Callable[[str], Sequence[str]],
     weights: MergeWeights = MergeWeights(),
 ) -> list[dict]:
-    candidates = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust)
+    candidates = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust, mode=weights.mode,
+                       rrf_k=weights.rrf_k)  # fmt: skip
     return rerank(candidates, k, weights, tags_of)

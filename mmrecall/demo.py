@@ -49,5 +49,5 @@ def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_d
 
         from api.app import create_app
 
-        typer.echo(f"\nserving the API on http://127.0.0.1:{port} (docs at /docs); Ctrl-C to stop")
+        typer.echo(f"\nserving the API on http://127.0.0.1:{port} (docs at /docs, inspector at /ui); Ctrl-C to stop")
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")

@@ -32,10 +32,8 @@ def fetch_media(url: str, settings: Settings, *, timeout: float = 30.0) -> Path:
     """Download to `home/media-cache/` (once per URL) and return the local path."""
     if not url_allowed(url, settings.media_url_hosts):
         raise FetchError(f"media URL host {urlsplit(url).hostname!r} is not in MMRECALL_MEDIA_URL_HOSTS")
-    cache = settings.home / "media-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    suffix = Path(urlsplit(url).path).suffix[:8]
-    target = cache / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
+    target = _cache_path(url, settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_file():
         return target
     partial = target.with_name(target.name + ".part")
@@ -46,6 +44,17 @@ def fetch_media(url: str, settings: Settings, *, timeout: float = 30.0) -> Path:
         raise
     partial.replace(target)
     return target
+
+
+def _cache_path(url: str, settings: Settings) -> Path:
+    suffix = Path(urlsplit(url).path).suffix[:8]
+    return settings.home / "media-cache" / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
+
+
+def cached_path(url: str, settings: Settings) -> Path | None:
+    """Where a fetched URL's file lies, if it was fetched."""
+    path = _cache_path(url, settings)
+    return path if path.is_file() else None
 
 
 def _download(url: str, partial: Path, max_bytes: int, timeout: float) -> None:

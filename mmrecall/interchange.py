@@ -40,7 +40,7 @@ class ItemRecord(BaseModel):
     cover: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
     frames: list[str] | None = Field(default=None, max_length=MAX_FRAMES)
     video: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
-    created_at: float | None = None
+    created_at: float | None = Field(default=None, allow_inf_nan=False)
 
     @field_validator("id")
     @classmethod
@@ -91,9 +91,9 @@ class ItemRecord(BaseModel):
 class InteractionRecord(BaseModel):
     user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    timestamp: float
-    event: str | None = None
-    weight: float | None = None
+    timestamp: float = Field(allow_inf_nan=False)
+    event: str | None = Field(default=None, max_length=64)
+    weight: float | None = Field(default=None, allow_inf_nan=False)
 
 
 def tag_at_level(tag: str, level: int) -> str:
@@ -107,12 +107,15 @@ def read_items(dataset_dir: Path, *, resolve_media: bool = True) -> Iterator[Ite
     if not path.is_file():
         raise FormatError(f"{path}: not found (a dataset directory needs {ITEMS_FILE})")
     base = path.parent.resolve()
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 record = ItemRecord.model_validate(json.loads(line))
+            except UnicodeDecodeError as exc:
+                raise FormatError(f"{path}:{line_no}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
             except (json.JSONDecodeError, ValueError) as exc:
                 raise FormatError(f"{path}:{line_no}: {exc}") from exc
             yield record.with_resolved_media(base) if resolve_media else record
@@ -123,21 +126,27 @@ def read_interactions(dataset_dir: Path) -> Iterator[InteractionRecord]:
     if not path.is_file():
         return
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"user_id", "item_id", "timestamp"} - set(reader.fieldnames or [])
-        if missing:
-            raise FormatError(f"{path}: header lacks {sorted(missing)}")
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                yield InteractionRecord(
-                    user_id=row["user_id"],
-                    item_id=row["item_id"],
-                    timestamp=float(row["timestamp"]),
-                    event=row.get("event") or None,
-                    weight=float(row["weight"]) if row.get("weight") not in (None, "") else None,
-                )
-            except ValueError as exc:
-                raise FormatError(f"{path}:{line_no}: {exc}") from exc
+        try:
+            reader = csv.DictReader(handle)
+            missing = {"user_id", "item_id", "timestamp"} - set(reader.fieldnames or [])
+            if missing:
+                raise FormatError(f"{path}: header lacks {sorted(missing)}")
+            for line_no, row in enumerate(reader, start=2):
+                try:
+                    record = InteractionRecord(
+                        user_id=row["user_id"],
+                        item_id=row["item_id"],
+                        timestamp=float(row["timestamp"]),
+                        event=row.get("event") or None,
+                        weight=float(row["weight"]) if row.get("weight") not in (None, "") else None,
+                    )
+                except (ValueError, TypeError) as exc:  # TypeError: a short row leaves a field None
+                    raise FormatError(f"{path}:{line_no}: {exc}") from exc
+                yield record
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        except csv.Error as exc:
+            raise FormatError(f"{path}:{reader.line_num}: {exc}") from exc
 
 
 def write_items(dataset_dir: Path, items: Iterable[ItemRecord]) -> int:
@@ -157,7 +166,7 @@ def write_interactions(dataset_dir: Path, rows: Iterable[InteractionRecord]) -> 
         writer = csv.writer(handle)
         writer.writerow(INTERACTION_COLUMNS)
         for row in rows:
-            weight = "" if row.weight is None else f"{row.weight:g}"
+            weight = "" if row.weight is None else repr(row.weight)  # full precision: files round-trip
             stamp = str(int(row.timestamp)) if row.timestamp.is_integer() else repr(row.timestamp)
             writer.writerow([row.user_id, row.item_id, stamp, row.event or "", weight])
             count += 1

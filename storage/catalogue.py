@@ -88,6 +88,34 @@ def touch_items(session: Session, item_ids: Sequence[str]) -> None:
         session.execute(update(Item).where(Item.id.in_(chunk)).values(updated_at=time.time()))
 
 
+def recent_jobs(session: Session, *, limit: int = 50) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+
+
+def list_items(session: Session, *, status: str | None = None, limit: int = 100) -> list[Item]:
+    """Items, most recently changed first, optionally of one status (e.g. the failed ones with reasons)."""
+    query = select(Item).order_by(Item.updated_at.desc()).limit(limit)
+    return list(session.scalars(query.where(Item.status == status) if status else query))
+
+
+def search_titles(session: Session, text: str, *, limit: int = 20) -> list[tuple[str, str]]:
+    """(id, title) of live items whose title contains the text, case-insensitively."""
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return list(session.execute(select(Item.id, Item.title).where(Item.title.ilike(pattern, escape="\\"),
+                                                                  Item.status != "deleted").limit(limit)))  # fmt: skip
+
+
+def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tuple[str, float, str | None]]:
+    """The user's latest interactions as (item id, timestamp, event), oldest first."""
+    rows = session.execute(
+        select(Interaction.item_id, Interaction.timestamp, Interaction.event)
+        .where(Interaction.user_id == user_id)
+        .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
+        .limit(limit)
+    ).all()
+    return [tuple(row) for row in reversed(rows)]
+
+
 def touch_job(session: Session, job_id: str) -> None:
     """A running job's heartbeat: its row's updated_at moves, nothing else."""
     session.execute(update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running")))

@@ -84,6 +84,20 @@ def test_merge_dedupes_drops_seen_and_rewards_agreement_and_diversity() -> None:
     assert [r["id"] for r in only_sim] == ["a", "b", "c"]  # quota: v2v gives only its first
 
 
+def test_rank_fusion_weighs_ranks_not_raw_scores() -> None:
+    results = {
+        "personal": [{"id": "p1", "score": 0.2}, {"id": "p2", "score": 0.1}, {"id": "both", "score": 0.05}],
+        "v2v": [{"id": "v1", "score": 9.0}, {"id": "both", "score": 8.0}],  # another scale altogether
+    }
+    fused = MergeWeights(mode="rank", rrf_k=1.0, alpha=0.0, beta=0.0, trust={"v2v": 0.5})
+    out = merge(results, k=5, seen=set(), tags_of=lambda i: [], weights=fused)
+    # personal 1/(1+rank), v2v 0.5/(1+rank): p1 0.5, both 1/4 + 0.5/3 = 0.417, p2 0.333, v1 0.25
+    assert [r["id"] for r in out] == ["p1", "both", "p2", "v1"]
+    assert out[0]["score"] == 1.0 and all(0 < r["similarity"] <= 1 for r in out)
+    by_score = merge(results, k=5, seen=set(), tags_of=lambda i: [], weights=MergeWeights(alpha=0.0, beta=0.0))
+    assert by_score[0]["id"] == "v1"  # raw scores let the larger scale win
+
+
 def test_numpy_user_tower_matches_torch(tmp_path) -> None:
     from encoders.content_g import GConfig, TwoTower, id_key
 

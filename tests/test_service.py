@@ -137,7 +137,7 @@ def test_interactions(service: Service) -> None:
     ok = http.post("/v1/interactions", json={"interactions": [{"user_id": "u1", "item_id": "a0", "timestamp": 5}]})
     assert ok.status_code == 202 and ok.json() == {"count": 1}
     unknown = http.post("/v1/interactions", json={"interactions": [{"user_id": "u", "item_id": "zz", "timestamp": 1}]})
-    assert unknown.status_code == 422 and "zz" in unknown.json()["detail"]
+    assert unknown.status_code == 400 and "zz" in unknown.json()["detail"]
 
 
 @pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
@@ -184,7 +184,7 @@ def test_recall_clusters_and_deletes_across_every_channel(service: Service) -> N
     assert by_user["history_used"] == 3 and len(by_user["results"]) == 5
     assert http.post("/v1/recall", json={"user_id": "nobody"}).status_code == 404
     assert http.post("/v1/recall", json={"user_id": "ru", "history": ["r0"]}).status_code == 422
-    assert http.post("/v1/recall", json={"history": ["no-such-item"]}).status_code == 422
+    assert http.post("/v1/recall", json={"history": ["no-such-item"]}).status_code == 400
 
     cluster_id = http.get("/v1/items/r0").json()["cluster_id"]
     listing = http.get(f"/v1/clusters/{cluster_id}").json()

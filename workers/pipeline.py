@@ -217,6 +217,7 @@ def reindex(
             positions = built.position
             rows = catalogue.iter_item_meta(session)
             ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)).save(target)
+
         def report(done: int, total: int, _metrics: dict) -> None:
             with session_scope(url) as session:
                 catalogue.update_job(session, job_id, message=f"{version}: v2v table {done}/{total}")

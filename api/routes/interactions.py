@@ -7,11 +7,11 @@ from sqlalchemy import select
 
 from api.auth import WRITE
 from api.deps import SessionDep
-from api.schemas import CountOut, InteractionsIn
+from api.schemas import ERRORS, CountOut, InteractionsIn
 from storage import catalogue
 from storage.db import Item
 
-router = APIRouter(prefix="/v1/interactions", tags=["interactions"])
+router = APIRouter(prefix="/v1/interactions", tags=["interactions"], responses=ERRORS)
 
 
 @router.post("", status_code=202, response_model=CountOut, dependencies=[WRITE])
@@ -20,5 +20,5 @@ def post_interactions(body: InteractionsIn, session: SessionDep) -> CountOut:
     known = set(session.scalars(select(Item.id).where(Item.id.in_(wanted))))
     unknown = sorted(wanted - known)
     if unknown:
-        raise HTTPException(422, f"unknown item ids: {unknown[:20]}")
+        raise HTTPException(400, f"unknown item ids: {unknown[:20]}")
     return CountOut(count=catalogue.add_interactions(session, body.interactions))

@@ -11,13 +11,13 @@ from sqlalchemy import select
 from api.auth import READ, WRITE
 from api.deps import ServingDep, SessionDep, SettingsDep
 from api.media import confine_item, save_upload
-from api.schemas import IngestOut, ItemOut, ItemsIn
+from api.schemas import ERRORS, IngestOut, ItemOut, ItemsIn
 from mmrecall.ingest import ingest_items
 from mmrecall.interchange import ItemRecord
 from storage import catalogue
 from storage.db import ItemVector, session_scope
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(prefix="/v1/items", tags=["items"], responses=ERRORS)
 
 
 @router.post("", status_code=202, response_model=IngestOut, dependencies=[WRITE])

@@ -11,11 +11,11 @@ from fastapi import APIRouter, HTTPException
 from api.auth import READ, WRITE
 from api.deps import SessionDep, SettingsDep
 from api.media import confine
-from api.schemas import ActivateIn, EvalIn, JobCreated, JobOut
+from api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut
 from mmrecall.queue import submit_job
 from storage import catalogue
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERRORS)
 
 
 @cache

@@ -10,12 +10,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import READ
 from api.deps import ServingDep, SessionDep
-from api.schemas import ClusterOut, RecallIn, RecallOut, SimilarOut
+from api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
 from api.serving import NeedsDatabase, NotReady, ServiceSources, UnknownItem, similar_to
 from index.recall_set import RecallConfig, recall_set
-from storage.db import Interaction, Item, session_scope
+from storage import catalogue
+from storage.db import Item, session_scope
 
-router = APIRouter(prefix="/v1", tags=["query"])
+router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
 HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
 
 
@@ -54,7 +55,7 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     state = serving.state
     known = [item for item in history if state.live.vector(item) is not None]
     if not known:
-        raise HTTPException(422, "none of the history items has a vector (unknown, deleted or not encoded yet)")
+        raise HTTPException(400, "none of the history items has a vector (unknown, deleted or not encoded yet)")
     sources = ServiceSources(state, url, in_memory_only=True)
     try:
         return recall_response(sources, body, known)
@@ -63,15 +64,9 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
 
 
 def user_history(url: str, user_id: str) -> list[str]:
-    """The user's latest interactions, oldest first."""
+    """The user's latest interactions (item ids), oldest first."""
     with session_scope(url) as session:
-        rows = session.execute(
-            select(Interaction.item_id)
-            .where(Interaction.user_id == user_id)
-            .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
-            .limit(HISTORY_LIMIT)
-        ).all()
-    return [row[0] for row in reversed(rows)]
+        return [item for item, _, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
 
 
 def recall_response(sources: ServiceSources, body: RecallIn, known: list[str]) -> dict:
