@@ -129,24 +129,31 @@ class RecallSetChannel(Channel):
             user_id = str(user) if self.sources.known_users[user] else None
             candidates = channel_candidates(self.sources, hist, user_id, CHANNELS, self.config)
             queries.append(({c: normalized(r) for c, r in candidates.items()}, set(hist), str(target)))
-        best, best_hits = self.config, -1.0
         grid = [
             MergeWeights(alpha=alpha, beta=beta, trust={c: others for c in CHANNELS if c != "personal"})
             for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3))
         ]
         # rank fusion: the other channels' top items interleave with personal's by a weight on their ranks
+        rank_grid = itertools.product((10.0, 60.0), (0.2, 0.05, 0.0), (0.5, 0.25, 0.1))
         grid += [MergeWeights(mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta,
                               trust={c: others for c in CHANNELS if c != "personal"})
-                 for rrf_k, beta, others in itertools.product((10.0, 60.0), (0.05, 0.0), (0.5, 0.25, 0.1))]  # fmt: skip
+                 for rrf_k, beta, others in rank_grid]  # fmt: skip
+        scored = []
         for weights in grid:
-            config = replace(self.config, merge=weights)
-            hits = np.mean([target in {r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags,
-                                                                weights=config.merge)}
-                            for results, seen, target in queries])  # fmt: skip
-            if hits > best_hits:
-                best, best_hits = config, float(hits)
-        self.tuned = {"mode": best.merge.mode, "rrf_k": best.merge.rrf_k, "alpha": best.merge.alpha,
-                      "beta": best.merge.beta, "trust": best.merge.trust, "held_out_hitrate@50": best_hits}  # fmt: skip
+            tops = [[r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags, weights=weights)]
+                    for results, seen, _ in queries]  # fmt: skip
+            hits = float(np.mean([target in top for top, (_, _, target) in zip(tops, queries, strict=True)]))
+            coverage = len({item for top in tops for item in top}) / len(self.sources.ids)
+            scored.append((hits, coverage, weights))
+        # hit rate first; among settings within two held-out hits of the best (a tie at this sample size),
+        # the one that covers the most of the catalogue
+        best_hits = max(hits for hits, _, _ in scored)
+        tied = [entry for entry in scored if entry[0] >= best_hits - 2 / len(queries)]
+        hits, coverage, weights = max(tied, key=lambda entry: (entry[1], entry[0]))
+        best = replace(self.config, merge=weights)
+        self.tuned = {"mode": weights.mode, "rrf_k": weights.rrf_k, "alpha": weights.alpha, "beta": weights.beta,
+                      "trust": weights.trust, "held_out_hitrate@50": hits, "held_out_coverage": coverage,
+                      "held_out_best_hitrate@50": best_hits}  # fmt: skip
         return best
 
     def scores(self, users, histories):
