@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from benchmarks.common import table, write_result
 from mmrecall.ingest import ingest_items
 from mmrecall.interchange import ItemRecord
-from mmrecall.runner import settings_env, start_worker, wait_for_workers
+from mmrecall.runner import free_port, settings_env, start_worker, wait_for_api, wait_for_workers
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import Item, ItemVector, Job, session_scope
@@ -142,14 +142,6 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(30)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrivateRedis:
     """A Redis of our own on a free port, keeping nothing on disk: it can be killed and restarted empty."""
 
@@ -197,14 +189,8 @@ class ApiProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(self.port),
                                          "--no-access-log"], env=settings_env(self.settings), stdout=log,
                                         stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("API did not start")
+        wait_for_api(self.url, timeout=timeout)
+        return self
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

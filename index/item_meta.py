@@ -53,13 +53,14 @@ class ItemMeta:
             return None
         return bytes(self.blob[start:end]).decode()
 
+    def _codes(self, pos: int) -> list[int]:
+        return self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])].tolist()
+
     def tags(self, pos: int) -> list[str]:
-        codes = self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])]
-        return [self.vocabulary[c] for c in codes.tolist()]
+        return [self.vocabulary[c] for c in self._codes(pos)]
 
     def top_level_tags(self, pos: int) -> list[str]:
-        codes = self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])]
-        return [self.top_level[c] for c in codes.tolist()]
+        return [self.top_level[c] for c in self._codes(pos)]
 
     def save(self, directory: Path) -> None:
         (directory / FILES[0]).write_bytes(self.blob.tobytes())

@@ -76,6 +76,29 @@ def wait_for_workers(settings: Settings, *, timeout: float = 120.0) -> int:
     raise TimeoutError(f"no worker answered on {settings.redis_url} queue {settings.queue} within {timeout:.0f}s")
 
 
+def free_port() -> int:
+    """A free TCP port on loopback (for a server started right after)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_api(url: str, *, timeout: float = 60.0) -> None:
+    """Block until the API at `url` answers /healthz with 200."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the API at {url} did not start within {timeout:.0f}s")
+
+
 def wait_for_items(
     settings: Settings,
     item_ids: Sequence[str],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from mmrecall.runner import free_port, wait_for_api
 from mmrecall.settings import Settings
 
 SHARED_DATA = Path(os.environ.get("MMRECALL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -61,12 +61,6 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
     return make_settings(tmp_path / "home", redis_url)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ApiServer:
     """The real app under uvicorn on a loopback port, in a thread of the test process."""
 
@@ -83,14 +77,8 @@ class ApiServer:
 
     def __enter__(self) -> ApiServer:
         self.thread.start()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("API did not start")
+        wait_for_api(self.url, timeout=30)
+        return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
