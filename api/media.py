@@ -20,7 +20,12 @@ MAX_UPLOAD_PIXELS = 50_000_000
 def confine(path: str, roots: list[Path]) -> str:
     if not roots:
         raise HTTPException(400, "media paths are not accepted: no MMRECALL_MEDIA_ROOTS configured")
-    resolved = Path(path).resolve()  # follows symlinks, so a link pointing out is caught too
+    if any(ord(ch) < 32 for ch in path):
+        raise HTTPException(400, f"path {path!r} holds control characters")
+    try:
+        resolved = Path(path).resolve()  # follows symlinks, so a link pointing out is caught too
+    except (OSError, ValueError) as exc:  # e.g. a symlink loop, or a name the OS refuses
+        raise HTTPException(400, f"path {path!r} cannot be resolved: {exc}") from exc
     for root in roots:
         if resolved.is_relative_to(root.resolve()):
             return str(resolved)

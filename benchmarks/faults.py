@@ -473,6 +473,9 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
         BadInput("symlink escape", item("bad-link", cover=str(root / "escape.png")), 400),
         BadInput("URL host not allowed", item("bad-url", cover="http://example.com/a.png"), 400),
         BadInput("non-http URL", item("bad-scheme", cover="file:///etc/passwd"), 400),
+        BadInput("NUL byte in a path", item("bad-nul", cover=str(root) + "/a\x00.png"), 400),
+        BadInput("NUL byte in an eval dataset path",
+                 lambda http: http.post("/v1/eval", json={"dataset": "data\x00/ml"}), 400),  # fmt: skip
         upload("upload: not an image", b"GIF89a but not really", 400),
         upload("upload: empty", b"", 400),
         upload("upload: decompression bomb", bomb, 400),
