@@ -25,6 +25,7 @@ class EvalContext:
     encoder: str = "skeleton-base"  # the encoder behind mmrecall's own v2v channel
     g_features: tuple[str, ...] = ()  # encoders whose vectors feed G (default: text-minilm + `encoder`)
     g_train: dict = field(default_factory=dict)  # GTrainConfig overrides (e.g. fewer epochs in tests)
+    sasrec_train: dict = field(default_factory=dict)  # SASRecConfig overrides
     progress: bool = True
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict = field(default_factory=dict)  # trained models shared between channels of one split
@@ -111,6 +112,30 @@ class ItemCFChannel(Channel):
         h = sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), self.x.shape[1]), dtype=np.float32)
         co = (h @ self.x.T) @ self.x  # (b, n_items): sum_h c_hj / sqrt(n_h)
         return np.asarray(co.todense(), np.float32) * self.inv_sqrt[None, :]
+
+
+def train_sequences(split: Split, n_users: int) -> list[np.ndarray]:
+    """Each user's training items in time order (split.train_* are sorted by user, then time)."""
+    cuts = np.searchsorted(split.train_users, np.arange(n_users + 1))
+    return [split.train_items[cuts[u] : cuts[u + 1]] for u in range(n_users)]
+
+
+class SASRecChannel(Channel):
+    """SASRec on item ids (evaluation.sasrec): the sequential baseline. Dropout tuned on the valid split."""
+
+    name = "sasrec"
+    param_grid = {"dropout": [0.2, 0.5]}
+
+    def fit(self, ctx: EvalContext, split: Split) -> None:
+        from evaluation.sasrec import SASRecConfig, SASRecTrainer
+
+        config = SASRecConfig(**{**ctx.sasrec_train, **self.params})
+        self.trainer = SASRecTrainer(ctx.data.n_items, config)
+        ctx.models[((id(split), "sasrec"), "report")] = self.trainer.fit(train_sequences(split, ctx.data.n_users))
+        self.variant = "sasrec"  # the harness reports the training under this key
+
+    def scores(self, users, histories):
+        return self.trainer.scores(list(histories)).numpy()
 
 
 class VectorV2VChannel(Channel):
@@ -218,6 +243,7 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "random": RandomChannel,
         "popular": PopularChannel,
         "itemcf": ItemCFChannel,
+        "sasrec": SASRecChannel,
         "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
         "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
         "v2v_g": GV2VChannel,
@@ -235,4 +261,4 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
     return factories
 
 
-BASELINES = ("random", "popular", "itemcf", "text_v2v")
+BASELINES = ("random", "popular", "itemcf", "sasrec", "text_v2v")

@@ -81,6 +81,25 @@ def dense_from_list(results: list[dict], index: dict[str, int], n_items: int) ->
     return scores
 
 
+def held_out_score(tops: list[list[str]], targets: list[str], n_items: int) -> tuple[float, float]:
+    """(hitRate@50, coverage) of one top-50 list per held-out query."""
+    hits = float(np.mean([target in top for top, target in zip(tops, targets, strict=True)]))
+    return hits, len({item for top in tops for item in top}) / n_items
+
+
+def pick_merge(scored: list[tuple[float, float, MergeWeights]], singles: dict[str, tuple[float, float]], *,
+               tie: float) -> tuple[float, float, MergeWeights, str]:  # fmt: skip
+    """The merge a recall set wants: at least the hit rate of its best single channel AND more coverage than
+    that channel, the best hit rate among those (ties within `tie` go to coverage). Where no setting
+    does both, the best hit rate, ties to coverage."""
+    best_hits, best_coverage = max(singles.values())
+    both = [entry for entry in scored if entry[0] >= best_hits and entry[1] > best_coverage]
+    pool, rule = (both, "hits >= best channel, more coverage") if both else (scored, "best hits")
+    top = max(entry[0] for entry in pool)
+    hits, coverage, weights = max((e for e in pool if e[0] >= top - tie), key=lambda e: (e[1], e[0]))
+    return hits, coverage, weights, rule
+
+
 class RecallSetChannel(Channel):
     """One of the recall-set channels (or `merged`), computed per query by index.recall_set."""
 
@@ -134,26 +153,25 @@ class RecallSetChannel(Channel):
             for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3))
         ]
         # rank fusion: the other channels' top items interleave with personal's by a weight on their ranks
-        rank_grid = itertools.product((10.0, 60.0), (0.2, 0.05, 0.0), (0.5, 0.25, 0.1))
+        rank_grid = itertools.product((10.0, 60.0), (0.2, 0.05, 0.0), (1.0, 0.75, 0.5, 0.35, 0.25, 0.1))
         grid += [MergeWeights(mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta,
                               trust={c: others for c in CHANNELS if c != "personal"})
                  for rrf_k, beta, others in rank_grid]  # fmt: skip
+        targets = [target for _, _, target in queries]
+        singles = {channel: held_out_score([[r["id"] for r in results.get(channel, [])[:50]]
+                                            for results, _, _ in queries], targets, len(self.sources.ids))
+                   for channel in CHANNELS}  # fmt: skip
         scored = []
         for weights in grid:
             tops = [[r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags, weights=weights)]
                     for results, seen, _ in queries]  # fmt: skip
-            hits = float(np.mean([target in top for top, (_, _, target) in zip(tops, queries, strict=True)]))
-            coverage = len({item for top in tops for item in top}) / len(self.sources.ids)
-            scored.append((hits, coverage, weights))
-        # hit rate first; among settings within two held-out hits of the best (a tie at this sample size),
-        # the one that covers the most of the catalogue
-        best_hits = max(hits for hits, _, _ in scored)
-        tied = [entry for entry in scored if entry[0] >= best_hits - 2 / len(queries)]
-        hits, coverage, weights = max(tied, key=lambda entry: (entry[1], entry[0]))
+            scored.append((*held_out_score(tops, targets, len(self.sources.ids)), weights))
+        hits, coverage, weights, rule = pick_merge(scored, singles, tie=2 / len(queries))
         best = replace(self.config, merge=weights)
         self.tuned = {"mode": weights.mode, "rrf_k": weights.rrf_k, "alpha": weights.alpha, "beta": weights.beta,
                       "trust": weights.trust, "held_out_hitrate@50": hits, "held_out_coverage": coverage,
-                      "held_out_best_hitrate@50": best_hits}  # fmt: skip
+                      "held_out_best_hitrate@50": max(h for h, _, _ in scored), "rule": rule,
+                      "held_out_channels": {c: {"hitrate@50": h, "coverage": cov} for c, (h, cov) in singles.items()}}
         return best
 
     def scores(self, users, histories):

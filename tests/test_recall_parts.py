@@ -115,3 +115,17 @@ def test_numpy_user_tower_matches_torch(tmp_path) -> None:
         without = model.users(history, mask, None)[0].numpy()
     assert np.allclose(tower(history[0].numpy(), key), expected, atol=1e-5)
     assert np.allclose(tower(history[0].numpy()), without, atol=1e-5)
+
+
+def test_merge_tuning_wants_the_best_channels_hits_and_more_coverage() -> None:
+    from evaluation.recall_channels import pick_merge
+    from index.merge import MergeWeights
+
+    narrow, wide, wider_but_worse = MergeWeights(alpha=0.1), MergeWeights(alpha=0.2), MergeWeights(alpha=0.3)
+    singles = {"personal": (0.30, 0.40), "cluster": (0.15, 0.70)}
+    scored = [(0.34, 0.39, narrow), (0.31, 0.45, wide), (0.29, 0.60, wider_but_worse)]
+    hits, coverage, weights, rule = pick_merge(scored, singles, tie=0.001)
+    assert weights is wide and (hits, coverage) == (0.31, 0.45) and "coverage" in rule
+    # nothing beats personal on both: the best hit rate wins
+    _, _, weights, rule = pick_merge(scored[::2], singles, tie=0.001)
+    assert weights is narrow and rule == "best hits"
