@@ -3,7 +3,10 @@
 G sees only content: the concatenated frozen vectors of the feature encoders (e.g. text, cover image,
 dual-stream joint) -> an MLP "filter" -> ECi. Beside it, id-based biases absorb what content cannot:
   item = ECi + EPi (hashed item-id embedding), user = ECu + EPu (hashed user-id embedding),
-  ECu = attention pooling, with a recency bias, over G of the user's recent items.
+  ECu = attention pooling, with a recency bias, over G of the user's recent items (`user_tower="pool"`), or
+  the sequence tower (`user_tower="seq"`): a causal transformer over G(item) + position + time-gap
+  embeddings whose K interest queries, shifted by the user's tag preferences (cate-aware attention),
+  attend over the sequence; training activates only the interest that best matches the target.
 Score = <normalize(user), normalize(item)> / temperature. A new item has no EPi: it is served by ECi alone,
 which is why G must carry the signal.
 """
@@ -26,6 +29,7 @@ CONFIG_FILE = "g.json"
 WEIGHTS_FILE = "model.pt"
 KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
 AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
+GAP_BUCKETS = 16  # time-gap buckets: 0 = unknown, then log2(minutes since the previous item + 1)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class GConfig:
     hashes: int = 2  # hash functions per id (their embeddings are summed)
     temperature: float = 0.05
     use_bias: bool = True  # the id bias towers (EPi, EPu)
+    user_tower: str = "pool"  # "pool" (attention pooling) or "seq" (the sequence tower)
+    seq_layers: int = 2  # seq: causal self-attention blocks
+    seq_heads: int = 2
+    interests: int = 1  # seq: K interest vectors per user (single activation in training)
+    cate_aware: bool = True  # seq: the user's tag-preference vector shifts the interest queries
+    tag_vocab: tuple[str, ...] = ()  # seq: the tags (level 1) whose shares form the tag-preference vector
     extra: dict = field(default_factory=dict)  # training settings recorded with the checkpoint
 
     def to_json(self) -> str:
@@ -49,6 +59,7 @@ class GConfig:
     def from_json(cls, text: str) -> GConfig:
         data = json.loads(text)
         data["feature_encoders"] = tuple(data.get("feature_encoders", ()))
+        data["tag_vocab"] = tuple(data.get("tag_vocab", ()))
         return cls(**data)
 
 
@@ -117,12 +128,75 @@ class UserTower(nn.Module):
         return pooled + self.out(pooled)
 
 
+def gap_buckets(times: np.ndarray) -> np.ndarray:
+    """Unix seconds of a user's items in time order -> (n,) gap bucket of each item; the first is unknown."""
+    gaps = np.diff(np.asarray(times, np.float64), prepend=np.nan) / 60.0
+    with np.errstate(invalid="ignore"):
+        buckets = 1 + np.minimum(np.log2(np.maximum(gaps, 0) + 1).astype(np.int64), GAP_BUCKETS - 2)
+    return np.where(np.isfinite(gaps), buckets, 0)
+
+
+class SeqUserTower(nn.Module):
+    """ECu_1..K from the sequence: a causal transformer over G(item) + position + time-gap embeddings, then K
+    interest queries (plus a projection of the user's tag-preference vector when cate-aware) attend over
+    its states; each interest adds the latest state, which has read the whole sequence."""
+
+    def __init__(self, config: GConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.config = config
+        self.positions = nn.Embedding(config.history, d)  # row 0 = the latest slot
+        self.gaps = nn.Embedding(GAP_BUCKETS, d)
+        self.mask_token = nn.Parameter(torch.zeros(d))  # replaces a masked item (masked-item task)
+        layer = nn.TransformerEncoderLayer(d, config.seq_heads, dim_feedforward=2 * d, dropout=config.dropout,
+                                           batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, config.seq_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.queries = nn.Parameter(torch.randn(config.interests, d) / math.sqrt(d))
+        self.tag_query = nn.Linear(len(config.tag_vocab), d) if config.cate_aware and config.tag_vocab else None
+        self.key = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.reconstruct = nn.Linear(d, d)  # masked-item task: a hidden slot's state -> its G vector
+        nn.init.normal_(self.positions.weight, std=0.02)
+        nn.init.normal_(self.gaps.weight, std=0.02)
+
+    def states(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None,
+               masked: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """history (b, L, d) G vectors, oldest first, left-padded; gaps (b, L) buckets; masked (b, L) True where
+        the item is hidden (masked-item task) -> states (b, L, d)."""
+        b, length, _ = history.shape
+        if masked is not None:
+            history = torch.where(masked.unsqueeze(-1), self.mask_token.expand_as(history), history)
+        slots = torch.arange(length - 1, -1, -1, device=history.device)  # (L,): 0 = the latest slot
+        x = history + self.positions(slots)[None]  # (b, L, d)
+        if gaps is not None:
+            x = x + self.gaps(gaps)
+        x = x * mask.unsqueeze(-1)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
+        return self.norm(self.encoder(x, mask=causal))  # (b, L, d)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None = None,
+                tag_pref: torch.Tensor | None = None, masked: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """-> interests (b, K, d), states (b, L, d)."""
+        h = self.states(history, mask, gaps, masked)  # (b, L, d)
+        queries = self.queries[None].expand(h.shape[0], -1, -1)  # (b, K, d)
+        if self.tag_query is not None and tag_pref is not None:
+            queries = queries + self.tag_query(tag_pref).unsqueeze(1)  # cate-aware: tags steer what is read
+        scores = queries @ self.key(h).transpose(1, 2) / math.sqrt(h.shape[-1])  # (b, K, L)
+        weights = torch.softmax(scores.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1).nan_to_num(0.0)
+        pooled = weights @ h  # (b, K, d)
+        return pooled + self.out(pooled) + h[:, -1:, :], h
+
+
 class TwoTower(nn.Module):
     def __init__(self, config: GConfig) -> None:
         super().__init__()
         self.config = config
         self.g = ContentG(config)
-        self.user_tower = UserTower(config)
+        if config.user_tower not in ("pool", "seq"):
+            raise ValueError(f"user_tower must be pool or seq, not {config.user_tower!r}")
+        self.user_tower = UserTower(config) if config.user_tower == "pool" else SeqUserTower(config)
         self.item_bias = HashedEmbedding(config.buckets, config.hashes, config.dim)
         self.user_bias = HashedEmbedding(config.buckets, config.hashes, config.dim)
 
@@ -137,12 +211,26 @@ class TwoTower(nn.Module):
             bias = bias * known.unsqueeze(-1).to(bias.dtype)
         return l2_normalize(content + bias)
 
-    def users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
-        """normalize(ECu + EPu) from G of the history (b, L, dim); EPu only for known users (keys given)."""
-        common = self.user_tower(history, mask)  # (b, dim)
+    def users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None, *,
+              gaps: torch.Tensor | None = None, tag_pref: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """normalize(ECu + EPu) from G of the history (b, L, dim); EPu only for known users (keys given).
+        (b, dim) for the pooling tower, (b, K, dim) interests for the sequence tower."""
+        if self.config.user_tower == "seq":
+            return self.seq_users(history, mask, keys, gaps=gaps, tag_pref=tag_pref)[0]
+        return self._with_bias(self.user_tower(history, mask), keys)  # (b, dim)
+
+    def seq_users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None, *,
+                  gaps: torch.Tensor | None = None, tag_pref: torch.Tensor | None = None,
+                  masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The sequence tower: (normalized interests (b, K, dim), states (b, L, dim))."""
+        interests, states = self.user_tower(history, mask, gaps, tag_pref, masked)
+        return self._with_bias(interests, keys), states
+
+    def _with_bias(self, common: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         if keys is None or not self.config.use_bias:
             return l2_normalize(common)
-        return l2_normalize(common + self.user_bias(keys))
+        bias = self.user_bias(keys)  # (b, dim)
+        return l2_normalize(common + (bias.unsqueeze(1) if common.dim() == 3 else bias))
 
 
 def save_g(model: TwoTower, directory: Path, report: dict | None = None, name: str = "g") -> Path:

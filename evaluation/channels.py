@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from evaluation.data import Dataset, Split
+from evaluation.data import Dataset, Split, category_tags
 from evaluation.vectors import encode_dataset
 
 
@@ -41,6 +41,7 @@ class EvalContext:
 class Channel(ABC):
     name: str
     param_grid: dict[str, list] = {}  # tuned on the valid split, when given
+    uses_times = False  # scores() also takes `times`: unix seconds of each history's items
 
     def __init__(self, **params) -> None:
         self.params = params
@@ -164,12 +165,28 @@ class VectorV2VChannel(Channel):
         return out
 
 
+SEQ = {"user_tower": "seq", "interests": 4}  # the sequence tower with elastic K (up to 4 interests)
 G_VARIANTS = {  # channel name -> (training overrides, model overrides)
     "personal": ({}, {}),
     "personal_nobias": ({}, {"use_bias": False}),
     "personal_nologq": ({"log_q": False}, {}),
     "personal_nohard": ({"hard_negatives": False}, {}),
+    "personal_seq": ({}, SEQ),
+    "personal_seq_nocate": ({}, {**SEQ, "cate_aware": False}),
+    "personal_seq_nomask": ({"mask_loss": 0.0}, SEQ),
+    "personal_seq_k1": ({}, {**SEQ, "interests": 1}),
 }
+
+
+def tag_matrix(data: Dataset) -> tuple[tuple[str, ...], np.ndarray]:
+    """The category tags (level 1) and each item's indicator row over them, (N, T) float32."""
+    per_item = category_tags(data)
+    vocab = tuple(sorted({tag for tags in per_item for tag in tags}))
+    column = {tag: c for c, tag in enumerate(vocab)}
+    matrix = np.zeros((len(per_item), len(vocab)), np.float32)
+    for row, tags in enumerate(per_item):
+        matrix[row, [column[t] for t in tags]] = 1.0
+    return vocab, matrix
 
 
 def trained_g(ctx: EvalContext, split: Split, variant: str):
@@ -181,10 +198,15 @@ def trained_g(ctx: EvalContext, split: Split, variant: str):
         specs = ctx.g_features or tuple(dict.fromkeys(["text-minilm", ctx.encoder]))
         features = np.concatenate([ctx.vectors(spec) for spec in specs], axis=1)
         train_overrides, model_overrides = G_VARIANTS[variant]
+        item_tags = None
+        if model_overrides.get("user_tower") == "seq":
+            vocab, item_tags = tag_matrix(ctx.data)
+            model_overrides = {**model_overrides, "tag_vocab": vocab}
         config = make_config(features, specs, **model_overrides)
         trainer = GTrainer(config, features, [i.id for i in ctx.data.items], ctx.data.user_ids,
-                           GTrainConfig(**{**ctx.g_train, **train_overrides}))  # fmt: skip
-        report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights))
+                           GTrainConfig(**{**ctx.g_train, **train_overrides}), item_tags=item_tags)  # fmt: skip
+        report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights,
+                                          split.train_times))  # fmt: skip
         ctx.models[key] = trainer
         ctx.models[(key, "report")] = report
     return ctx.models[key]
@@ -199,6 +221,8 @@ class GChannel(Channel):
         super().__init__()
         self.name, self.variant, self.content_items = name, variant, content_items
 
+    uses_times = True
+
     def fit(self, ctx: EvalContext, split: Split) -> None:
         import torch
 
@@ -208,13 +232,49 @@ class GChannel(Channel):
         self.known_users = np.zeros(ctx.data.n_users, bool)
         self.known_users[np.unique(split.train_users)] = True
 
-    def scores(self, users, histories):
+    def user_vectors(self, users, histories, times=None):
+        """(b, d), or (b, K, d) interests, and (b, K) the interests that serve each user (None: all)."""
         known = self.known_users[users]
-        vectors = self.trainer.user_matrix(list(histories), None).clone()
+        vectors = self.trainer.user_matrix(list(histories), None, times).clone()
         if known.any():
-            with_bias = self.trainer.user_matrix([h for h, k in zip(histories, known, strict=True) if k], users[known])
+            pick = np.flatnonzero(known)
+            with_bias = self.trainer.user_matrix([histories[i] for i in pick], users[known],
+                                                 [times[i] for i in pick] if times is not None else None)  # fmt: skip
             vectors[self.torch.from_numpy(known)] = with_bias
-        return (vectors @ self.items.T).numpy()
+        active = self.trainer.active_interests(np.where(known, users, -1), len(users))
+        if active is not None:
+            active[self.torch.from_numpy(~known)] = True  # no record for an unknown user: all interests
+        return vectors, active
+
+    def scores(self, users, histories, times=None):
+        from finetune.g_train import best_interest_scores
+
+        vectors, active = self.user_vectors(users, histories, times)
+        return best_interest_scores(vectors, self.items, active).numpy()
+
+
+class MultiInterestSeqChannel(GChannel):
+    """The sequence tower's interests as separate queries: each active interest gets a quota of the list
+    by its share of the user's activations, and fills it with its own nearest items."""
+
+    def __init__(self) -> None:
+        super().__init__("multi_interest_seq", "personal_seq")
+
+    def scores(self, users, histories, times=None, n: int = 200):
+        vectors, active = self.user_vectors(users, histories, times)
+        if vectors.dim() == 2:
+            return (vectors @ self.items.T).numpy()
+        per_interest = self.torch.einsum("bkd,nd->bkn", vectors, self.items).numpy()  # (b, K, N)
+        shares = self.trainer.activations[np.asarray(users)].astype(np.float64) + 1e-9  # (b, K)
+        shares = shares * active.numpy()
+        out = np.full((len(users), self.items.shape[0]), -np.inf, np.float32)
+        for row in range(len(users)):
+            per_interest[row][:, histories[row]] = -np.inf  # seen items never fill a quota
+            quota = np.minimum(np.floor(n * shares[row] / shares[row].sum()).astype(int), self.items.shape[0])
+            for k in np.flatnonzero(quota):
+                top = np.argpartition(-per_interest[row, k], quota[k] - 1)[: quota[k]]
+                out[row, top] = np.maximum(out[row, top], per_interest[row, k, top])
+        return out
 
 
 class GV2VChannel(VectorV2VChannel):
@@ -249,11 +309,13 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "v2v_g": GV2VChannel,
         **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
         "personal_content": lambda: GChannel("personal_content", "personal", content_items=True),
+        "multi_interest_seq": MultiInterestSeqChannel,
     }
     from evaluation.recall_channels import RecallSetChannel
 
     for name in ("cluster", "multi_interest", "merged"):
         factories[name] = lambda name=name: RecallSetChannel(name)
+    factories["merged_seq"] = lambda: RecallSetChannel("merged", variant="personal_seq", report_name="merged_seq")
     for name in extra:
         if name.startswith("v2v@"):
             encoder = name.split("@", 1)[1]

@@ -88,6 +88,7 @@ class Split:
     targets: list[np.ndarray]
     candidates: np.ndarray | None = None
     cold_items: np.ndarray | None = field(default=None)
+    history_times: list[np.ndarray] | None = None  # unix seconds of each history's items
 
 
 def by_user_in_time(data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
@@ -111,7 +112,7 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
         raise ValueError(f"split must be test or valid, not {split!r}")
     users, items, times, weights, runs = by_user_in_time(data)
     keep = np.ones(len(users), bool)
-    query_users, histories, targets = [], [], []
+    query_users, histories, targets, history_times = [], [], [], []
     held_out = 1 if split == "test" else 2
     for start, end in runs:
         if end - start < 3:
@@ -120,6 +121,7 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
         keep[target_pos:end] = False
         query_users.append(users[start])
         histories.append(items[start:target_pos])
+        history_times.append(times[start:target_pos])
         targets.append(items[target_pos : target_pos + 1])
     return Split(
         protocol="last",
@@ -131,6 +133,7 @@ def leave_last_out(data: Dataset, split: str = "test") -> Split:
         query_users=np.asarray(query_users, np.int32),
         histories=histories,
         targets=targets,
+        history_times=history_times,
     )
 
 
@@ -148,13 +151,14 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
     is_cold[cold] = True
     users, items, times, weights, runs = by_user_in_time(data)
     warm = ~is_cold[items]
-    query_users, histories, targets = [], [], []
+    query_users, histories, targets, history_times = [], [], [], []
     for start, end in runs:
         mine, mine_warm = items[start:end], warm[start:end]
         if mine_warm.all() or not mine_warm.any():
             continue  # no cold target, or no warm history to query with
         query_users.append(users[start])
         histories.append(mine[mine_warm])
+        history_times.append(times[start:end][mine_warm])
         targets.append(np.unique(mine[~mine_warm]))
     return Split(
         protocol="cold",
@@ -168,6 +172,7 @@ def cold_items_split(data: Dataset, *, fraction: float = 0.2, seed: int = 0) -> 
         targets=targets,
         candidates=cold,
         cold_items=cold,
+        history_times=history_times,
     )
 
 

@@ -17,7 +17,8 @@ from evaluation.metrics import KS, LIST_K, MetricAccumulator
 
 log = logging.getLogger(__name__)
 BATCH = 256
-OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content"}  # only when named
+OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content", "personal_seq_nocate",
+          "personal_seq_nomask", "personal_seq_k1", "personal_seq", "multi_interest_seq", "merged_seq"}  # when named
 Progress = Callable[[str, int, int], None]
 
 
@@ -33,7 +34,10 @@ def evaluate_channel(
     for start in range(0, len(split.query_users), BATCH):
         users = split.query_users[start : start + BATCH]
         histories = split.histories[start : start + BATCH]
-        scores = channel.scores(users, histories).astype(np.float32, copy=False)
+        extra = {}
+        if channel.uses_times and split.history_times is not None:
+            extra["times"] = split.history_times[start : start + BATCH]
+        scores = channel.scores(users, histories, **extra).astype(np.float32, copy=False)
         if allowed is not None:
             scores[:, ~allowed] = -np.inf
         for row, history in enumerate(histories):

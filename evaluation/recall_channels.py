@@ -33,6 +33,8 @@ class DenseSources:
         self.prior = np.log1p(popularity) / max(np.log1p(popularity).max(), 1e-9)
         self.known_users = known_users
         self.table = ClusterTable.build(space)
+        self.query_times: np.ndarray | None = None  # unix seconds of the current query's history
+        self.query_gaps: np.ndarray | None = None  # or its time-gap buckets
 
     def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         scores = scores.copy()
@@ -60,12 +62,18 @@ class DenseSources:
         return self.g_items[[self.index[i] for i in items]]
 
     def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray:
+        """(d,), or (k, d) the user's active interests (sequence tower)."""
         rows = np.array([self.index[i] for i in history], np.int64)
         users = np.array([int(user)], np.int64) if user is not None else None
-        return self.trainer.user_matrix([rows], users)[0].numpy()
+        times = [self.query_times] if self.query_times is not None else None
+        gaps = [self.query_gaps] if self.query_gaps is not None else None
+        vector = self.trainer.user_matrix([rows], users, times, gaps=gaps)[0].numpy()
+        active = self.trainer.active_interests(users, 1)
+        return vector if active is None else vector[active[0].numpy()]
 
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        return self._top(self.g_items @ vector, n, exclude)
+        scores = self.g_items @ vector.T  # (N,) or (N, k): an item scores by its best interest
+        return self._top(scores if scores.ndim == 1 else scores.max(axis=1), n, exclude)
 
     def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         return self.search(vector, n, exclude)
@@ -103,18 +111,22 @@ def pick_merge(scored: list[tuple[float, float, MergeWeights]], singles: dict[st
 class RecallSetChannel(Channel):
     """One of the recall-set channels (or `merged`), computed per query by index.recall_set."""
 
-    def __init__(self, name: str, space: str = "g") -> None:
+    uses_times = True
+
+    def __init__(self, name: str, space: str = "g", variant: str = "personal", report_name: str | None = None) -> None:
         super().__init__()
-        self.name, self.space = name, space  # space: "g" (G content vectors) or "encoder"
+        self.space = space  # "g" (G content vectors) or "encoder"
+        self.variant = variant  # which trained G (user tower) feeds `personal`
+        self.kind, self.name = name, report_name or name  # kind: the recall-set channel or "merged"
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
-        trainer = trained_g(ctx, split, "personal")
-        key = ("sources", id(split), self.space)  # one cluster table and index per split, shared by channels
+        trainer = trained_g(ctx, split, self.variant)
+        key = ("sources", id(split), self.space, self.variant)  # one cluster table and index per split and G
         if key not in ctx.models:
             ctx.models[key] = self.build_sources(ctx, split, trainer)
         self.sources = ctx.models[key]
         self.config = RecallConfig(**self.params) if self.params else RecallConfig()
-        if self.name == "merged":
+        if self.kind == "merged":
             self.config = self.tune_merge(trainer)
 
     def build_sources(self, ctx: EvalContext, split: Split, trainer) -> DenseSources:
@@ -144,10 +156,12 @@ class RecallSetChannel(Channel):
             return self.config
         queries = []
         for user, history, target in held_out:
+            self.sources.query_gaps = trainer.gap_seqs[user][: len(history)] if trainer.gap_seqs else None
             hist = [str(i) for i in history]
             user_id = str(user) if self.sources.known_users[user] else None
             candidates = channel_candidates(self.sources, hist, user_id, CHANNELS, self.config)
             queries.append(({c: normalized(r) for c, r in candidates.items()}, set(hist), str(target)))
+        self.sources.query_gaps = None
         grid = [
             MergeWeights(alpha=alpha, beta=beta, trust={c: others for c in CHANNELS if c != "personal"})
             for alpha, beta, others in itertools.product((0.5, 0.2, 0.0), (0.2, 0.05), (1.0, 0.6, 0.3))
@@ -174,14 +188,15 @@ class RecallSetChannel(Channel):
                       "held_out_channels": {c: {"hitrate@50": h, "coverage": cov} for c, (h, cov) in singles.items()}}
         return best
 
-    def scores(self, users, histories):
+    def scores(self, users, histories, times=None):
         out = np.empty((len(users), len(self.sources.ids)), np.float32)
         for row, (user, history) in enumerate(zip(users, histories, strict=True)):
             hist = [str(i) for i in history]
             user_id = str(user) if self.sources.known_users[user] else None
-            if self.name == "merged":
+            self.sources.query_times = times[row] if times is not None else None
+            if self.kind == "merged":
                 results, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel, config=self.config)
             else:
-                results = channel_candidates(self.sources, hist, user_id, [self.name], self.config)[self.name]
+                results = channel_candidates(self.sources, hist, user_id, [self.kind], self.config)[self.kind]
             out[row] = dense_from_list(results, self.sources.index, len(self.sources.ids))
         return out

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetune.common import EtaLogger
+
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +94,8 @@ class SASRecTrainer:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
         best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
         started, evaluations_without_gain, history = time.time(), 0, []
+        steps_per_epoch = -(-len(train) // cfg.batch_size)
+        eta, step = EtaLogger("sasrec", cfg.epochs * steps_per_epoch), 0
         for epoch in range(1, cfg.epochs + 1):
             self.model.train()
             losses, order = [], self.rng.permutation(len(train))
@@ -108,6 +112,8 @@ class SASRecTrainer:
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
+                step += 1
+                eta(step, {"epoch": epoch, "loss": float(np.mean(losses[-20:]))})
             if epoch % cfg.eval_every and epoch != cfg.epochs:
                 continue
             hit = self.hit_rate([h for h, _ in held], np.array([t for _, t in held]))

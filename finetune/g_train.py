@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders.content_g import KNOWN_ITEMS_FILE, GConfig, TwoTower, keys_of, save_g
+from encoders.content_g import KNOWN_ITEMS_FILE, GConfig, TwoTower, gap_buckets, keys_of, save_g
 from finetune.common import EtaLogger, Progress
 from finetune.frequency import StreamingFrequency
 
@@ -40,6 +40,10 @@ class GTrainConfig:
     log_q: bool = True
     weighted: bool = True  # weight rows by interaction weight (e.g. rating), when present
     seed: int = 0
+    # the sequence tower (GConfig.user_tower == "seq")
+    mask_loss: float = 0.2  # weight of the masked-item task: hide one history item, find its G vector
+    disagreement: float = 0.1  # weight of the penalty on the mean cosine between a user's interests
+    min_activation: float = 0.1  # at serving, interests chosen for less than this share of a user's rows drop
 
 
 @dataclass
@@ -49,13 +53,25 @@ class Interactions:
     users: np.ndarray  # (m,) int user index
     items: np.ndarray  # (m,) int item index
     weights: np.ndarray | None = None  # (m,) float
+    times: np.ndarray | None = None  # (m,) unix seconds (time-gap embeddings of the sequence tower)
 
 
-def user_sequences(data: Interactions) -> dict[int, np.ndarray]:
+def user_sequences(data: Interactions, values: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """user -> its items (or `values`, aligned with the interactions) in time order."""
     order = np.argsort(data.users, kind="stable")  # keeps time order inside each user
-    users, items = data.users[order], data.items[order]
+    users, items = data.users[order], (data.items if values is None else values)[order]
     cuts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     return {int(users[c]): items[c:e] for c, e in zip(cuts, np.r_[cuts[1:], len(users)], strict=True)}
+
+
+def best_interest_scores(users: torch.Tensor, items: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, d) or (b, K, d) user vectors x (N, d) items -> (b, N): each item scored by its best active interest."""
+    if users.dim() == 2:
+        return users @ items.T
+    scores = torch.einsum("bkd,nd->bkn", users, items)  # (b, K, N)
+    if active is not None:
+        scores = scores.masked_fill(~active.unsqueeze(-1), float("-inf"))
+    return scores.max(dim=1).values
 
 
 def history_matrix(sequences: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +94,7 @@ class GTrainer:
         item_ids: list[str],
         user_ids: list[str],
         train: GTrainConfig,
+        item_tags: np.ndarray | None = None,
     ) -> None:
         self.config, self.train_cfg = config, train
         torch.manual_seed(train.seed)
@@ -87,6 +104,13 @@ class GTrainer:
         self.item_keys = torch.from_numpy(keys_of(item_ids))  # (N,)
         self.user_keys = torch.from_numpy(keys_of(user_ids))  # (U,)
         self.n_items = len(item_ids)
+        self.seq = config.user_tower == "seq"
+        # (N, T) tag indicator rows over config.tag_vocab: the user's tag preferences are their mean
+        self.item_tags = None if item_tags is None else torch.from_numpy(np.ascontiguousarray(item_tags, np.float32))
+        # (U, K) how often each interest was the one activated, and which interests serve each user
+        self.activations = np.zeros((len(user_ids), config.interests), np.int64)
+        self.active: torch.Tensor | None = None
+        self.gap_seqs: dict[int, np.ndarray] = {}
 
     # ---- data ------------------------------------------------------------------------------------
     def examples(self, sequences: dict[int, np.ndarray]) -> np.ndarray:
@@ -104,18 +128,46 @@ class GTrainer:
                 return F.normalize(content, dim=-1)
             return self.model.items(content, self.item_keys, known)
 
-    def user_matrix(self, histories: list[np.ndarray], users: np.ndarray | None) -> torch.Tensor:
+    def user_matrix(self, histories: list[np.ndarray], users: np.ndarray | None, times: list[np.ndarray] | None = None,
+                    *, gaps: list[np.ndarray] | None = None) -> torch.Tensor:  # fmt: skip
+        """(b, dim), or (b, K, dim) interests for the sequence tower. `times`: unix seconds of the histories
+        (or their `gaps` buckets); without either the tower reads every gap as unknown."""
         self.model.eval()
         with torch.no_grad():
             index, mask = history_matrix(histories, self.config.history)
             content = self.model.g(self.features[torch.from_numpy(index).reshape(-1)]).reshape(*index.shape, -1)
             keys = self.user_keys[torch.from_numpy(users)] if users is not None else None
-            return self.model.users(content, torch.from_numpy(mask), keys)
+            if gaps is None and times is not None:
+                gaps = [gap_buckets(t) for t in times]
+            extra = self._sequence_inputs(index, mask, gaps)
+            return self.model.users(content, torch.from_numpy(mask), keys, **extra)
+
+    def active_interests(self, users: np.ndarray | None, n: int) -> torch.Tensor | None:
+        """(n, K) interests that serve these users (all of them for users without an activation record)."""
+        if not self.seq or self.active is None:
+            return None
+        if users is None:
+            return torch.ones(n, self.config.interests, dtype=torch.bool)
+        return self.active[torch.from_numpy(np.asarray(users, np.int64))]
+
+    def _sequence_inputs(self, index: np.ndarray, mask: np.ndarray, gaps: list[np.ndarray] | None) -> dict:
+        """The sequence tower's extra inputs: time-gap buckets (b, L) and tag preferences (b, T)."""
+        if not self.seq:
+            return {}
+        extra: dict = {"gaps": None, "tag_pref": None}
+        if gaps is not None:
+            extra["gaps"] = torch.from_numpy(history_matrix(gaps, self.config.history)[0])
+        if self.item_tags is not None:
+            tags = self.item_tags[torch.from_numpy(index)] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, T)
+            extra["tag_pref"] = tags.sum(1) / torch.from_numpy(mask).sum(1, keepdim=True).clamp(min=1)
+        return extra
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, data: Interactions, on_progress: Progress | None = None) -> dict:
         cfg = self.train_cfg
         sequences = user_sequences(data)
+        if self.seq and data.times is not None:
+            self.gap_seqs = {u: gap_buckets(t) for u, t in user_sequences(data, data.times).items()}
         weight_seqs = None
         if cfg.weighted and data.weights is not None:
             order = np.argsort(data.users, kind="stable")
@@ -156,13 +208,17 @@ class GTrainer:
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_hitrate@50": hit})
             log.info("G epoch %d: loss %.4f, valid hitrate@50 %.4f", epoch, np.mean(losses), hit)
             if hit > best["hitrate@50"]:
-                best = {"hitrate@50": hit, "epoch": epoch,
+                best = {"hitrate@50": hit, "epoch": epoch, "activations": self.activations.copy(),
                         "state": {k: v.clone() for k, v in self.model.state_dict().items()}}  # fmt: skip
             elif epoch - best["epoch"] >= cfg.patience:
                 break
+            self.activations[:] = 0  # one epoch's record: the interests as they were at that epoch
         self.model.load_state_dict(best["state"])
         self.model.eval()
         self.known = known
+        if self.seq:
+            self.activations = best["activations"]
+            self.active = torch.from_numpy(activity(self.activations, cfg.min_activation))
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
         return {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
@@ -194,15 +250,21 @@ class GTrainer:
         position[torch.from_numpy(needed)] = torch.arange(len(needed))
         content = model.g(self.features[torch.from_numpy(needed)])  # (u, dim): G only where needed
         history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
-        user_vec = model.users(history, torch.from_numpy(mask), self.user_keys[torch.from_numpy(users)])  # (b, dim)
+        user_keys = self.user_keys[torch.from_numpy(users)]
 
         def item_vec(idx: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(idx)
             return model.items(content[position[t]], self.item_keys[t], known[t])
 
+        target_vec = item_vec(targets)  # (b, dim)
+        extra_loss = torch.zeros(())
+        if self.seq:
+            user_vec, extra_loss = self._seq_user(batch, index, mask, history, content, position, target_vec)
+        else:
+            user_vec = model.users(history, torch.from_numpy(mask), user_keys)  # (b, dim)
         tau = self.config.temperature
         target_keys = self.item_keys[torch.from_numpy(targets)]
-        in_batch = user_vec @ item_vec(targets).T / tau  # (b, b)
+        in_batch = user_vec @ target_vec.T / tau  # (b, b)
         if cfg.log_q:
             frequency.update(target_keys, step + 1)
             in_batch = in_batch - frequency.log_q(target_keys)[None, :]
@@ -223,13 +285,54 @@ class GTrainer:
         per_row = F.cross_entropy(logits, torch.arange(len(batch)), reduction="none")  # (b,)
         if weight_seqs is not None:
             weights = torch.tensor([weight_seqs[u][p] for u, p in batch], dtype=per_row.dtype)
-            return (per_row * weights).sum() / weights.sum()
-        return per_row.mean()
+            return (per_row * weights).sum() / weights.sum() + extra_loss
+        return per_row.mean() + extra_loss
+
+    def _seq_user(self, batch, index, mask, history, content, position, target_vec) -> tuple[torch.Tensor, ...]:
+        """Single activation: each row trains the interest that best matches its target. Returns the chosen
+        user vectors (b, dim) and the auxiliary losses (disagreement between interests, masked item)."""
+        cfg, model = self.train_cfg, self.model
+        gaps = [self.gap_seqs[u][:p] for u, p in batch] if self.gap_seqs else None
+        extra = self._sequence_inputs(index, mask, gaps)
+        masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
+        mask_t = torch.from_numpy(mask)
+        users = torch.from_numpy(batch[:, 0])
+        interests, states = model.seq_users(history, mask_t, self.user_keys[users], masked=masked, **extra)
+        rows = torch.arange(len(batch))
+        with torch.no_grad():
+            choice = torch.einsum("bkd,bd->bk", interests, target_vec).argmax(dim=1)  # (b,)
+        np.add.at(self.activations, (batch[:, 0], choice.numpy()), 1)
+        aux = torch.zeros(())
+        k = interests.shape[1]
+        if k > 1 and cfg.disagreement > 0:
+            gram = interests @ interests.transpose(1, 2)  # (b, K, K) cosines
+            off = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
+            aux = aux + cfg.disagreement * (off / (k * (k - 1))).mean()
+        if masked is not None and masked.any():
+            hidden = F.normalize(model.user_tower.reconstruct(states[masked]), dim=-1)  # (m, dim)
+            items = index[masked.numpy()]  # (m,) the hidden items
+            truth = F.normalize(content[position[torch.from_numpy(items)]], dim=-1)  # (m, dim): their G vectors
+            logits = hidden @ truth.T / self.config.temperature  # (m, m): contrasted against the batch's
+            same = torch.from_numpy(items[:, None] == items[None, :]) & ~torch.eye(len(items), dtype=torch.bool)
+            aux = aux + cfg.mask_loss * F.cross_entropy(logits.masked_fill(same, float("-inf")),
+                                                        torch.arange(len(items)))  # fmt: skip
+        return interests[rows, choice], aux
+
+    def _mask_one_slot(self, mask: np.ndarray) -> torch.Tensor:
+        """(b, L) True at one random real slot of every row with at least two history items."""
+        counts = mask.sum(axis=1)
+        length = mask.shape[1]
+        slot = length - counts + self.rng.integers(0, np.maximum(counts, 1))  # a slot among the real ones
+        masked = np.zeros_like(mask)
+        rows = np.flatnonzero(counts >= 2)
+        masked[rows, slot[rows]] = True
+        return torch.from_numpy(masked)
 
     def validate(self, seqs, users: np.ndarray, targets: np.ndarray, known: torch.Tensor, k: int = 50) -> float:
         items = self.item_matrix(known)
-        user_vec = self.user_matrix([seqs[u] for u in users], users)
-        scores = user_vec @ items.T  # (v, N)
+        gaps = [self.gap_seqs[u][: len(seqs[u])] for u in users] if self.gap_seqs else None
+        user_vec = self.user_matrix([seqs[u] for u in users], users, gaps=gaps)
+        scores = best_interest_scores(user_vec, items)  # (v, N)
         for row, u in enumerate(users):
             scores[row, torch.from_numpy(seqs[u])] = float("-inf")
         target_scores = scores[torch.arange(len(users)), torch.from_numpy(targets)]
@@ -243,6 +346,16 @@ class GTrainer:
             known = [item_ids[i] for i in np.flatnonzero(self.known.numpy())]
             (out / KNOWN_ITEMS_FILE).write_text(json.dumps(known))
         return out
+
+
+def activity(activations: np.ndarray, min_share: float) -> np.ndarray:
+    """(U, K) counts of activated interests -> (U, K) bool: the interests kept at serving. A user's
+    interest serves when it won at least `min_share` of their rows; a user without a record keeps all."""
+    totals = activations.sum(axis=1, keepdims=True)
+    keep = activations >= min_share * np.maximum(totals, 1)
+    keep[totals[:, 0] == 0] = True
+    keep[np.arange(len(keep)), activations.argmax(axis=1)] = True  # never none
+    return keep
 
 
 def make_config(features: np.ndarray, specs: tuple[str, ...], **overrides) -> GConfig:

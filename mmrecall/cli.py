@@ -340,6 +340,8 @@ def eval_cmd(
     on_worker: Annotated[bool, typer.Option(help="Run as a Celery job and follow its progress")] = False,
 ) -> None:
     """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot."""
+    for name in ("evaluation", "finetune"):  # training epochs and tuning steps, with counts and ETA
+        logging.getLogger(name).setLevel(logging.INFO)
     from evaluation.harness import plot_report, render_report, run_eval
 
     if on_worker:
