@@ -76,20 +76,22 @@ def run_eval(
     encoder: str = "skeleton-base",
     g_features: Sequence[str] = (),
     g_train: dict | None = None,
+    sasrec_train: dict | None = None,
+    baselines: Sequence[str] = BASELINES,
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> dict:
     known = channel_factories(channels or ())
     names = list(channels) if channels else [n for n in known if n not in OPT_IN]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known] + [n for n in baselines if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown channels {unknown}; known: {', '.join(known)}")
-    names = list(dict.fromkeys([*BASELINES, *names]))  # baselines are always in the report
+    names = list(dict.fromkeys([*baselines, *names]))  # the baselines lead the report
     if protocol not in ("last", "cold", "both"):
         raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
     data = load_dataset(dataset_dir)
     ctx = EvalContext(data, cache=cache, encoder=encoder, g_features=tuple(g_features), g_train=g_train or {},
-                      progress=progress)  # fmt: skip
+                      sasrec_train=sasrec_train or {}, progress=progress)  # fmt: skip
     reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
     report: dict = {
         "dataset": str(dataset_dir),

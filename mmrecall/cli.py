@@ -327,12 +327,16 @@ def encoders() -> None:
         typer.echo(name)
 
 
+EVAL_BASELINES = "random,popular,itemcf,sasrec,text_v2v"  # evaluation.channels.BASELINES, without importing it
+
+
 @app.command("eval")
 def eval_cmd(
     dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
     out: Annotated[Path, typer.Option(help="Report JSON path")] = Path("report.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG plot of hitRate@K per channel")] = None,
-    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (baselines always run)")] = None,
+    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (beside the baselines)")] = None,
+    baselines: Annotated[str, typer.Option(help="Comma-separated baselines to report")] = EVAL_BASELINES,
     split: Annotated[str, typer.Option(help="test or valid (leave-last-item-out)")] = "test",
     protocol: Annotated[str, typer.Option(help="last, cold or both")] = "both",
     cache: Annotated[Path | None, typer.Option(help="Reuse encodings and models from here")] = None,
@@ -361,6 +365,7 @@ def eval_cmd(
             split=split,
             cache=cache,
             encoder=encoder or get_settings().encoder,
+            baselines=[b.strip() for b in baselines.split(",") if b.strip()],
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))

@@ -179,3 +179,10 @@ def test_sasrec_learns_sequential_structure() -> None:
     top = scores.topk(3, dim=1).indices.numpy()
     assert 8 in top[0] and 146 in top[1], top
     assert report["valid_hitrate@50"] > 0.9 and report["best_epoch"] > 0
+
+
+def test_cli_baselines_match_the_harness() -> None:
+    from evaluation.channels import BASELINES
+    from mmrecall.cli import EVAL_BASELINES
+
+    assert tuple(EVAL_BASELINES.split(",")) == BASELINES

@@ -129,3 +129,31 @@ def test_merge_tuning_wants_the_best_channels_hits_and_more_coverage() -> None:
     # nothing beats personal on both: the best hit rate wins
     _, _, weights, rule = pick_merge(scored[::2], singles, tie=0.001)
     assert weights is narrow and rule == "best hits"
+
+
+def test_numpy_sequence_tower_matches_torch(tmp_path) -> None:
+    from encoders.content_g import GConfig, TwoTower, gap_buckets, id_key
+    from index.personal import gap_buckets_np, load_user_tower
+
+    torch.manual_seed(0)
+    config = GConfig(feature_dim=8, hidden=16, dim=8, history=6, buckets=64, user_tower="seq", interests=3,
+                     seq_heads=2, tag_vocab=("comedy", "drama"), dropout=0.0)  # fmt: skip
+    model = TwoTower(config).eval()
+    active = {"user-7": np.array([True, False, True])}
+    tower = load_user_tower(export_user_tower(model, tmp_path / "tower.npz", active))
+    history = torch.nn.functional.normalize(torch.randn(1, 4, 8), dim=-1)  # shorter than the window: padding
+    padded = torch.cat([torch.zeros(1, 2, 8), history], dim=1)
+    mask = torch.tensor([[False, False, True, True, True, True]])
+    times = np.array([0.0, 60.0, 4000.0, 90000.0])
+    assert np.array_equal(gap_buckets(times), gap_buckets_np(times))
+    gaps = torch.from_numpy(np.r_[[0, 0], gap_buckets(times)])[None]
+    tags = [["comedy/dark"], ["drama"], ["comedy"], ["other"]]
+    pref = tower.tag_preferences(tags)
+    assert np.allclose(pref, [0.5, 0.25])
+    key = id_key("user-7")
+    with torch.no_grad():
+        expected = model.users(padded, mask, torch.tensor([key]), gaps=gaps, tag_pref=torch.from_numpy(pref)[None])[0]
+    got = tower(history[0].numpy(), key, gaps=gap_buckets_np(times), tag_pref=pref)
+    assert got.shape == (3, 8) and np.allclose(got, expected.numpy(), atol=1e-5)
+    only_active = tower(history[0].numpy(), key, gaps=gap_buckets_np(times), tag_pref=pref, user="user-7")
+    assert np.allclose(only_active, expected.numpy()[[0, 2]], atol=1e-5)
