@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -76,6 +77,8 @@ class SimilarOut(BaseModel):
 class RecallIn(BaseModel):
     user_id: str | None = Field(default=None, max_length=128, description="recall from this user's stored history")
     history: list[str] | None = Field(default=None, max_length=1000, description="or from these item ids, oldest first")
+    times: list[float] | None = Field(default=None, max_length=1000, description="unix seconds of each history item "
+                                      "(the sequence tower reads the gaps between them)")  # fmt: skip
     k: int = Field(default=100, ge=1, le=1000)
     channels: list[Literal["v2v", "cluster", "personal", "multi_interest"]] = Field(
         default=["v2v", "cluster", "personal", "multi_interest"], min_length=1
@@ -85,6 +88,10 @@ class RecallIn(BaseModel):
     def _one_source(self) -> RecallIn:
         if (self.user_id is None) == (not self.history):
             raise ValueError("give exactly one of user_id or a non-empty history")
+        if self.times is not None and len(self.times) != len(self.history or []):
+            raise ValueError("times must give one timestamp per history item")
+        if self.times is not None and not all(math.isfinite(t) for t in self.times):
+            raise ValueError("times must be finite unix seconds")
         return self
 
 

@@ -22,7 +22,7 @@ from index.ann import VectorIndex
 from index.clusters import ClusterTable, cluster_recall
 from index.item_meta import ItemMeta
 from index.live import LiveIndex
-from index.personal import UserTowerNumpy
+from index.personal import SeqTowerNumpy, UserTowerNumpy, gap_buckets_np, load_user_tower
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import ItemVector, session_scope
@@ -42,7 +42,7 @@ class ServingState:
     clusters: ClusterTable | None = None
     v2v_rows: np.ndarray | None = None  # (n, N) neighbour rows of the snapshot
     v2v_scores: np.ndarray | None = None
-    user_tower: UserTowerNumpy | None = None
+    user_tower: UserTowerNumpy | SeqTowerNumpy | None = None
     meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
 
     @classmethod
@@ -53,7 +53,7 @@ class ServingState:
         )
         rows = _mapped(directory / "v2v-rows.npy") if (directory / "v2v-rows.npy").is_file() else None
         scores = _mapped(directory / "v2v-scores.npy") if rows is not None else None
-        tower = UserTowerNumpy.load(directory / "user_tower.npz") if (directory / "user_tower.npz").is_file() else None
+        tower = load_user_tower(directory / "user_tower.npz") if (directory / "user_tower.npz").is_file() else None
         return cls(LiveIndex(snapshot), meta["encoder_version"], directory.name, clusters, rows, scores, tower,
                    ItemMeta.load(directory))  # fmt: skip
 
@@ -184,6 +184,7 @@ class ServiceSources:
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
         self.live = state.live
         self._db_tags: dict[str, list[str]] = {}
+        self.history_times: dict[str, float] = {}  # item -> unix seconds of the user's interaction, when known
 
     def _snapshot_row(self, item: str) -> int | None:
         """The item's row in the snapshot's tables, unless it was re-encoded since (then they are stale)."""
@@ -258,15 +259,28 @@ class ServiceSources:
         vectors = self.content_vectors(history)
         if not len(vectors):
             return None
-        if self.state.user_tower is not None:
-            key = user_key(user) if user is not None else None
-            return self.state.user_tower(vectors, key)
+        tower = self.state.user_tower
+        if isinstance(tower, SeqTowerNumpy):  # the user's active interests, (k, d)
+            items = [i for i in history if self.live.vector(i) is not None]
+            times = [self.history_times.get(i) for i in items]
+            gaps = gap_buckets_np(np.array(times, np.float64)) if all(t is not None for t in times) else None
+            return tower(vectors, user_key(user) if user is not None else None, gaps=gaps,
+                         tag_pref=tower.tag_preferences([self.tags(i) for i in items]), user=user)  # fmt: skip
+        if tower is not None:
+            return tower(vectors, user_key(user) if user is not None else None)
         weights = np.power(0.9, np.arange(len(vectors) - 1, -1, -1))[:, None]  # no G yet: recency-weighted mean
         mean = (weights * vectors).sum(axis=0)
         return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
 
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        return [(x.id, x.score) for x in self.live.search(vector, n, exclude=exclude)]
+        """Nearest items to a vector, or to several (interests): each item scored by its best one."""
+        if vector.ndim == 1:
+            return [(x.id, x.score) for x in self.live.search(vector, n, exclude=exclude)]
+        best: dict[str, float] = {}
+        for interest in vector:
+            for x in self.live.search(interest, n, exclude=exclude):
+                best[x.id] = max(best.get(x.id, -np.inf), x.score)
+        return sorted(best.items(), key=lambda pair: -pair[1])[:n]
 
     def _from_database(self, items: Iterable[str]) -> list[str]:
         meta = self.state.meta

@@ -28,6 +28,7 @@ from encoders.base import l2_normalize
 CONFIG_FILE = "g.json"
 WEIGHTS_FILE = "model.pt"
 KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
+ACTIVE_INTERESTS_FILE = "active_interests.npz"  # sequence tower: users and the interests that serve them
 AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
 GAP_BUCKETS = 16  # time-gap buckets: 0 = unknown, then log2(minutes since the previous item + 1)
 
@@ -251,6 +252,15 @@ def load_g(directory: str | Path) -> TwoTower:
     model = TwoTower(GConfig.from_json((directory / CONFIG_FILE).read_text()))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def load_active_interests(directory: str | Path) -> dict[str, np.ndarray]:
+    """user id -> (K,) bool, the interests that serve the user (empty for the pooling tower)."""
+    path = Path(directory) / ACTIVE_INTERESTS_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        return dict(zip(data["users"].tolist(), data["mask"], strict=True))
 
 
 def keys_of(ids: list[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from evaluation.data import Dataset, Split, category_tags
+from evaluation.data import Dataset, Split, tag_matrix
 from evaluation.vectors import encode_dataset
 
 
@@ -176,17 +176,6 @@ G_VARIANTS = {  # channel name -> (training overrides, model overrides)
     "personal_seq_nomask": ({"mask_loss": 0.0}, SEQ),
     "personal_seq_k1": ({}, {**SEQ, "interests": 1}),
 }
-
-
-def tag_matrix(data: Dataset) -> tuple[tuple[str, ...], np.ndarray]:
-    """The category tags (level 1) and each item's indicator row over them, (N, T) float32."""
-    per_item = category_tags(data)
-    vocab = tuple(sorted({tag for tags in per_item for tag in tags}))
-    column = {tag: c for c, tag in enumerate(vocab)}
-    matrix = np.zeros((len(per_item), len(vocab)), np.float32)
-    for row, tags in enumerate(per_item):
-        matrix[row, [column[t] for t in tags]] = 1.0
-    return vocab, matrix
 
 
 def trained_g(ctx: EvalContext, split: Split, variant: str):

@@ -185,3 +185,14 @@ def category_tags(data: Dataset, min_share: float = 0.005) -> list[frozenset[str
     counts = Counter(tag for tags in per_item for tag in tags)
     common = {tag for tag, n in counts.items() if n >= min_share * len(per_item)}
     return [tags & common for tags in per_item]
+
+
+def tag_matrix(data: Dataset) -> tuple[tuple[str, ...], np.ndarray]:
+    """The category tags (level 1) and each item's indicator row over them, (N, T) float32."""
+    per_item = category_tags(data)
+    vocab = tuple(sorted({tag for tags in per_item for tag in tags}))
+    column = {tag: c for c, tag in enumerate(vocab)}
+    matrix = np.zeros((len(per_item), len(vocab)), np.float32)
+    for row, tags in enumerate(per_item):
+        matrix[row, [column[t] for t in tags]] = 1.0
+    return vocab, matrix

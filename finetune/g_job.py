@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.data import by_user_in_time, load_dataset
+from evaluation.data import by_user_in_time, load_dataset, tag_matrix
 from evaluation.vectors import encode_dataset
 from finetune.common import Progress, run_dir
 from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
@@ -33,10 +33,15 @@ def train_g(
     if not len(data.users):
         raise ValueError(f"{dataset}: no interactions to learn from")
     matrix = np.concatenate([encode_dataset(data, spec, cache=cache, progress=progress) for spec in features], axis=1)
-    users, items, _, weights, _ = by_user_in_time(data)
+    users, items, times, weights, _ = by_user_in_time(data)
+    item_tags = None
+    if model_overrides.get("user_tower") == "seq":  # cate-aware attention reads the items' level-1 tags
+        vocab, item_tags = tag_matrix(data)
+        model_overrides["tag_vocab"] = vocab
     config = make_config(matrix, tuple(features), **model_overrides)
-    trainer = GTrainer(config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig())
-    report = trainer.fit(Interactions(users, items, weights), on_progress=on_progress)
+    trainer = GTrainer(config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig(),
+                       item_tags=item_tags)  # fmt: skip
+    report = trainer.fit(Interactions(users, items, weights, times), on_progress=on_progress)
     out = trainer.save(run_dir(out_root, "g"), {**report, "dataset": str(dataset), "features": list(features)},
-                       item_ids=[i.id for i in data.items])  # fmt: skip
+                       item_ids=[i.id for i in data.items], user_ids=data.user_ids)  # fmt: skip
     return {"checkpoint": str(out), **{k: v for k, v in report.items() if k != "epochs"}}

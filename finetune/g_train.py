@@ -20,7 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders.content_g import KNOWN_ITEMS_FILE, GConfig, TwoTower, gap_buckets, keys_of, save_g
+from encoders.content_g import (
+    ACTIVE_INTERESTS_FILE,
+    KNOWN_ITEMS_FILE,
+    GConfig,
+    TwoTower,
+    gap_buckets,
+    keys_of,
+    save_g,
+)
 from finetune.common import EtaLogger, Progress
 from finetune.frequency import StreamingFrequency
 
@@ -339,12 +347,18 @@ class GTrainer:
         ranks = (scores >= target_scores[:, None]).sum(dim=1) - 1
         return float((ranks < k).float().mean())
 
-    def save(self, directory: Path, report: dict, item_ids: list[str] | None = None) -> Path:
-        """The checkpoint; with `item_ids`, also the ids of the items seen in training (their bias is served)."""
+    def save(self, directory: Path, report: dict, item_ids: list[str] | None = None,
+             user_ids: list[str] | None = None) -> Path:  # fmt: skip
+        """The checkpoint; with `item_ids`, also the ids of the items seen in training (their bias is served);
+        with `user_ids` and the sequence tower, each user's active interests (the elastic K)."""
         out = save_g(self.model, directory, report)
         if item_ids is not None:
             known = [item_ids[i] for i in np.flatnonzero(self.known.numpy())]
             (out / KNOWN_ITEMS_FILE).write_text(json.dumps(known))
+        if user_ids is not None and self.active is not None:
+            recorded = np.flatnonzero(self.activations.sum(axis=1) > 0)
+            np.savez(out / ACTIVE_INTERESTS_FILE, users=np.array([user_ids[u] for u in recorded], dtype=str),
+                     mask=self.active.numpy()[recorded])  # fmt: skip
         return out
 
 

@@ -133,12 +133,17 @@ def finetune_g(
     ),
     epochs: Annotated[int, typer.Option()] = 30,
     batch_size: Annotated[int, typer.Option()] = 512,
+    user_tower: Annotated[str, typer.Option(help="pool (attention pooling) or seq (the sequence tower)")] = "pool",
+    interests: Annotated[int, typer.Option(help="seq: interest vectors per user (elastic: rare ones drop)")] = 4,
     activate: Annotated[bool, typer.Option(help="Then re-encode the catalogue with G and rebuild the index")] = False,
     on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
 ) -> None:
     """Train the behaviour-aware content function G (with bias towers) on clicks."""
+    if user_tower not in ("pool", "seq"):
+        _fail(f"--user-tower must be pool or seq, not {user_tower!r}")
     params = {"dataset": str(dataset.resolve()), "features": [f.strip() for f in features.split(",") if f.strip()],
-              "epochs": epochs, "batch_size": batch_size}  # fmt: skip
+              "epochs": epochs, "batch_size": batch_size, "user_tower": user_tower,
+              "interests": interests if user_tower == "seq" else 1}  # fmt: skip
     report = _run_training("g", params, on_worker)
     if activate and report:
         activate_cmd(report["checkpoint"], wait=True)

@@ -136,3 +136,42 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
     assert extras["user_tower"] and extras["clusters"] >= 1
     user = UserTowerNumpy.load(target / "user_tower.npz")(vectors[:5])
     assert user.shape == (128,) and np.isclose(np.linalg.norm(user), 1, atol=1e-5)
+
+
+def test_finetune_g_with_the_sequence_tower_serves_active_interests(demo: Path, tmp_path: Path, monkeypatch) -> None:
+    """`finetune g --user-tower seq`: the checkpoint records each user's active interests; a reindex
+    exports the tower in numpy; the API side answers a user's active interests and searches with them."""
+    from encoders import ContentInput, create_encoder
+    from encoders.content_g import load_active_interests
+    from index.ann import VectorIndex
+    from index.personal import SeqTowerNumpy, load_user_tower
+    from mmrecall.settings import Settings, get_settings
+    from workers.pipeline import write_recall_tables
+
+    monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        args = ["finetune", "g", "--dataset", str(demo), "--features", "tiny-test", "--epochs", "2",
+                "--batch-size", "32", "--user-tower", "seq", "--interests", "3"]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+        bad = CliRunner().invoke(app, ["finetune", "g", "--dataset", str(demo), "--user-tower", "rnn"])
+        assert bad.exit_code == 2 and "--user-tower" in bad.output
+    finally:
+        get_settings.cache_clear()
+    active = load_active_interests(report["checkpoint"])
+    assert active and all(mask.shape == (3,) and mask.any() for mask in active.values())
+    encoder = create_encoder(report["checkpoint"])
+    vectors = encoder.encode([ContentInput(f"item {i}", ["food/baking"], item_id=str(i)) for i in range(20)])
+    target = tmp_path / "snapshot"
+    target.mkdir()
+    extras = write_recall_tables(Settings(home=tmp_path / "h"), VectorIndex.build([str(i) for i in range(20)], vectors),
+                                 report["checkpoint"], target)  # fmt: skip
+    tower = load_user_tower(target / "user_tower.npz")
+    assert extras["user_tower"] and isinstance(tower, SeqTowerNumpy)
+    user, mask = next(iter(active.items()))
+    interests = tower(vectors[:5], None, gaps=np.array([0, 3, 3, 5, 1]), tag_pref=tower.tag_preferences([["food"]] * 5),
+                      user=user)  # fmt: skip
+    assert interests.shape == (int(mask.sum()), 128) and np.allclose(np.linalg.norm(interests, axis=1), 1, atol=1e-5)
+    assert tower(vectors[:5], None, user="never-seen").shape == (3, 128)  # no record: every interest serves

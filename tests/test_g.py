@@ -76,7 +76,7 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
     """The sequence tower (causal transformer over G + position + time gaps, cate-aware interest queries,
     masked-item task, K interests with single activation) trains, records activations, drops rare
     interests, and its checkpoint round-trips."""
-    from evaluation.channels import tag_matrix
+    from evaluation.data import tag_matrix
     from finetune.g_train import best_interest_scores
 
     split = leave_last_out(demo_data, "test")

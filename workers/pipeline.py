@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders import ContentInput, Encoder, encoder_version, get_encoder
-from encoders.content_g import load_g
+from encoders.content_g import load_active_interests, load_g
 from encoders.media import MediaError, load_content
 from encoders.registry import checkpoint_dir
 from index.ann import VectorIndex, choose_factory
@@ -267,7 +267,7 @@ def write_recall_tables(
               "v2v_table_s": round(time.time() - started - cluster_s, 2)}  # fmt: skip
     directory = checkpoint_dir(spec)
     if directory is not None and (directory / "g.json").is_file():
-        export_user_tower(load_g(directory), target / "user_tower.npz")
+        export_user_tower(load_g(directory), target / "user_tower.npz", load_active_interests(directory))
         extras["user_tower"] = True
     return extras
 

@@ -47,26 +47,31 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     url = serving.settings.resolved_database_url
     if body.user_id is not None:
-        history = await run_in_threadpool(user_history, url, body.user_id)
-        if not history:
+        rows = await run_in_threadpool(user_history, url, body.user_id)
+        if not rows:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
+        history, times = [item for item, _ in rows], dict(rows)
     else:
         history = list(body.history or [])
+        times = dict(zip(history, body.times, strict=True)) if body.times else {}
     state = serving.state
     known = [item for item in history if state.live.vector(item) is not None]
     if not known:
         raise HTTPException(400, "none of the history items has a vector (unknown, deleted or not encoded yet)")
     sources = ServiceSources(state, url, in_memory_only=True)
+    sources.history_times = times
     try:
         return recall_response(sources, body, known)
     except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
-        return await run_in_threadpool(recall_response, ServiceSources(state, url), body, known)
+        sources = ServiceSources(state, url)
+        sources.history_times = times
+        return await run_in_threadpool(recall_response, sources, body, known)
 
 
-def user_history(url: str, user_id: str) -> list[str]:
-    """The user's latest interactions (item ids), oldest first."""
+def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
+    """The user's latest interactions (item id, unix seconds), oldest first."""
     with session_scope(url) as session:
-        return [item for item, _, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
+        return [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
 
 
 def recall_response(sources: ServiceSources, body: RecallIn, known: list[str]) -> dict:
