@@ -6,7 +6,9 @@
 - personal_ann_p99_ms / personal_ann_recall_at_100: the serving index on user-like query vectors,
   single queries, against exact search;
 - freshness_s: a vector stored as a worker stores it, until /v1/similar of its neighbour returns it;
-- encode_efficiency: pipeline / raw items per second of the default encoder (benchmarks.encode).
+- encode_efficiency: pipeline / raw items per second of the default encoder (benchmarks.encode);
+- user_tower_{pool,seq}_p50_ms / _p99_ms: CPU cost of the user tower in the API process for one /v1/recall
+  (a 50-item history, G's default sizes; the sequence tower with 4 interests, 2 blocks, 20 tags).
 """
 
 from __future__ import annotations
@@ -96,6 +98,36 @@ def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) ->
     return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
 
 
+def user_tower_cost(calls: int = 500) -> dict:
+    """p50/p99 ms of one user-vector computation in numpy, as the API does per /v1/recall, per tower kind."""
+    import torch
+
+    from encoders.content_g import GConfig, TwoTower
+    from index.personal import export_user_tower, gap_buckets_np, load_user_tower
+
+    out, rng = {}, np.random.default_rng(3)
+    history = rng.normal(size=(50, 128)).astype(np.float32)
+    times = np.cumsum(rng.exponential(3600, size=50))
+    tags = [["drama"], ["comedy", "drama"]] * 25
+    for kind, extra in (("pool", {}), ("seq", {"interests": 4, "tag_vocab": tuple(f"t{i}" for i in range(19)) +
+                                                ("drama",)})):  # fmt: skip
+        torch.manual_seed(0)
+        model = TwoTower(GConfig(feature_dim=8, user_tower=kind, **extra)).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            tower = load_user_tower(export_user_tower(model, Path(tmp) / "tower.npz"))
+        timings = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            if kind == "seq":
+                tower(history, 12345, gaps=gap_buckets_np(times), tag_pref=tower.tag_preferences(tags))
+            else:
+                tower(history, 12345)
+            timings.append(time.perf_counter() - started)
+        measured = percentiles_ms(timings)
+        out |= {f"user_tower_{kind}_p50_ms": measured["p50_ms"], f"user_tower_{kind}_p99_ms": measured["p99_ms"]}
+    return out
+
+
 def freshness(settings: Settings, url: str, vectors: np.ndarray, ids: list[str]) -> float:
     """Store a new vector right next to an existing item, then poll that item's neighbours."""
     anchor = 12345 % len(ids)
@@ -162,6 +194,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
 
     encoded = encode_run(out, encoders=ENCODERS[:1])
     result["encode_efficiency"] = encoded["rows"][0]["ratio"]
+    result.update(user_tower_cost())
     rows = [{"metric": k, "value": v} for k, v in result.items() if not isinstance(v, dict)]
     print(table(rows, ["metric", "value"]))
     write_result(out, "perf", result)
