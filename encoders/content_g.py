@@ -30,6 +30,7 @@ WEIGHTS_FILE = "model.pt"
 KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
 ACTIVE_INTERESTS_FILE = "active_interests.npz"  # sequence tower: users and the interests that serve them
 AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
+TAG_HISTORY = 200  # seq: the latest items whose tags form the user's tag-preference vector
 GAP_BUCKETS = 16  # time-gap buckets: 0 = unknown, then log2(minutes since the previous item + 1)
 
 
@@ -51,6 +52,7 @@ class GConfig:
     interests: int = 1  # seq: K interest vectors per user (single activation in training)
     cate_aware: bool = True  # seq: the user's tag-preference vector shifts the interest queries
     tag_vocab: tuple[str, ...] = ()  # seq: the tags (level 1) whose shares form the tag-preference vector
+    seq_dropout: float = 0.0  # seq: dropout inside the transformer (its masks cost a sixth of a CPU step)
     extra: dict = field(default_factory=dict)  # training settings recorded with the checkpoint
 
     def to_json(self) -> str:
@@ -149,7 +151,7 @@ class SeqUserTower(nn.Module):
         self.positions = nn.Embedding(config.history, d)  # row 0 = the latest slot
         self.gaps = nn.Embedding(GAP_BUCKETS, d)
         self.mask_token = nn.Parameter(torch.zeros(d))  # replaces a masked item (masked-item task)
-        layer = nn.TransformerEncoderLayer(d, config.seq_heads, dim_feedforward=2 * d, dropout=config.dropout,
+        layer = nn.TransformerEncoderLayer(d, config.seq_heads, dim_feedforward=2 * d, dropout=config.seq_dropout,
                                            batch_first=True, norm_first=True)  # fmt: skip
         self.encoder = nn.TransformerEncoder(layer, config.seq_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)

@@ -165,7 +165,8 @@ class VectorV2VChannel(Channel):
         return out
 
 
-SEQ = {"user_tower": "seq", "interests": 4}  # the sequence tower with elastic K (up to 4 interests)
+# the sequence tower with elastic K (up to 4 interests) over the latest 30 items (tags: the latest 200)
+SEQ = {"user_tower": "seq", "interests": 4, "history": 30}
 G_VARIANTS = {  # channel name -> (training overrides, model overrides)
     "personal": ({}, {}),
     "personal_nobias": ({}, {"use_bias": False}),

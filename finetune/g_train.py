@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from encoders.content_g import (
     ACTIVE_INTERESTS_FILE,
     KNOWN_ITEMS_FILE,
+    TAG_HISTORY,
     GConfig,
     TwoTower,
     gap_buckets,
@@ -52,6 +53,7 @@ class GTrainConfig:
     mask_loss: float = 0.2  # weight of the masked-item task: hide one history item, find its G vector
     disagreement: float = 0.1  # weight of the penalty on the mean cosine between a user's interests
     min_activation: float = 0.1  # at serving, interests chosen for less than this share of a user's rows drop
+    bf16: bool = True  # the sequence tower trains under bfloat16 autocast (AMX / AVX512-BF16 where present)
 
 
 @dataclass
@@ -147,7 +149,7 @@ class GTrainer:
             keys = self.user_keys[torch.from_numpy(users)] if users is not None else None
             if gaps is None and times is not None:
                 gaps = [gap_buckets(t) for t in times]
-            extra = self._sequence_inputs(index, mask, gaps)
+            extra = self._sequence_inputs(index, mask, gaps, histories)
             return self.model.users(content, torch.from_numpy(mask), keys, **extra)
 
     def active_interests(self, users: np.ndarray | None, n: int) -> torch.Tensor | None:
@@ -158,16 +160,20 @@ class GTrainer:
             return torch.ones(n, self.config.interests, dtype=torch.bool)
         return self.active[torch.from_numpy(np.asarray(users, np.int64))]
 
-    def _sequence_inputs(self, index: np.ndarray, mask: np.ndarray, gaps: list[np.ndarray] | None) -> dict:
-        """The sequence tower's extra inputs: time-gap buckets (b, L) and tag preferences (b, T)."""
+    def _sequence_inputs(self, index: np.ndarray, mask: np.ndarray, gaps: list[np.ndarray] | None,
+                         histories: list[np.ndarray]) -> dict:  # fmt: skip
+        """The sequence tower's extra inputs: time-gap buckets (b, L) of the window, and tag preferences (b, T)
+        over the longer history (TAG_HISTORY items): the transformer reads the recent items, the tags the
+        long-term taste."""
         if not self.seq:
             return {}
         extra: dict = {"gaps": None, "tag_pref": None}
         if gaps is not None:
             extra["gaps"] = torch.from_numpy(history_matrix(gaps, self.config.history)[0])
         if self.item_tags is not None:
-            tags = self.item_tags[torch.from_numpy(index)] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, T)
-            extra["tag_pref"] = tags.sum(1) / torch.from_numpy(mask).sum(1, keepdim=True).clamp(min=1)
+            index_long, mask_long = history_matrix(histories, TAG_HISTORY)
+            tags = self.item_tags[torch.from_numpy(index_long)] * torch.from_numpy(mask_long).unsqueeze(-1)
+            extra["tag_pref"] = tags.sum(1) / torch.from_numpy(mask_long).sum(1, keepdim=True).clamp(min=1)  # (b, T)
         return extra
 
     # ---- training --------------------------------------------------------------------------------
@@ -267,7 +273,7 @@ class GTrainer:
         target_vec = item_vec(targets)  # (b, dim)
         extra_loss = torch.zeros(())
         if self.seq:
-            user_vec, extra_loss = self._seq_user(batch, index, mask, history, content, position, target_vec)
+            user_vec, extra_loss = self._seq_user(batch, seqs, index, mask, history, content, position, target_vec)
         else:
             user_vec = model.users(history, torch.from_numpy(mask), user_keys)  # (b, dim)
         tau = self.config.temperature
@@ -296,16 +302,18 @@ class GTrainer:
             return (per_row * weights).sum() / weights.sum() + extra_loss
         return per_row.mean() + extra_loss
 
-    def _seq_user(self, batch, index, mask, history, content, position, target_vec) -> tuple[torch.Tensor, ...]:
+    def _seq_user(self, batch, seqs, index, mask, history, content, position, target_vec) -> tuple[torch.Tensor, ...]:
         """Single activation: each row trains the interest that best matches its target. Returns the chosen
         user vectors (b, dim) and the auxiliary losses (disagreement between interests, masked item)."""
         cfg, model = self.train_cfg, self.model
         gaps = [self.gap_seqs[u][:p] for u, p in batch] if self.gap_seqs else None
-        extra = self._sequence_inputs(index, mask, gaps)
+        extra = self._sequence_inputs(index, mask, gaps, [seqs[u][:p] for u, p in batch])
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
         mask_t = torch.from_numpy(mask)
         users = torch.from_numpy(batch[:, 0])
-        interests, states = model.seq_users(history, mask_t, self.user_keys[users], masked=masked, **extra)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # the transformer is the cost here
+            interests, states = model.seq_users(history, mask_t, self.user_keys[users], masked=masked, **extra)
+        interests, states = interests.float(), states.float()
         rows = torch.arange(len(batch))
         with torch.no_grad():
             choice = torch.einsum("bkd,bd->bk", interests, target_vec).argmax(dim=1)  # (b,)

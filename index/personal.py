@@ -15,6 +15,7 @@ import numpy as np
 
 AGE_BUCKETS = 16
 GAP_BUCKETS = 16
+TAG_HISTORY = 200  # encoders.content_g.TAG_HISTORY: the items whose tags form the tag preferences
 PRIMES = np.array([1_000_003, 998_244_353, 1_000_000_007, 67_867_967], np.int64)
 OFFSETS = np.array([17, 31, 101, 7], np.int64)
 
@@ -104,11 +105,11 @@ class SeqTowerNumpy:
     def tag_preferences(self, tags: list[list[str]]) -> np.ndarray:
         """Per history item its tags (level 1 is read) -> the mean indicator over the tower's tag vocabulary."""
         pref = np.zeros(len(self.tag_vocab), np.float32)
-        for item_tags in tags[-self.history :]:
+        for item_tags in tags[-TAG_HISTORY:]:
             for tag in {t.split("/", 1)[0] for t in item_tags}:
                 if tag in self.tag_column:
                     pref[self.tag_column[tag]] += 1.0
-        return pref / max(min(len(tags), self.history), 1)
+        return pref / max(min(len(tags), TAG_HISTORY), 1)
 
     def __call__(self, history: np.ndarray, user_key: int | None = None, *, gaps: np.ndarray | None = None,
                  tag_pref: np.ndarray | None = None, user: str | None = None) -> np.ndarray:  # fmt: skip

@@ -144,6 +144,8 @@ def finetune_g(
     params = {"dataset": str(dataset.resolve()), "features": [f.strip() for f in features.split(",") if f.strip()],
               "epochs": epochs, "batch_size": batch_size, "user_tower": user_tower,
               "interests": interests if user_tower == "seq" else 1}  # fmt: skip
+    if user_tower == "seq":
+        params["history"] = 30  # the transformer reads the latest 30 items; tag preferences the latest 200
     report = _run_training("g", params, on_worker)
     if activate and report:
         activate_cmd(report["checkpoint"], wait=True)

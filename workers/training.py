@@ -41,7 +41,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
         return train_g(
             dataset, features=tuple(params.get("features") or DEFAULT_FEATURES), out_root=out_root, cache=cache,
             train=train, progress=on_progress is None, on_progress=on_progress,
-            **{k: params[k] for k in ("user_tower", "interests") if k in params},
+            **{k: params[k] for k in ("user_tower", "interests", "history") if k in params},
         )  # fmt: skip
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
 
