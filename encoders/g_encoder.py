@@ -21,18 +21,25 @@ from encoders.config import EncoderConfig
 from encoders.content_g import CONFIG_FILE, KNOWN_ITEMS_FILE, GConfig, TwoTower, keys_of
 
 
+def g_weights_digest(weights: str | Path) -> str:
+    """G's weights and its feature encoders' (the registry stamps the same version without building G)."""
+    from encoders.registry import checkpoint_dir
+
+    specs = GConfig.from_json((Path(weights).parent / CONFIG_FILE).read_text()).feature_encoders
+    feature_weights = [checkpoint_dir(s) / "model.pt" if checkpoint_dir(s) else None for s in specs]
+    return weights_digest(weights, *feature_weights) + "|" + ",".join(specs)
+
+
 class GEncoder(Encoder):
     def __init__(self, config: EncoderConfig, *, weights: str | Path | None = None, **_unused) -> None:
         if weights is None:
             raise ValueError("a G encoder is a trained checkpoint: pass its directory (mmrecall finetune g)")
         directory = Path(weights).parent
         self.g_config = GConfig.from_json((directory / CONFIG_FILE).read_text())
-        from encoders.registry import checkpoint_dir, get_encoder
+        from encoders.registry import get_encoder
 
-        specs = self.g_config.feature_encoders
-        feature_weights = [checkpoint_dir(s) / "model.pt" if checkpoint_dir(s) else None for s in specs]
-        super().__init__(config, weights_digest=weights_digest(weights, *feature_weights) + "|" + ",".join(specs))
-        self.features = [get_encoder(spec) for spec in specs]
+        super().__init__(config, weights_digest=g_weights_digest(weights))
+        self.features = [get_encoder(spec) for spec in self.g_config.feature_encoders]
         self.model = TwoTower(self.g_config)
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))  # save_g's layout
         self.net = nn.ModuleDict({"g": self.model}).eval()

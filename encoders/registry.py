@@ -67,6 +67,10 @@ def encoder_version(name: str, image_checkpoint: str | None = None, text_model_d
     """The version `create_encoder` would stamp, without building any model."""
     config = load_config(name)
     directory = checkpoint_dir(name)
+    if directory and config.kind == "g":  # G ignores the image override; its digest covers its feature encoders
+        from encoders.g_encoder import g_weights_digest
+
+        return version_of(config, g_weights_digest(directory / WEIGHTS_FILE))
     if directory:
         return version_of(config, weights_digest(image_checkpoint, directory / WEIGHTS_FILE))
     checkpoint = image_checkpoint or (config.image.checkpoint if config.image else None)

@@ -245,7 +245,7 @@ class GTrainer:
         for start in range(0, self.n_items, 2048):
             sims = items[start : start + 2048] @ items.T  # (c, N)
             sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0
-            pools.append(torch.topk(sims, self.train_cfg.hard_pool, dim=1).indices)
+            pools.append(torch.topk(sims, min(self.train_cfg.hard_pool, self.n_items - 1), dim=1).indices)
         return torch.cat(pools)
 
     def _loss(self, batch, seqs, weight_seqs, item_sets, known, frequency, hard_pool, step) -> torch.Tensor:
