@@ -235,8 +235,12 @@ class GTrainer:
             self.active = torch.from_numpy(activity(self.activations, cfg.min_activation))
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
-        return {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
-                "seconds": round(time.time() - started, 1), "examples": int(len(rows))}  # fmt: skip
+        report = {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
+                  "seconds": round(time.time() - started, 1), "examples": int(len(rows))}  # fmt: skip
+        if self.seq:  # elastic K: how many interests serve a user who has an activation record
+            recorded = self.activations.sum(axis=1) > 0
+            report["active_interests_mean"] = float(self.active.numpy()[recorded].sum(axis=1).mean())
+        return report
 
     def _hard_pool(self, known: torch.Tensor) -> torch.Tensor:
         """(N, hard_pool) nearest items of every item in the current G space (itself excluded)."""
