@@ -180,11 +180,12 @@ class ServiceSources:
     the harness's dense counterpart). Snapshot items are answered from memory; the database is asked
     only about items written after the snapshot."""
 
-    def __init__(self, state: ServingState, database_url: str, *, in_memory_only: bool = False) -> None:
+    def __init__(self, state: ServingState, database_url: str, *, in_memory_only: bool = False,
+                 history_times: dict[str, float] | None = None) -> None:  # fmt: skip
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
         self.live = state.live
         self._db_tags: dict[str, list[str]] = {}
-        self.history_times: dict[str, float] = {}  # item -> unix seconds of the user's interaction, when known
+        self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
 
     def _snapshot_row(self, item: str) -> int | None:
         """The item's row in the snapshot's tables, unless it was re-encoded since (then they are stale)."""
@@ -250,18 +251,22 @@ class ServiceSources:
         return [{"id": snapshot.ids[r], "score": s, "trigger": snapshot.ids[t] if t >= 0 else None}
                 for r, s, t in found if snapshot.ids[r] not in deleted][:n]  # fmt: skip
 
+    def _with_vectors(self, items: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The items that have a vector (unknown or deleted ones are skipped) and their vectors, in order."""
+        pairs = [(i, v) for i, v in ((i, self.live.vector(i)) for i in items) if v is not None]
+        vectors = np.stack([v for _, v in pairs]) if pairs else np.zeros((0, self.live.dim or 1), np.float32)
+        return [i for i, _ in pairs], vectors
+
     def content_vectors(self, items: Sequence[str]) -> np.ndarray:
         """Vectors of the items that have one (unknown or deleted ones are skipped), oldest first."""
-        vectors = [v for v in (self.live.vector(i) for i in items) if v is not None]
-        return np.stack(vectors) if vectors else np.zeros((0, self.live.dim or 1), np.float32)
+        return self._with_vectors(items)[1]
 
     def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray | None:
-        vectors = self.content_vectors(history)
+        items, vectors = self._with_vectors(history)
         if not len(vectors):
             return None
         tower = self.state.user_tower
         if isinstance(tower, SeqTowerNumpy):  # the user's active interests, (k, d)
-            items = [i for i in history if self.live.vector(i) is not None]
             times = [self.history_times.get(i) for i in items]
             gaps = gap_buckets_np(np.array(times, np.float64)) if all(t is not None for t in times) else None
             return tower(vectors, user_key(user) if user is not None else None, gaps=gaps,

@@ -125,6 +125,7 @@ class SASRecChannel(Channel):
     """SASRec on item ids (evaluation.sasrec): the sequential baseline. Dropout tuned on the valid split."""
 
     name = "sasrec"
+    variant = "sasrec"  # the harness reports the training under this key
     param_grid = {"dropout": [0.2, 0.5]}
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
@@ -132,8 +133,7 @@ class SASRecChannel(Channel):
 
         config = SASRecConfig(**{**ctx.sasrec_train, **self.params})
         self.trainer = SASRecTrainer(ctx.data.n_items, config)
-        ctx.models[((id(split), "sasrec"), "report")] = self.trainer.fit(train_sequences(split, ctx.data.n_users))
-        self.variant = "sasrec"  # the harness reports the training under this key
+        ctx.models[((id(split), self.variant), "report")] = self.trainer.fit(train_sequences(split, ctx.data.n_users))
 
     def scores(self, users, histories):
         return self.trainer.scores(list(histories)).numpy()
@@ -225,12 +225,16 @@ class GChannel(Channel):
     def user_vectors(self, users, histories, times=None):
         """(b, d), or (b, K, d) interests, and (b, K) the interests that serve each user (None: all)."""
         known = self.known_users[users]
-        vectors = self.trainer.user_matrix(list(histories), None, times).clone()
-        if known.any():
-            pick = np.flatnonzero(known)
-            with_bias = self.trainer.user_matrix([histories[i] for i in pick], users[known],
-                                                 [times[i] for i in pick] if times is not None else None)  # fmt: skip
-            vectors[self.torch.from_numpy(known)] = with_bias
+        vectors = None
+        for rows, user_ids in ((~known, None), (known, users[known])):  # EPu only for users seen in training
+            if not rows.any():
+                continue
+            pick = np.flatnonzero(rows)
+            part = self.trainer.user_matrix([histories[i] for i in pick], user_ids,
+                                            [times[i] for i in pick] if times is not None else None)  # fmt: skip
+            if vectors is None:
+                vectors = part.new_empty((len(users), *part.shape[1:]))
+            vectors[self.torch.from_numpy(rows)] = part
         active = self.trainer.active_interests(np.where(known, users, -1), len(users))
         if active is not None:
             active[self.torch.from_numpy(~known)] = True  # no record for an unknown user: all interests

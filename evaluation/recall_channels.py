@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from encoders.content_g import gap_buckets
 from evaluation.channels import Channel, EvalContext, trained_g
 from evaluation.data import Split, category_tags
 from index.clusters import ClusterTable, cluster_recall
@@ -33,8 +34,7 @@ class DenseSources:
         self.prior = np.log1p(popularity) / max(np.log1p(popularity).max(), 1e-9)
         self.known_users = known_users
         self.table = ClusterTable.build(space)
-        self.query_times: np.ndarray | None = None  # unix seconds of the current query's history
-        self.query_gaps: np.ndarray | None = None  # or its time-gap buckets
+        self.query_gaps: np.ndarray | None = None  # time-gap buckets of the current query's history (seq tower)
 
     def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         scores = scores.copy()
@@ -65,9 +65,8 @@ class DenseSources:
         """(d,), or (k, d) the user's active interests (sequence tower)."""
         rows = np.array([self.index[i] for i in history], np.int64)
         users = np.array([int(user)], np.int64) if user is not None else None
-        times = [self.query_times] if self.query_times is not None else None
         gaps = [self.query_gaps] if self.query_gaps is not None else None
-        vector = self.trainer.user_matrix([rows], users, times, gaps=gaps)[0].numpy()
+        vector = self.trainer.user_matrix([rows], users, gaps=gaps)[0].numpy()
         active = self.trainer.active_interests(users, 1)
         return vector if active is None else vector[active[0].numpy()]
 
@@ -193,7 +192,7 @@ class RecallSetChannel(Channel):
         for row, (user, history) in enumerate(zip(users, histories, strict=True)):
             hist = [str(i) for i in history]
             user_id = str(user) if self.sources.known_users[user] else None
-            self.sources.query_times = times[row] if times is not None else None
+            self.sources.query_gaps = gap_buckets(times[row]) if times is not None else None
             if self.kind == "merged":
                 results, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel, config=self.config)
             else:

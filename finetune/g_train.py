@@ -277,7 +277,8 @@ class GTrainer:
         target_vec = item_vec(targets)  # (b, dim)
         extra_loss = torch.zeros(())
         if self.seq:
-            user_vec, extra_loss = self._seq_user(batch, seqs, index, mask, history, content, position, target_vec)
+            user_vec, extra_loss = self._seq_user(batch, seqs, index, mask, history, user_keys, content, position,
+                                                  target_vec)  # fmt: skip
         else:
             user_vec = model.users(history, torch.from_numpy(mask), user_keys)  # (b, dim)
         tau = self.config.temperature
@@ -306,7 +307,8 @@ class GTrainer:
             return (per_row * weights).sum() / weights.sum() + extra_loss
         return per_row.mean() + extra_loss
 
-    def _seq_user(self, batch, seqs, index, mask, history, content, position, target_vec) -> tuple[torch.Tensor, ...]:
+    def _seq_user(self, batch, seqs, index, mask, history, user_keys, content, position,
+                  target_vec) -> tuple[torch.Tensor, ...]:  # fmt: skip
         """Single activation: each row trains the interest that best matches its target. Returns the chosen
         user vectors (b, dim) and the auxiliary losses (disagreement between interests, masked item)."""
         cfg, model = self.train_cfg, self.model
@@ -314,9 +316,8 @@ class GTrainer:
         extra = self._sequence_inputs(index, mask, gaps, [seqs[u][:p] for u, p in batch])
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
         mask_t = torch.from_numpy(mask)
-        users = torch.from_numpy(batch[:, 0])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # the transformer is the cost here
-            interests, states = model.seq_users(history, mask_t, self.user_keys[users], masked=masked, **extra)
+            interests, states = model.seq_users(history, mask_t, user_keys, masked=masked, **extra)
         interests, states = interests.float(), states.float()
         rows = torch.arange(len(batch))
         with torch.no_grad():

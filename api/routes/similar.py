@@ -58,13 +58,11 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     known = [item for item in history if state.live.vector(item) is not None]
     if not known:
         raise HTTPException(400, "none of the history items has a vector (unknown, deleted or not encoded yet)")
-    sources = ServiceSources(state, url, in_memory_only=True)
-    sources.history_times = times
+    sources = ServiceSources(state, url, in_memory_only=True, history_times=times)
     try:
         return recall_response(sources, body, known)
     except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
-        sources = ServiceSources(state, url)
-        sources.history_times = times
+        sources = ServiceSources(state, url, history_times=times)
         return await run_in_threadpool(recall_response, sources, body, known)
 
 
