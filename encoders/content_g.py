@@ -181,15 +181,30 @@ class SeqUserTower(nn.Module):
     def forward(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None = None,
                 tag_pref: torch.Tensor | None = None, masked: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """-> interests (b, K, d), states (b, L, d)."""
+        """The user after the latest item: tag_pref (b, T) -> interests (b, K, d), states (b, L, d)."""
+        length = history.shape[1]
+        prefs = tag_pref.unsqueeze(1) if tag_pref is not None else None
+        interests, h = self.every_position(history, mask, gaps, prefs, masked, at=torch.tensor([length - 1]))
+        return interests[:, 0], h
+
+    def every_position(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None = None,
+                       tag_prefs: torch.Tensor | None = None, masked: torch.Tensor | None = None,
+                       at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The user after each slot in `at` (default: every slot), reading only the slots up to it, so one
+        pass trains on every next item of a window (as SASRec does). tag_prefs (b, Q, T): the tag
+        preferences as they stood at each of those slots -> interests (b, Q, K, d), states (b, L, d)."""
         h = self.states(history, mask, gaps, masked)  # (b, L, d)
-        queries = self.queries[None].expand(h.shape[0], -1, -1)  # (b, K, d)
-        if self.tag_query is not None and tag_pref is not None:
-            queries = queries + self.tag_query(tag_pref).unsqueeze(1)  # cate-aware: tags steer what is read
-        scores = queries @ self.key(h).transpose(1, 2) / math.sqrt(h.shape[-1])  # (b, K, L)
-        weights = torch.softmax(scores.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1).nan_to_num(0.0)
-        pooled = weights @ h  # (b, K, d)
-        return pooled + self.out(pooled) + h[:, -1:, :], h
+        length = h.shape[1]
+        at = torch.arange(length) if at is None else at  # (Q,)
+        queries = self.queries[None, None]  # (1, 1, K, d)
+        if self.tag_query is not None and tag_prefs is not None:
+            queries = queries + self.tag_query(tag_prefs).unsqueeze(2)  # cate-aware: tags steer what is read
+        scores = torch.einsum("bqkd,bsd->bqks", queries.expand(h.shape[0], len(at), -1, -1), self.key(h))
+        visible = mask[:, None, :] & (torch.arange(length)[None, :] <= at[:, None])[None]  # (b, Q, L)
+        scores = (scores / math.sqrt(h.shape[-1])).masked_fill(~visible.unsqueeze(2), float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # (b, Q, K, L)
+        pooled = torch.einsum("bqks,bsd->bqkd", weights, h)
+        return pooled + self.out(pooled) + h[:, at].unsqueeze(2), h  # each adds the state at its own slot
 
 
 class TwoTower(nn.Module):
@@ -219,21 +234,22 @@ class TwoTower(nn.Module):
         """normalize(ECu + EPu) from G of the history (b, L, dim); EPu only for known users (keys given).
         (b, dim) for the pooling tower, (b, K, dim) interests for the sequence tower."""
         if self.config.user_tower == "seq":
-            return self.seq_users(history, mask, keys, gaps=gaps, tag_pref=tag_pref)[0]
+            return self._with_bias(self.user_tower(history, mask, gaps, tag_pref)[0], keys)  # (b, K, dim)
         return self._with_bias(self.user_tower(history, mask), keys)  # (b, dim)
 
     def seq_users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None, *,
-                  gaps: torch.Tensor | None = None, tag_pref: torch.Tensor | None = None,
+                  gaps: torch.Tensor | None = None, tag_prefs: torch.Tensor | None = None,
                   masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """The sequence tower: (normalized interests (b, K, dim), states (b, L, dim))."""
-        interests, states = self.user_tower(history, mask, gaps, tag_pref, masked)
+        """The sequence tower after every slot (training): (normalized interests (b, L, K, dim), states)."""
+        interests, states = self.user_tower.every_position(history, mask, gaps, tag_prefs, masked)
         return self._with_bias(interests, keys), states
 
     def _with_bias(self, common: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        """common (b, ..., dim) -> normalize(common + EPu), the bias broadcast over the middle axes."""
         if keys is None or not self.config.use_bias:
             return l2_normalize(common)
         bias = self.user_bias(keys)  # (b, dim)
-        return l2_normalize(common + (bias.unsqueeze(1) if common.dim() == 3 else bias))
+        return l2_normalize(common + bias.reshape(bias.shape[0], *[1] * (common.dim() - 2), -1))
 
 
 def save_g(model: TwoTower, directory: Path, report: dict | None = None, name: str = "g") -> Path:

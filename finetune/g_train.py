@@ -6,6 +6,10 @@ the log-q correction (streaming frequency), plus uniform random negatives (corre
 sampling rate) and one hard negative per row (an item near the positive in the current G space, not in
 the user's training items). Rows may be weighted (e.g. by rating). Early stopping on each user's last
 training interaction, held out for validation.
+
+The sequence tower trains as SASRec does: one causal pass over a window of a user's items yields a user
+after every slot, each predicting the next item, so an epoch costs a transformer pass per window (`seq_run`
+rows) instead of one per row.
 """
 
 from __future__ import annotations
@@ -53,7 +57,23 @@ class GTrainConfig:
     mask_loss: float = 0.2  # weight of the masked-item task: hide one history item, find its G vector
     disagreement: float = 0.1  # weight of the penalty on the mean cosine between a user's interests
     min_activation: float = 0.1  # at serving, interests chosen for less than this share of a user's rows drop
+    seq_run: int = 5  # seq: next items trained per window pass (the rest of the window is their context)
+    balance: float = 0.0  # weight of the load-balancing term on which interest wins (against collapse onto one)
     bf16: bool = True  # the sequence tower trains under bfloat16 autocast (AMX / AVX512-BF16 where present)
+
+
+@dataclass
+class FitState:
+    """What every training step reads: the fit sequences and what was derived from them."""
+
+    seqs: dict[int, np.ndarray]  # user -> training items in time order
+    weight_seqs: dict[int, np.ndarray] | None  # user -> row weights (normalized to mean 1), aligned with seqs
+    item_sets: dict[int, set]  # user -> their training items (never a hard negative for them)
+    known: torch.Tensor  # (N,) bool: items seen in training (their bias is used)
+    frequency: StreamingFrequency  # streaming item frequency for the log-q correction
+    hard_pool: torch.Tensor | None  # (N, hard_pool) each item's nearest items in the current G space
+    tag_sums: dict[int, np.ndarray]  # seq: user -> (n + 1, T) cumulative tag counts along the sequence
+    step: int = 0
 
 
 @dataclass
@@ -128,6 +148,21 @@ class GTrainer:
         rows = [(u, p) for u, seq in sequences.items() for p in range(1, len(seq))]
         return np.asarray(rows, np.int64).reshape(-1, 2)
 
+    def windows(self, sequences: dict[int, np.ndarray], run: int) -> np.ndarray:
+        """Sequence tower: (user, start, end, first) windows. The inputs are seq[start:end] (at most `history`
+        items); every input slot j >= first predicts seq[j + 1]. A user's next items are cut into runs of
+        `run`, each read with at least history - run items of context before it (all there is near the
+        user's start), so every next item is trained once per epoch. Short runs keep a batch's rows spread
+        over many users and give each row nearly the context it has at serving; long runs cost less."""
+        length = self.config.history
+        run = max(1, min(run, length))
+        rows = []
+        for user, seq in sequences.items():
+            for first_target in range(1, len(seq), run):
+                end = min(first_target + run, len(seq)) - 1  # the last input predicts the run's last target
+                rows.append((user, max(0, end - length), end, first_target - 1))
+        return np.asarray(rows, np.int64).reshape(-1, 4)
+
     # ---- model pieces ----------------------------------------------------------------------------
     def item_matrix(self, known: torch.Tensor | None, *, content_only: bool = False) -> torch.Tensor:
         """normalize(ECi [+ EPi]) for the whole catalogue, (N, dim), eval mode."""
@@ -196,28 +231,32 @@ class GTrainer:
         fit_seqs = {u: (s[:-1] if u in set(valid_users.tolist()) else s) for u, s in sequences.items()}
         known = torch.zeros(self.n_items, dtype=torch.bool)
         known[torch.from_numpy(np.concatenate(list(fit_seqs.values())))] = True
-        rows = self.examples(fit_seqs)
-        steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
-        frequency = StreamingFrequency(initial_gap=float(steps_per_epoch))
+        # the sequence tower steps over windows of `seq_run` rows each, the pooling tower over rows
+        units = self.windows(fit_seqs, cfg.seq_run) if self.seq else self.examples(fit_seqs)
+        per_step = max(1, cfg.batch_size // cfg.seq_run) if self.seq else cfg.batch_size  # about batch_size rows
+        steps_per_epoch = max(1, int(np.ceil(len(units) / per_step)))
+        state = FitState(seqs=fit_seqs, weight_seqs=weight_seqs, known=known, hard_pool=None,
+                         item_sets={u: set(s.tolist()) for u, s in fit_seqs.items()},
+                         frequency=StreamingFrequency(initial_gap=float(steps_per_epoch)),
+                         tag_sums=self._tag_sums(fit_seqs) if self.seq else {})  # fmt: skip
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
         best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
-        history, step, started = [], 0, time.time()
-        item_sets = {u: set(s.tolist()) for u, s in fit_seqs.items()}
+        history, started = [], time.time()
         for epoch in range(1, cfg.epochs + 1):
-            hard_pool = self._hard_pool(known) if cfg.hard_negatives else None
+            state.hard_pool = self._hard_pool(known) if cfg.hard_negatives else None
             self.model.train()
-            order = self.rng.permutation(len(rows))
+            order = self.rng.permutation(len(units))
             losses = []
-            for start in range(0, len(order), cfg.batch_size):
-                batch = rows[order[start : start + cfg.batch_size]]
-                loss = self._loss(batch, fit_seqs, weight_seqs, item_sets, known, frequency, hard_pool, step)
+            for start in range(0, len(order), per_step):
+                batch = units[order[start : start + per_step]]
+                loss = self._seq_loss(batch, state) if self.seq else self._rows_loss(batch, state)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                step += 1
+                state.step += 1
                 losses.append(loss.item())
-                eta(step, {"epoch": epoch, "loss": float(np.mean(losses[-20:]))})
+                eta(state.step, {"epoch": epoch, "loss": float(np.mean(losses[-20:]))})
             hit = self.validate(fit_seqs, valid_users, valid_targets, known)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_hitrate@50": hit})
             log.info("G epoch %d: loss %.4f, valid hitrate@50 %.4f", epoch, np.mean(losses), hit)
@@ -236,7 +275,8 @@ class GTrainer:
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
         report = {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
-                  "seconds": round(time.time() - started, 1), "examples": int(len(rows))}  # fmt: skip
+                  "seconds": round(time.time() - started, 1),
+                  "examples": int(sum(len(q) - 1 for q in fit_seqs.values() if len(q)))}  # fmt: skip
         if self.seq:  # elastic K: how many interests serve a user who has an activation record
             recorded = self.activations.sum(axis=1) > 0
             report["active_interests_mean"] = float(self.active.numpy()[recorded].sum(axis=1).mean())
@@ -252,83 +292,80 @@ class GTrainer:
             pools.append(torch.topk(sims, min(self.train_cfg.hard_pool, self.n_items - 1), dim=1).indices)
         return torch.cat(pools)
 
-    def _loss(self, batch, seqs, weight_seqs, item_sets, known, frequency, hard_pool, step) -> torch.Tensor:
-        cfg, model = self.train_cfg, self.model
+    def _tag_sums(self, sequences: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """user -> (n + 1, T) cumulative tag counts, so the tag preferences after any slot are one subtraction."""
+        if self.item_tags is None:
+            return {}
+        tags = self.item_tags.numpy()
+        return {u: np.vstack([np.zeros((1, tags.shape[1]), np.float32), np.cumsum(tags[q], axis=0)])
+                for u, q in sequences.items()}  # fmt: skip
+
+    def _rows_loss(self, batch: np.ndarray, state: FitState) -> torch.Tensor:
+        """Pooling tower: each (user, position) row's history predicts its item."""
         users = batch[:, 0]
-        targets = np.array([seqs[u][p] for u, p in batch], np.int64)
-        histories = [seqs[u][:p] for u, p in batch]
-        index, mask = history_matrix(histories, self.config.history)
-        randoms = self.rng.integers(self.n_items, size=cfg.random_negatives)
-        hard = np.full(len(batch), -1, np.int64)
-        if hard_pool is not None:
-            picks = hard_pool[torch.from_numpy(targets), self.rng.integers(hard_pool.shape[1], size=len(batch))].numpy()
-            hard = np.array([h if h not in item_sets[u] else -1 for h, u in zip(picks, users, strict=True)])
-        needed = np.unique(np.concatenate([index[mask], targets, randoms, hard[hard >= 0]]))
-        position = torch.full((self.n_items,), -1, dtype=torch.long)
-        position[torch.from_numpy(needed)] = torch.arange(len(needed))
-        content = model.g(self.features[torch.from_numpy(needed)])  # (u, dim): G only where needed
+        targets = np.array([state.seqs[u][p] for u, p in batch], np.int64)
+        index, mask = history_matrix([state.seqs[u][:p] for u, p in batch], self.config.history)
+        weights = None
+        if state.weight_seqs is not None:
+            weights = torch.tensor([state.weight_seqs[u][p] for u, p in batch], dtype=torch.float32)
+        negatives = self._negatives(users, targets, state)
+        content, position = self._content(index[mask], targets, negatives)
         history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
-        user_keys = self.user_keys[torch.from_numpy(users)]
+        user_vec = self.model.users(history, torch.from_numpy(mask), self.user_keys[torch.from_numpy(users)])
+        target_vec = self._item_vectors(targets, content, position, state.known)
+        return self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
 
-        def item_vec(idx: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(idx)
-            return model.items(content[position[t]], self.item_keys[t], known[t])
-
-        target_vec = item_vec(targets)  # (b, dim)
-        extra_loss = torch.zeros(())
-        if self.seq:
-            user_vec, extra_loss = self._seq_user(batch, seqs, index, mask, history, user_keys, content, position,
-                                                  target_vec)  # fmt: skip
-        else:
-            user_vec = model.users(history, torch.from_numpy(mask), user_keys)  # (b, dim)
-        tau = self.config.temperature
-        target_keys = self.item_keys[torch.from_numpy(targets)]
-        in_batch = user_vec @ target_vec.T / tau  # (b, b)
-        if cfg.log_q:
-            frequency.update(target_keys, step + 1)
-            in_batch = in_batch - frequency.log_q(target_keys)[None, :]
-        same = torch.from_numpy(targets[:, None] == targets[None, :]) & ~torch.eye(len(batch), dtype=torch.bool)
-        in_batch = in_batch.masked_fill(same, float("-inf"))  # another row's copy of my positive is no negative
-        columns = [in_batch]
-        if cfg.random_negatives:
-            random_logits = user_vec @ item_vec(randoms).T / tau  # (b, M)
-            if cfg.log_q:
-                random_logits = random_logits - float(np.log(cfg.random_negatives / self.n_items))
-            collide = torch.from_numpy(randoms[None, :] == targets[:, None])
-            columns.append(random_logits.masked_fill(collide, float("-inf")))
-        if hard_pool is not None and (hard >= 0).any():
-            safe = np.where(hard >= 0, hard, targets)
-            hard_logit = (user_vec * item_vec(safe)).sum(-1, keepdim=True) / tau  # (b, 1)
-            columns.append(hard_logit.masked_fill(torch.from_numpy(hard < 0)[:, None], float("-inf")))
-        logits = torch.cat(columns, dim=1)  # (b, b + M + 1)
-        per_row = F.cross_entropy(logits, torch.arange(len(batch)), reduction="none")  # (b,)
-        if weight_seqs is not None:
-            weights = torch.tensor([weight_seqs[u][p] for u, p in batch], dtype=per_row.dtype)
-            return (per_row * weights).sum() / weights.sum() + extra_loss
-        return per_row.mean() + extra_loss
-
-    def _seq_user(self, batch, seqs, index, mask, history, user_keys, content, position,
-                  target_vec) -> tuple[torch.Tensor, ...]:  # fmt: skip
-        """Single activation: each row trains the interest that best matches its target. Returns the chosen
-        user vectors (b, dim) and the auxiliary losses (disagreement between interests, masked item)."""
-        cfg, model = self.train_cfg, self.model
-        gaps = [self.gap_seqs[u][:p] for u, p in batch] if self.gap_seqs else None
-        extra = self._sequence_inputs(index, mask, gaps, [seqs[u][:p] for u, p in batch])
+    def _seq_loss(self, batch: np.ndarray, state: FitState) -> torch.Tensor:
+        """Sequence tower: one causal pass per (user, start, end, first) window; the user after every slot
+        from `first` on predicts the next item. Single activation: each row trains the interest that best
+        matches its target; plus the disagreement, load-balancing and masked-item terms."""
+        cfg, model, length = self.train_cfg, self.model, self.config.history
+        inputs = [state.seqs[u][a:e] for u, a, e, _ in batch]
+        index, mask = history_matrix(inputs, length)
+        pad = length - (batch[:, 2] - batch[:, 1])  # (b,) left padding of each window
+        slot_pos = batch[:, 1:2] - pad[:, None] + np.arange(length)[None, :]  # (b, L) position in the user's seq
+        predicts = mask & (slot_pos >= batch[:, 3:4])  # (b, L) slots whose next item is a training row
+        rows_b, rows_l = np.nonzero(predicts)
+        users, next_pos = batch[rows_b, 0], slot_pos[rows_b, rows_l] + 1  # (R,) each row's user and target slot
+        targets = np.array([state.seqs[u][j] for u, j in zip(users, next_pos, strict=True)], np.int64)
+        weights = None
+        if state.weight_seqs is not None:
+            ws = [state.weight_seqs[u][j] for u, j in zip(users, next_pos, strict=True)]
+            weights = torch.tensor(ws, dtype=torch.float32)
+        gaps = None
+        if self.gap_seqs:
+            gaps = torch.from_numpy(history_matrix([self.gap_seqs[u][a:e] for u, a, e, _ in batch], length)[0])
+        tag_prefs = None
+        if state.tag_sums:  # the tag preferences as they stood after each slot (its latest TAG_HISTORY items)
+            sums = [state.tag_sums[u] for u in batch[:, 0]]
+            reach = np.clip(slot_pos + 1, 0, None)  # items up to and including the slot
+            upper = np.stack([sums[r][np.minimum(reach[r], len(sums[r]) - 1)] for r in range(len(batch))])
+            lower = np.stack([sums[r][np.maximum(reach[r] - TAG_HISTORY, 0)] for r in range(len(batch))])
+            counts = np.clip(np.minimum(reach, TAG_HISTORY), 1, None)[..., None]
+            tag_prefs = torch.from_numpy(((upper - lower) / counts * mask[..., None]).astype(np.float32))
+        negatives = self._negatives(users, targets, state)
+        content, position = self._content(index[mask], targets, negatives)
+        history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
-        mask_t = torch.from_numpy(mask)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # the transformer is the cost here
-            interests, states = model.seq_users(history, mask_t, user_keys, masked=masked, **extra)
-        interests, states = interests.float(), states.float()
-        rows = torch.arange(len(batch))
-        with torch.no_grad():
-            choice = torch.einsum("bkd,bd->bk", interests, target_vec).argmax(dim=1)  # (b,)
-        np.add.at(self.activations, (batch[:, 0], choice.numpy()), 1)
+            interests, states = model.seq_users(history, torch.from_numpy(mask),
+                                                self.user_keys[torch.from_numpy(batch[:, 0])], gaps=gaps,
+                                                tag_prefs=tag_prefs, masked=masked)  # fmt: skip
+        interests = interests.float()[torch.from_numpy(rows_b), torch.from_numpy(rows_l)]  # (R, K, dim)
+        states = states.float()
+        target_vec = self._item_vectors(targets, content, position, state.known)
+        match = torch.einsum("rkd,rd->rk", interests, target_vec)  # (R, K)
+        choice = match.detach().argmax(dim=1)  # (R,)
+        np.add.at(self.activations, (users, choice.numpy()), 1)
         aux = torch.zeros(())
         k = interests.shape[1]
         if k > 1 and cfg.disagreement > 0:
-            gram = interests @ interests.transpose(1, 2)  # (b, K, K) cosines
+            gram = interests @ interests.transpose(1, 2)  # (R, K, K) cosines
             off = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
             aux = aux + cfg.disagreement * (off / (k * (k - 1))).mean()
+        if k > 1 and cfg.balance > 0:  # 1 when the batch's rows spread evenly over the interests, K when one wins all
+            share = torch.softmax(match / self.config.temperature, dim=1).mean(dim=0)  # (K,)
+            aux = aux + cfg.balance * k * (share**2).sum()
         if masked is not None and masked.any():
             hidden = F.normalize(model.user_tower.reconstruct(states[masked]), dim=-1)  # (m, dim)
             items = index[masked.numpy()]  # (m,) the hidden items
@@ -337,7 +374,69 @@ class GTrainer:
             same = torch.from_numpy(items[:, None] == items[None, :]) & ~torch.eye(len(items), dtype=torch.bool)
             aux = aux + cfg.mask_loss * F.cross_entropy(logits.masked_fill(same, float("-inf")),
                                                         torch.arange(len(items)))  # fmt: skip
-        return interests[rows, choice], aux
+        user_vec = interests[torch.arange(len(targets)), choice]  # (R, dim)
+        loss = self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
+        return loss + aux
+
+    def _negatives(self, users: np.ndarray, targets: np.ndarray, state: FitState) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform random negatives (M,) shared by the batch, and one hard negative per row (-1: none): an
+        item near the row's positive in the current G space that the user has not clicked."""
+        randoms = self.rng.integers(self.n_items, size=self.train_cfg.random_negatives)
+        hard = np.full(len(targets), -1, np.int64)
+        if state.hard_pool is not None:
+            pool = state.hard_pool
+            picks = pool[torch.from_numpy(targets), self.rng.integers(pool.shape[1], size=len(targets))].numpy()
+            hard = np.array([h if h not in state.item_sets[u] else -1 for h, u in zip(picks, users, strict=True)])
+        return randoms, hard
+
+    def _content(self, history_items: np.ndarray, targets: np.ndarray,
+                 negatives: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """G only where the step needs it: (u, dim) content of the step's distinct items, and (N,) each item's
+        row in it (-1 where absent)."""
+        randoms, hard = negatives
+        needed = np.unique(np.concatenate([history_items, targets, randoms, hard[hard >= 0]]))
+        position = torch.full((self.n_items,), -1, dtype=torch.long)
+        position[torch.from_numpy(needed)] = torch.arange(len(needed))
+        return self.model.g(self.features[torch.from_numpy(needed)]), position
+
+    def _item_vectors(self, idx: np.ndarray, content: torch.Tensor, position: torch.Tensor,
+                      known: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        t = torch.from_numpy(idx)
+        return self.model.items(content[position[t]], self.item_keys[t], known[t])
+
+    def _softmax_loss(self, user_vec: torch.Tensor, target_vec: torch.Tensor, users: np.ndarray, targets: np.ndarray,
+                      negatives: tuple[np.ndarray, np.ndarray], content: torch.Tensor, position: torch.Tensor,
+                      weights: torch.Tensor | None, state: FitState) -> torch.Tensor:  # fmt: skip
+        """Sampled softmax of each row's positive against the batch's other positives (log-q corrected),
+        the random negatives (corrected by their sampling rate) and the row's hard negative."""
+        cfg, tau = self.train_cfg, self.config.temperature
+        randoms, hard = negatives
+        target_keys = self.item_keys[torch.from_numpy(targets)]
+        in_batch = user_vec @ target_vec.T / tau  # (b, b)
+        if cfg.log_q:
+            state.frequency.update(target_keys, state.step + 1)
+            in_batch = in_batch - state.frequency.log_q(target_keys)[None, :]
+        # another row's copy of my positive is no negative, nor is another row's positive of my own user (the
+        # sequence tower's rows come in runs of one user's next items)
+        same = (targets[:, None] == targets[None, :]) | (users[:, None] == users[None, :])
+        in_batch = in_batch.masked_fill(torch.from_numpy(same & ~np.eye(len(targets), dtype=bool)), float("-inf"))
+        columns = [in_batch]
+        if cfg.random_negatives:
+            random_logits = user_vec @ self._item_vectors(randoms, content, position, state.known).T / tau  # (b, M)
+            if cfg.log_q:
+                random_logits = random_logits - float(np.log(cfg.random_negatives / self.n_items))
+            collide = torch.from_numpy(randoms[None, :] == targets[:, None])
+            columns.append(random_logits.masked_fill(collide, float("-inf")))
+        if (hard >= 0).any():
+            safe = np.where(hard >= 0, hard, targets)
+            hard_vec = self._item_vectors(safe, content, position, state.known)
+            hard_logit = (user_vec * hard_vec).sum(-1, keepdim=True) / tau  # (b, 1)
+            columns.append(hard_logit.masked_fill(torch.from_numpy(hard < 0)[:, None], float("-inf")))
+        logits = torch.cat(columns, dim=1)  # (b, b + M + 1)
+        per_row = F.cross_entropy(logits, torch.arange(len(targets)), reduction="none")  # (b,)
+        if weights is not None:
+            return (per_row * weights).sum() / weights.sum()
+        return per_row.mean()
 
     def _mask_one_slot(self, mask: np.ndarray) -> torch.Tensor:
         """(b, L) True at one random real slot of every row with at least two history items."""

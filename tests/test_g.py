@@ -91,8 +91,9 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     assert report["valid_hitrate@50"] > 0.27  # well above random (about 0.18) after six short epochs
     assert trainer.gap_seqs and max(int(g.max()) for g in trainer.gap_seqs.values()) > 1  # gaps were read
-    # every training row activated exactly one interest of its user
-    assert trainer.activations.sum() > 0 and trainer.activations.shape == (demo_data.n_users, 3)
+    # every training row activated exactly one interest of its user, once in the recorded epoch
+    assert trainer.activations.shape == (demo_data.n_users, 3)
+    assert trainer.activations.sum() == report["examples"]
     assert trainer.active is not None and trainer.active.any(dim=1).all()
     users = np.unique(split.train_users)[:4]
     vectors = trainer.user_matrix([split.histories[i] for i in range(4)], users, split.history_times[:4])
@@ -102,6 +103,45 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
     assert scores.shape == (4, demo_data.n_items) and torch.isfinite(scores).all()
     directory = trainer.save(tmp_path / "gseq", report)
     assert torch.allclose(load_g(directory).user_tower.queries, trainer.model.user_tower.queries)
+
+
+def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -> None:
+    """One pass gives the user after every slot (training): the last slot is the user the serving forward
+    gives, and the user after slot t never reads a later item."""
+    from encoders.content_g import GConfig, TwoTower
+
+    config = GConfig(feature_dim=8, dim=16, hidden=16, history=6, user_tower="seq", interests=3, tag_vocab=("a", "b"))
+    tower = TwoTower(config).eval().user_tower
+    generator = torch.Generator().manual_seed(0)
+    history = torch.randn(2, 6, 16, generator=generator)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, :2] = False  # a short, left-padded history
+    gaps, prefs = torch.randint(0, 16, (2, 6), generator=generator), torch.rand(2, 6, 2, generator=generator)
+    with torch.no_grad():
+        every, _ = tower.every_position(history, mask, gaps, prefs)
+        served, _ = tower(history, mask, gaps, prefs[:, -1])
+        changed = history.clone()
+        changed[:, 4:] = torch.randn(2, 2, 16, generator=generator)
+        every_changed, _ = tower.every_position(changed, mask, gaps, prefs)
+    assert every.shape == (2, 6, 3, 16)
+    assert torch.allclose(every[:, -1], served, atol=1e-5)
+    assert torch.allclose(every[:, :4], every_changed[:, :4], atol=1e-5)  # slots 0-3 never read slots 4-5
+    assert not torch.allclose(every[:, 4:], every_changed[:, 4:], atol=1e-3)
+
+
+def test_sequence_windows_train_every_next_item_once_with_context() -> None:
+    config = make_config(np.zeros((50, 4), np.float32), ("synthetic",), history=8, user_tower="seq")
+    trainer = GTrainer(config, np.zeros((50, 4), np.float32), [str(i) for i in range(50)], ["u0", "u1", "u2"],
+                       GTrainConfig())  # fmt: skip
+    sequences = {0: np.arange(37), 1: np.arange(3), 2: np.arange(1)}
+    for run in (1, 3, 8):
+        trained = {}
+        for user, start, end, first in trainer.windows(sequences, run):
+            assert end - start <= 8 and start <= first < end and end - first <= run
+            for slot in range(first, end):
+                trained[(user, slot + 1)] = trained.get((user, slot + 1), 0) + 1
+                assert slot - start + 1 >= min(slot + 1, 8 - run + 1)  # at least history - run items read
+        assert trained == {(u, p): 1 for u, seq in sequences.items() for p in range(1, len(seq))}
 
 
 def test_interests_that_rarely_win_are_dropped() -> None:
