@@ -170,6 +170,7 @@ class RecallSetChannel(Channel):
         grid += [MergeWeights(mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta,
                               trust={c: others for c in CHANNELS if c != "personal"})
                  for rrf_k, beta, others in rank_grid]  # fmt: skip
+        grid += [replace(weights, explore=explore) for explore in (4, 8) for weights in grid]  # exploration slots
         targets = [target for _, _, target in queries]
         singles = {channel: held_out_score([[r["id"] for r in results.get(channel, [])[:50]]
                                             for results, _, _ in queries], targets, len(self.sources.ids))
@@ -182,7 +183,8 @@ class RecallSetChannel(Channel):
         hits, coverage, weights, rule = pick_merge(scored, singles, tie=2 / len(queries))
         best = replace(self.config, merge=weights)
         self.tuned = {"mode": weights.mode, "rrf_k": weights.rrf_k, "alpha": weights.alpha, "beta": weights.beta,
-                      "trust": weights.trust, "held_out_hitrate@50": hits, "held_out_coverage": coverage,
+                      "trust": weights.trust, "explore": weights.explore,
+                      "held_out_hitrate@50": hits, "held_out_coverage": coverage,
                       "held_out_best_hitrate@50": max(h for h, _, _ in scored), "rule": rule,
                       "held_out_channels": {c: {"hitrate@50": h, "coverage": cov} for c, (h, cov) in singles.items()}}
         return best

@@ -33,6 +33,10 @@ class MergeWeights:
     # robust when channels' scores are not comparable (a dot product vs a recency-weighted sum)
     mode: str = "score"
     rrf_k: float = 60.0
+    # exploration slots: the last `explore` places of the list go to the best candidates that `lead` (the
+    # channel that dominates the ranking) did not recall, so the other channels always show some of their own
+    explore: int = 0
+    lead: str = "personal"
 
 
 def union(
@@ -89,21 +93,34 @@ def rerank(
         tags = tag_sets[index]
         return len(tags - covered) / len(tags) if tags else 0.0
 
-    heap = [(-(base[i] + weights.beta * gain(i)), i) for i in range(len(candidates))]
-    heapq.heapify(heap)
-    out = []
-    while heap and len(out) < k:
-        bound, index = heapq.heappop(heap)
-        fresh_gain = gain(index)
-        score = base[index] + weights.beta * fresh_gain
-        if heap and (-score, index) > heap[0]:  # stale: another candidate may be better now
-            heapq.heappush(heap, (-score, index))
-            continue
-        covered |= tag_sets[index]
-        chosen = candidates[index]
-        out.append({"id": chosen.item, "score": float(score), "similarity": chosen.similarity,
-                    "channels": chosen.channels, "diversity_gain": float(fresh_gain),
-                    "sources": chosen.sources})  # fmt: skip
+    out: list[dict] = []
+
+    def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool]) -> list[tuple[float, int]]:
+        """Greedy picks of allowed candidates until the list holds `limit`; returns the heap of the rest."""
+        heapq.heapify(heap)
+        aside = []  # not allowed now; their bounds stay valid (gains only shrink)
+        while heap and len(out) < limit:
+            bound, index = heapq.heappop(heap)
+            if not allowed(index):
+                aside.append((bound, index))
+                continue
+            fresh_gain = gain(index)
+            score = base[index] + weights.beta * fresh_gain
+            if heap and (-score, index) > heap[0]:  # stale: another candidate may be better now
+                heapq.heappush(heap, (-score, index))
+                continue
+            covered.update(tag_sets[index])
+            chosen = candidates[index]
+            out.append({"id": chosen.item, "score": float(score), "similarity": chosen.similarity,
+                        "channels": chosen.channels, "diversity_gain": float(fresh_gain),
+                        "sources": chosen.sources})  # fmt: skip
+        return heap + aside
+
+    rest = [(-(base[i] + weights.beta * gain(i)), i) for i in range(len(candidates))]
+    rest = take(rest, k - weights.explore, lambda i: True)
+    if weights.explore:  # exploration slots first, then (too few such candidates) anyone
+        rest = take(rest, k, lambda i: weights.lead not in candidates[i].channel_set)
+        take(rest, k, lambda i: True)
     return out
 
 

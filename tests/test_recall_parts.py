@@ -98,6 +98,20 @@ def test_rank_fusion_weighs_ranks_not_raw_scores() -> None:
     assert by_score[0]["id"] == "v1"  # raw scores let the larger scale win
 
 
+def test_exploration_slots_go_to_items_the_lead_channel_did_not_recall() -> None:
+    results = {
+        "personal": [{"id": f"p{i}", "score": 1.0 - i / 100} for i in range(10)],
+        "cluster": [{"id": "p0", "score": 0.5}, {"id": "c1", "score": 0.4}, {"id": "c2", "score": 0.3}],
+    }
+    plain = MergeWeights(alpha=0.0, beta=0.0)
+    exploring = MergeWeights(alpha=0.0, beta=0.0, explore=3)
+    base = [r["id"] for r in merge(results, k=6, seen=set(), tags_of=lambda i: [], weights=plain)]
+    out = [r["id"] for r in merge(results, k=6, seen=set(), tags_of=lambda i: [], weights=exploring)]
+    assert base == ["p0", "p1", "p2", "p3", "p4", "p5"]
+    # three slots reserved, two non-personal candidates: they fill two, the lead's next best the third
+    assert out == ["p0", "p1", "p2", "c1", "c2", "p3"]
+
+
 def test_numpy_user_tower_matches_torch(tmp_path) -> None:
     from encoders.content_g import GConfig, TwoTower, id_key
 
