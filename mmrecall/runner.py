@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,8 @@ def _env_value(value: object) -> str:
         return str(value.resolve())
     if isinstance(value, list | tuple):
         return ",".join(_env_value(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)  # pydantic-settings reads complex fields as JSON
     return str(value)
 
 

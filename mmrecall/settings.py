@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,6 +57,23 @@ class Settings(BaseSettings):
         default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
     )
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
+    merge: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Recall-set merge weights as JSON, e.g. {"mode": "rank", "rrf_k": 10, "explore": 4}: the fields '
+        "of index.merge.MergeWeights; `mmrecall eval` reports the tuned ones. Empty: MIC's 1 : 0.5 : 0.2.",
+    )
+
+    @field_validator("merge")
+    @classmethod
+    def _check_merge(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from index.merge import MergeWeights
+
+        unknown = sorted(set(value) - set(MergeWeights.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown merge fields {unknown}; known: {sorted(MergeWeights.__dataclass_fields__)}")
+        if value.get("mode", "score") not in ("score", "rank"):
+            raise ValueError(f"merge mode must be score or rank, not {value['mode']!r}")
+        return value
 
     @field_validator("media_roots", mode="before")
     @classmethod

@@ -112,6 +112,20 @@ def test_exploration_slots_go_to_items_the_lead_channel_did_not_recall() -> None
     assert out == ["p0", "p1", "p2", "c1", "c2", "p3"]
 
 
+def test_merge_weights_come_from_the_settings_and_bad_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from mmrecall.settings import Settings
+
+    monkeypatch.setenv("MMRECALL_MERGE", '{"mode": "rank", "rrf_k": 10, "explore": 4, "trust": {"cluster": 0.5}}')
+    weights = MergeWeights(**Settings().merge)
+    assert (weights.mode, weights.rrf_k, weights.explore, weights.trust) == ("rank", 10, 4, {"cluster": 0.5})
+    with pytest.raises(ValidationError, match="unknown merge fields"):
+        Settings(merge={"explor": 4})
+    with pytest.raises(ValidationError, match="score or rank"):
+        Settings(merge={"mode": "ranked"})
+
+
 def test_numpy_user_tower_matches_torch(tmp_path) -> None:
     from encoders.content_g import GConfig, TwoTower, id_key
 

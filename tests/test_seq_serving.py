@@ -26,7 +26,8 @@ def seq_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     report = train_g(dataset, features=("tiny-test",), out_root=home / "ckpt", cache=home / "cache", progress=False,
                      train=GTrainConfig(epochs=1, batch_size=32, random_negatives=16),
                      user_tower="seq", interests=3, history=10)  # fmt: skip
-    settings = make_settings(home, redis_url, encoder=report["checkpoint"])
+    # merge weights from the settings (as `mmrecall eval` would tune them): score = similarity alone
+    settings = make_settings(home, redis_url, encoder=report["checkpoint"], merge={"alpha": 0.0, "beta": 0.0})
     worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(home / "worker.log"))
     try:
         wait_for_workers(settings, timeout=90)
@@ -63,6 +64,7 @@ def test_recall_from_the_sequence_towers_active_interests(seq_service) -> None:
     results = by_user.json()["results"]
     assert len(results) == 5 and not set(ids[:6]) & {r["id"] for r in results}
     assert all(r["channels"] == ["personal"] for r in results)
+    assert all(r["score"] == r["similarity"] for r in results)  # MMRECALL_MERGE reached the API (MIC adds 0.5)
     history = {"history": ids[:6], "times": [1_700_000_000 + 3600 * i for i in range(6)], "k": 5,
                "channels": ["personal"]}  # fmt: skip
     with_times = http.post("/v1/recall", json=history).json()["results"]

@@ -12,6 +12,7 @@ from api.auth import READ
 from api.deps import ServingDep, SessionDep
 from api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
 from api.serving import NeedsDatabase, NotReady, ServiceSources, UnknownItem, similar_to
+from index.merge import MergeWeights
 from index.recall_set import RecallConfig, recall_set
 from storage import catalogue
 from storage.db import Item, session_scope
@@ -60,10 +61,10 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
         raise HTTPException(400, "none of the history items has a vector (unknown, deleted or not encoded yet)")
     sources = ServiceSources(state, url, in_memory_only=True, history_times=times)
     try:
-        return recall_response(sources, body, known)
+        return recall_response(sources, body, known, serving.settings.merge)
     except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
         sources = ServiceSources(state, url, history_times=times)
-        return await run_in_threadpool(recall_response, sources, body, known)
+        return await run_in_threadpool(recall_response, sources, body, known, serving.settings.merge)
 
 
 def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
@@ -72,9 +73,11 @@ def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
         return [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
 
 
-def recall_response(sources: ServiceSources, body: RecallIn, known: list[str]) -> dict:
+def recall_response(sources: ServiceSources, body: RecallIn, known: list[str], merge: dict) -> dict:
+    """`merge`: the deployment's merge weights (settings.merge)."""
+    config = RecallConfig(per_channel=max(body.k, 100), merge=MergeWeights(**merge))
     merged, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
-                                    config=RecallConfig(per_channel=max(body.k, 100)))  # fmt: skip
+                                    config=config)  # fmt: skip
     titles = sources.titles([r["id"] for r in merged])
     return {
         "user_id": body.user_id,
