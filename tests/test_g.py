@@ -105,6 +105,25 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
     assert torch.allclose(load_g(directory).user_tower.queries, trainer.model.user_tower.queries)
 
 
+def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
+    """Argmax routing lets one interest win most rows (rich get richer); the load-balancing term evens it."""
+    from evaluation.data import tag_matrix
+
+    split = leave_last_out(demo_data, "test")
+    features = category_features(demo_data)
+    vocab, item_tags = tag_matrix(demo_data)
+    top_share = {}
+    for balance in (0.0, 1.0):
+        config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=3,
+                             seq_layers=1, tag_vocab=vocab)  # fmt: skip
+        train = GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32, balance=balance)
+        trainer = GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids, train,
+                           item_tags=item_tags)  # fmt: skip
+        trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
+        top_share[balance] = trainer.activations.sum(axis=0).max() / trainer.activations.sum()
+    assert top_share[1.0] < top_share[0.0] - 0.1, top_share
+
+
 def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -> None:
     """One pass gives the user after every slot (training): the last slot is the user the serving forward
     gives, and the user after slot t never reads a later item."""
