@@ -161,6 +161,25 @@ def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
     assert {"alpha", "beta", "trust"} <= set(report["params"]["channels/merged"])  # tuned on held-out data
 
 
+def test_multi_interest_seq_fills_its_quotas_with_items_the_split_ranks(tmp_path: Path) -> None:
+    """Under the cold protocol only cold items are ranked: the interests' quotas must go to them, not to
+    warm items that are dropped afterwards."""
+    from evaluation.channels import EvalContext, MultiInterestSeqChannel
+    from evaluation.data import cold_items_split, load_dataset
+
+    data = load_dataset(generate_demo(tmp_path / "demo", per_leaf=6, users=30))
+    ctx = EvalContext(data, cache=tmp_path / "c", encoder="tiny-test", g_features=("tiny-test",), progress=False,
+                      g_train={"epochs": 1, "batch_size": 64, "random_negatives": 32})  # fmt: skip
+    split = cold_items_split(data)
+    channel = MultiInterestSeqChannel()
+    channel.fit(ctx, split)
+    scores = channel.scores(split.query_users[:4], split.histories[:4], split.history_times[:4], n=5)
+    listed = np.isfinite(scores)
+    cold = np.zeros(data.n_items, bool)
+    cold[split.candidates] = True
+    assert listed.any(axis=1).all() and not (listed & ~cold).any()
+
+
 def test_sasrec_learns_sequential_structure() -> None:
     """Users walk a ring of items (each item is followed by the next): SASRec must learn the next step,
     which no popularity or co-occurrence count can tell from its reverse."""
