@@ -256,23 +256,20 @@ class MultiInterestSeqChannel(GChannel):
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
         super().fit(ctx, split)
-        self.outside = None  # items the split does not rank (warm items under the cold protocol): no quota
-        if split.candidates is not None:
-            self.outside = np.ones(ctx.data.n_items, bool)
-            self.outside[split.candidates] = False
+        self.allowed = split.allowed(ctx.data.n_items)  # warm items under the cold protocol get no quota
 
     def scores(self, users, histories, times=None, n: int = 200):
         vectors, active = self.user_vectors(users, histories, times)
         if vectors.dim() == 2:
             return (vectors @ self.items.T).numpy()
         per_interest = self.torch.einsum("bkd,nd->bkn", vectors, self.items).numpy()  # (b, K, N)
+        if self.allowed is not None:
+            per_interest[:, :, ~self.allowed] = -np.inf
         shares = self.trainer.activations[np.asarray(users)].astype(np.float64) + 1e-9  # (b, K)
         shares = shares * active.numpy()
         out = np.full((len(users), self.items.shape[0]), -np.inf, np.float32)
         for row in range(len(users)):
             per_interest[row][:, histories[row]] = -np.inf  # seen items never fill a quota
-            if self.outside is not None:
-                per_interest[row][:, self.outside] = -np.inf
             quota = np.minimum(np.floor(n * shares[row] / shares[row].sum()).astype(int), self.items.shape[0])
             for k in np.flatnonzero(quota):
                 top = np.argpartition(-per_interest[row, k], quota[k] - 1)[: quota[k]]

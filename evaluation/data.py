@@ -90,6 +90,14 @@ class Split:
     cold_items: np.ndarray | None = field(default=None)
     history_times: list[np.ndarray] | None = None  # unix seconds of each history's items
 
+    def allowed(self, n_items: int) -> np.ndarray | None:
+        """(N,) bool: the items this split ranks (None: all of them)."""
+        if self.candidates is None:
+            return None
+        mask = np.zeros(n_items, bool)
+        mask[self.candidates] = True
+        return mask
+
 
 def by_user_in_time(data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Interactions sorted by (user, timestamp, file order): users, items, times, weights, and each

@@ -27,10 +27,7 @@ def evaluate_channel(
 ) -> dict[str, float]:
     data = ctx.data
     metrics = MetricAccumulator(data.n_items, category_tags(data), reference)
-    allowed = None
-    if split.candidates is not None:
-        allowed = np.zeros(data.n_items, bool)
-        allowed[split.candidates] = True
+    allowed = split.allowed(data.n_items)
     for start in range(0, len(split.query_users), BATCH):
         users = split.query_users[start : start + BATCH]
         histories = split.histories[start : start + BATCH]

@@ -133,10 +133,7 @@ class RecallSetChannel(Channel):
         space = (trainer.item_matrix(None, content_only=True).numpy() if self.space == "g"
                  else ctx.vectors(ctx.encoder))  # fmt: skip
         tags = [sorted(t) for t in category_tags(data)]
-        allowed = None
-        if split.candidates is not None:
-            allowed = np.zeros(data.n_items, bool)
-            allowed[split.candidates] = True
+        allowed = split.allowed(data.n_items)
         known_users = np.zeros(data.n_users, bool)
         known_users[np.unique(split.train_users)] = True
         popularity = np.bincount(split.train_items, minlength=data.n_items).astype(np.float64)

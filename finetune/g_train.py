@@ -300,6 +300,18 @@ class GTrainer:
         return {u: np.vstack([np.zeros((1, tags.shape[1]), np.float32), np.cumsum(tags[q], axis=0)])
                 for u, q in sequences.items()}  # fmt: skip
 
+    @staticmethod
+    def _tag_prefs_every_slot(users: np.ndarray, slot_pos: np.ndarray, mask: np.ndarray,
+                              state: FitState) -> torch.Tensor:  # fmt: skip
+        """(b, L, T) the tag preferences as they stood after each slot (the mean over its latest TAG_HISTORY
+        items), for windows whose slots sit at `slot_pos` (b, L) in their users' sequences."""
+        sums = [state.tag_sums[u] for u in users]
+        reach = np.clip(slot_pos + 1, 0, None)  # items up to and including the slot
+        upper = np.stack([sums[r][np.minimum(reach[r], len(sums[r]) - 1)] for r in range(len(users))])
+        lower = np.stack([sums[r][np.maximum(reach[r] - TAG_HISTORY, 0)] for r in range(len(users))])
+        counts = np.clip(np.minimum(reach, TAG_HISTORY), 1, None)[..., None]
+        return torch.from_numpy(((upper - lower) / counts * mask[..., None]).astype(np.float32))
+
     def _rows_loss(self, batch: np.ndarray, state: FitState) -> torch.Tensor:
         """Pooling tower: each (user, position) row's history predicts its item."""
         users = batch[:, 0]
@@ -335,14 +347,7 @@ class GTrainer:
         gaps = None
         if self.gap_seqs:
             gaps = torch.from_numpy(history_matrix([self.gap_seqs[u][a:e] for u, a, e, _ in batch], length)[0])
-        tag_prefs = None
-        if state.tag_sums:  # the tag preferences as they stood after each slot (its latest TAG_HISTORY items)
-            sums = [state.tag_sums[u] for u in batch[:, 0]]
-            reach = np.clip(slot_pos + 1, 0, None)  # items up to and including the slot
-            upper = np.stack([sums[r][np.minimum(reach[r], len(sums[r]) - 1)] for r in range(len(batch))])
-            lower = np.stack([sums[r][np.maximum(reach[r] - TAG_HISTORY, 0)] for r in range(len(batch))])
-            counts = np.clip(np.minimum(reach, TAG_HISTORY), 1, None)[..., None]
-            tag_prefs = torch.from_numpy(((upper - lower) / counts * mask[..., None]).astype(np.float32))
+        tag_prefs = self._tag_prefs_every_slot(batch[:, 0], slot_pos, mask, state) if state.tag_sums else None
         negatives = self._negatives(users, targets, state)
         content, position = self._content(index[mask], targets, negatives)
         history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)

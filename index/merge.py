@@ -38,6 +38,10 @@ class MergeWeights:
     explore: int = 0
     lead: str = "personal"
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("score", "rank"):
+            raise ValueError(f"merge mode must be score or rank, not {self.mode!r}")
+
 
 def union(
     channel_results: dict[str, Sequence[dict]],

@@ -71,8 +71,7 @@ class Settings(BaseSettings):
         unknown = sorted(set(value) - set(MergeWeights.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown merge fields {unknown}; known: {sorted(MergeWeights.__dataclass_fields__)}")
-        if value.get("mode", "score") not in ("score", "rank"):
-            raise ValueError(f"merge mode must be score or rank, not {value['mode']!r}")
+        MergeWeights(**value)  # its own checks (the mode)
         return value
 
     @field_validator("media_roots", mode="before")

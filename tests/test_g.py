@@ -163,6 +163,31 @@ def test_sequence_windows_train_every_next_item_once_with_context() -> None:
         assert trained == {(u, p): 1 for u, seq in sequences.items() for p in range(1, len(seq))}
 
 
+def test_training_tag_preferences_match_the_served_ones() -> None:
+    """Training reads the tag preferences after every slot from running sums; serving computes them from
+    the history. At a window's last slot they must agree (TAG_HISTORY items back, longer sequences too)."""
+    from encoders.content_g import TAG_HISTORY
+    from finetune.g_train import FitState, history_matrix
+
+    rng = np.random.default_rng(0)
+    n_items, length = 60, 8
+    item_tags = (rng.random((n_items, 5)) < 0.3).astype(np.float32)
+    config = make_config(np.zeros((n_items, 4), np.float32), ("synthetic",), history=length, user_tower="seq",
+                         tag_vocab=tuple("abcde"))  # fmt: skip
+    trainer = GTrainer(config, np.zeros((n_items, 4), np.float32), [str(i) for i in range(n_items)], ["u0", "u1"],
+                       GTrainConfig(), item_tags=item_tags)  # fmt: skip
+    sequences = {0: rng.integers(n_items, size=TAG_HISTORY + 40), 1: rng.integers(n_items, size=5)}
+    state = FitState(seqs=sequences, weight_seqs=None, item_sets={}, known=torch.ones(n_items, dtype=torch.bool),
+                     frequency=None, hard_pool=None, tag_sums=trainer._tag_sums(sequences))  # fmt: skip
+    for user, end in ((0, TAG_HISTORY + 30), (0, 3), (1, 5)):
+        start = max(0, end - length)
+        index, mask = history_matrix([sequences[user][start:end]], length)
+        slot_pos = start - (length - (end - start)) + np.arange(length)[None, :]
+        every = trainer._tag_prefs_every_slot(np.array([user]), slot_pos, mask, state)
+        served = trainer._sequence_inputs(index, mask, None, [sequences[user][:end]])["tag_pref"]
+        assert torch.allclose(every[0, -1], served[0], atol=1e-6)
+
+
 def test_interests_that_rarely_win_are_dropped() -> None:
     from finetune.g_train import activity
 
