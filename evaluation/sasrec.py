@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.common import EtaLogger
+from finetune.common import EtaLogger, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class SASRecConfig:
     patience: int = 3  # evaluations without a better held-out hitRate@50 before stopping
     eval_every: int = 4  # epochs between held-out evaluations
     seed: int = 0
-    bf16: bool = True  # train under bfloat16 autocast: the full-softmax logits dominate, and AMX/AVX512 halve them
+    # bfloat16 autocast: the full-softmax logits dominate, and AMX/AVX512-BF16 halve them; None: where the CPU has it
+    bf16: bool | None = None
 
 
 class SASRec(nn.Module):
@@ -96,6 +97,7 @@ class SASRecTrainer:
         started, evaluations_without_gain, history = time.time(), 0, []
         steps_per_epoch = -(-len(train) // cfg.batch_size)
         eta, step = EtaLogger("sasrec", cfg.epochs * steps_per_epoch), 0
+        bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
         for epoch in range(1, cfg.epochs + 1):
             self.model.train()
             losses, order = [], self.rng.permutation(len(train))
@@ -103,7 +105,7 @@ class SASRecTrainer:
                 batch = [train[i] for i in order[start : start + cfg.batch_size]]
                 padded = left_padded(batch, cfg.max_len + 1)  # (b, L + 1): inputs and next-item targets
                 inputs, targets = torch.from_numpy(padded[:, :-1]), torch.from_numpy(padded[:, 1:])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     hidden = self.model(inputs)  # (b, L, d)
                     real = targets > 0  # (b, L)
                     logits = hidden[real] @ self.model.item_table().T  # (positions, N)

@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict], None]  # (done, total, metrics)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). Elsewhere (e.g. AVX2 only)
+    bfloat16 autocast is emulated and several times slower than float32, so training stays in float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def run_dir(root: Path, kind: str) -> Path:
     """A new directory per run, named by its start time (a suffix when two runs start in one second)."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
