@@ -34,7 +34,7 @@ from encoders.content_g import (
     keys_of,
     save_g,
 )
-from finetune.common import EtaLogger, Progress
+from finetune.common import EtaLogger, Progress, native_bf16
 from finetune.frequency import StreamingFrequency
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,11 @@ class GTrainConfig:
     min_activation: float = 0.1  # at serving, interests chosen for less than this share of a user's rows drop
     seq_run: int = 5  # seq: next items trained per window pass (the rest of the window is their context)
     balance: float = 0.0  # weight of the load-balancing term on which interest wins (against collapse onto one)
-    bf16: bool = True  # the sequence tower trains under bfloat16 autocast (AMX / AVX512-BF16 where present)
+    # dense all-action loss (PinnerFormer): each slot also predicts one item drawn from the user's next
+    # `future_window` items, so the user vector keeps the long-term taste that new (cold) items are matched on
+    future_loss: float = 0.0  # its weight (0: next item only)
+    future_window: int = 50
+    bf16: bool | None = None  # bfloat16 autocast for the sequence tower; None: where the CPU has it in hardware
 
 
 @dataclass
@@ -135,6 +139,7 @@ class GTrainer:
         self.user_keys = torch.from_numpy(keys_of(user_ids))  # (U,)
         self.n_items = len(item_ids)
         self.seq = config.user_tower == "seq"
+        self.bf16 = native_bf16() if train.bf16 is None else train.bf16
         # (N, T) tag indicator rows over config.tag_vocab: the user's tag preferences are their mean
         self.item_tags = None if item_tags is None else torch.from_numpy(np.ascontiguousarray(item_tags, np.float32))
         # (U, K) how often each interest was the one activated, and which interests serve each user
@@ -349,10 +354,12 @@ class GTrainer:
             gaps = torch.from_numpy(history_matrix([self.gap_seqs[u][a:e] for u, a, e, _ in batch], length)[0])
         tag_prefs = self._tag_prefs_every_slot(batch[:, 0], slot_pos, mask, state) if state.tag_sums else None
         negatives = self._negatives(users, targets, state)
-        content, position = self._content(index[mask], targets, negatives)
+        later = self._later_items(users, next_pos, state) if cfg.future_loss > 0 else None
+        needed = targets if later is None else np.concatenate([targets, later])
+        content, position = self._content(index[mask], needed, negatives)
         history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # the transformer is the cost here
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # the transformer is the cost here
             interests, states = model.seq_users(history, torch.from_numpy(mask),
                                                 self.user_keys[torch.from_numpy(batch[:, 0])], gaps=gaps,
                                                 tag_prefs=tag_prefs, masked=masked)  # fmt: skip
@@ -381,7 +388,20 @@ class GTrainer:
                                                         torch.arange(len(items)))  # fmt: skip
         user_vec = interests[torch.arange(len(targets)), choice]  # (R, dim)
         loss = self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
+        if later is not None:  # each row's best interest for its later item (single activation again)
+            later_vec = self._item_vectors(later, content, position, state.known)
+            best = torch.einsum("rkd,rd->rk", interests, later_vec).detach().argmax(dim=1)
+            aux = aux + cfg.future_loss * self._softmax_loss(
+                interests[torch.arange(len(later)), best], later_vec, users, later, negatives, content, position,
+                weights, state, count=False)  # fmt: skip
         return loss + aux
+
+    def _later_items(self, users: np.ndarray, next_pos: np.ndarray, state: FitState) -> np.ndarray:
+        """(R,) one item per row drawn uniformly from its user's next `future_window` items (the next included)."""
+        ends = np.array([len(state.seqs[u]) for u in users])  # (R,)
+        reach = np.minimum(ends - next_pos, self.train_cfg.future_window)  # >= 1: the next item is always there
+        picks = next_pos + (self.rng.random(len(users)) * reach).astype(np.int64)
+        return np.array([state.seqs[u][j] for u, j in zip(users, picks, strict=True)], np.int64)
 
     def _negatives(self, users: np.ndarray, targets: np.ndarray, state: FitState) -> tuple[np.ndarray, np.ndarray]:
         """Uniform random negatives (M,) shared by the batch, and one hard negative per row (-1: none): an
@@ -411,15 +431,18 @@ class GTrainer:
 
     def _softmax_loss(self, user_vec: torch.Tensor, target_vec: torch.Tensor, users: np.ndarray, targets: np.ndarray,
                       negatives: tuple[np.ndarray, np.ndarray], content: torch.Tensor, position: torch.Tensor,
-                      weights: torch.Tensor | None, state: FitState) -> torch.Tensor:  # fmt: skip
+                      weights: torch.Tensor | None, state: FitState, *,
+                      count: bool = True) -> torch.Tensor:  # fmt: skip
         """Sampled softmax of each row's positive against the batch's other positives (log-q corrected),
-        the random negatives (corrected by their sampling rate) and the row's hard negative."""
+        the random negatives (corrected by their sampling rate) and the row's hard negative (that of the
+        row's next item). `count`: these positives update the item frequency (once per step)."""
         cfg, tau = self.train_cfg, self.config.temperature
         randoms, hard = negatives
         target_keys = self.item_keys[torch.from_numpy(targets)]
         in_batch = user_vec @ target_vec.T / tau  # (b, b)
         if cfg.log_q:
-            state.frequency.update(target_keys, state.step + 1)
+            if count:
+                state.frequency.update(target_keys, state.step + 1)
             in_batch = in_batch - state.frequency.log_q(target_keys)[None, :]
         # another row's copy of my positive is no negative, nor is another row's positive of my own user (the
         # sequence tower's rows come in runs of one user's next items)
