@@ -9,7 +9,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256)
+HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256); snapshots tune their own
+EF_LADDER = (100, 128, 192, 256, 384, 512, 768, 1024)  # efSearch values tried, cheapest first
 IVF_NPROBE = 32
 # faiss's flat search takes a slow non-BLAS path for small batches (measured at 100k x 256, one query:
 # 6.8 ms in faiss, 2.4 ms as a numpy product + partial sort); few queries go through numpy instead
@@ -33,12 +34,15 @@ def as_matrix(vectors: np.ndarray) -> np.ndarray:
 class VectorIndex:
     """Rows are positions; `ids[pos]` is the item id. Scores are inner products (cosine on unit vectors)."""
 
-    def __init__(self, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index, factory: str) -> None:
+    def __init__(self, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index, factory: str,
+                 ef_search: int = HNSW_EF_SEARCH) -> None:  # fmt: skip
         self.ids = list(ids)
         self.vectors = vectors  # (n, d), possibly memory-mapped
         self.index = index
         self.factory = factory
         self.position = {item_id: pos for pos, item_id in enumerate(self.ids)}
+        self.ef_search = ef_search
+        _tune(index, ef_search)
 
     @classmethod
     def build(cls, ids: Sequence[str], vectors: np.ndarray, factory: str = "Flat") -> VectorIndex:
@@ -49,8 +53,28 @@ class VectorIndex:
         if not index.is_trained:
             index.train(matrix)
         index.add(matrix)
-        _tune(index)
         return cls(ids, matrix, index, factory)
+
+    def tune_search(self, target_recall: float = 0.97, *, queries: int = 200, k: int = 100, seed: int = 0) -> dict:
+        """HNSW: the smallest efSearch (EF_LADDER) whose recall@k against exact search reaches the target on
+        user-like queries (the mean of 20 random items: a user vector blends the items they liked). The
+        breadth an index needs depends on its size and data; a fixed one is either slow or short."""
+        if not isinstance(self.index, faiss.IndexHNSW) or len(self) <= k:
+            return {}
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.integers(len(self), size=(queries, 20)), axis=1)  # sorted: mapped pages in order
+        sample = np.stack([np.asarray(self.vectors[row], np.float32).mean(axis=0) for row in picks])
+        sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+        exact = [set(row) for row in _exact_top_k_chunked(self.vectors, sample, k)]
+        measured = {}
+        for ef in EF_LADDER:
+            _, found = self.index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))
+            measured[ef] = float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
+            if measured[ef] >= target_recall:
+                break
+        self.ef_search = max(ef, k)  # faiss needs efSearch >= k
+        _tune(self.index, self.ef_search)
+        return {"ef_search": self.ef_search, f"ann_recall_at_{k}": round(measured[ef], 4)}
 
     @property
     def dim(self) -> int:
@@ -76,7 +100,8 @@ class VectorIndex:
         np.save(directory / "vectors.npy", self.vectors)
         faiss.write_index(self.index, str(directory / "index.faiss"))
         (directory / "ids.json").write_text(json.dumps(self.ids))
-        (directory / "index.json").write_text(json.dumps({"factory": self.factory, "count": len(self.ids)}))
+        (directory / "index.json").write_text(json.dumps({"factory": self.factory, "count": len(self.ids),
+                                                          "ef_search": self.ef_search}))  # fmt: skip
 
     @classmethod
     def load(cls, directory: Path) -> VectorIndex:
@@ -84,8 +109,7 @@ class VectorIndex:
         meta = json.loads((directory / "index.json").read_text())
         vectors = np.asarray(np.load(directory / "vectors.npy", mmap_mode="r"))  # an ndarray view of the map
         index = faiss.read_index(str(directory / "index.faiss"))
-        _tune(index)
-        return cls(ids, vectors, index, meta["factory"])
+        return cls(ids, vectors, index, meta["factory"], meta.get("ef_search", HNSW_EF_SEARCH))
 
 
 def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,10 +124,25 @@ def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     return np.take_along_axis(picked, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
-def _tune(index: faiss.Index) -> None:
-    """Search-time parameters are not stored with the index; set them after build and load."""
+def _exact_top_k_chunked(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
+    """(q, k) exact top-k positions (in no order), reading the (possibly memory-mapped) matrix in chunks."""
+    kept_scores = np.zeros((len(queries), 0), np.float32)
+    kept_rows = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start : start + chunk], np.float32)
+        scores = np.concatenate([kept_scores, queries @ block.T], axis=1)
+        rows = np.concatenate([kept_rows, np.broadcast_to(np.arange(start, start + len(block)),
+                                                          (len(queries), len(block)))], axis=1)  # fmt: skip
+        keep = min(k, scores.shape[1])
+        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        kept_scores, kept_rows = np.take_along_axis(scores, top, axis=1), np.take_along_axis(rows, top, axis=1)
+    return kept_rows
+
+
+def _tune(index: faiss.Index, ef_search: int = HNSW_EF_SEARCH) -> None:
+    """Search-time parameters are not stored with the faiss index; set them after build and load."""
     if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index.hnsw.efSearch = ef_search
         return
     try:
         faiss.extract_index_ivf(index).nprobe = IVF_NPROBE

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     v2v_table_ef_search: int = Field(
         default=256, description="HNSW efSearch while building the v2v table (one query per item: speed matters)."
     )
+    ann_target_recall: float = Field(
+        default=0.97, gt=0, le=1,
+        description="Reindex tunes the HNSW search breadth to the smallest that reaches this recall@100.",
+    )
     api_faiss_threads: int = Field(
         default=1, description="OpenMP/BLAS threads per search in the API: requests run in parallel already."
     )

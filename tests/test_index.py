@@ -37,6 +37,27 @@ def test_hnsw_recall_against_exact() -> None:
     assert recall >= 0.95, recall
 
 
+def test_search_breadth_is_tuned_to_the_target_recall_and_stored(tmp_path: Path) -> None:
+    """Reindex sets HNSW's efSearch to the smallest that reaches the target recall@100 on user-like
+    queries; a higher target never gets a smaller breadth, the reached recall holds on fresh queries,
+    and the snapshot keeps the breadth."""
+    base = low_rank_unit(20_000, seed=1)
+    index = VectorIndex.build([str(i) for i in range(len(base))], base, "HNSW8,Flat")  # a sparse graph
+    loose = index.tune_search(0.90)
+    strict = index.tune_search(0.995)
+    assert loose["ann_recall_at_100"] >= 0.90 and strict["ann_recall_at_100"] >= 0.995
+    assert loose["ef_search"] < strict["ef_search"]  # 0.90 is reached well before 0.995 here
+    rng = np.random.default_rng(3)
+    queries = base[rng.integers(len(base), size=(100, 20))].mean(axis=1)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = exact_topk(base, queries, 100)
+    recall = np.mean([len(set(p) & set(t)) / 100 for p, t in zip(index.search(queries, 100)[1], truth, strict=True)])
+    assert recall >= 0.985, recall  # the tuned breadth serves unseen queries about as well
+    index.save(tmp_path / "snap")
+    assert VectorIndex.load(tmp_path / "snap").index.hnsw.efSearch == strict["ef_search"]
+    assert VectorIndex.build(["a", "b"], base[:2], "Flat").tune_search(0.99) == {}  # exact search: nothing to tune
+
+
 def test_choose_factory_by_size() -> None:
     assert choose_factory(1000) == "Flat"
     assert choose_factory(1_000_000).startswith("HNSW")

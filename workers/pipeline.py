@@ -211,6 +211,7 @@ def reindex(
         factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
         built = VectorIndex.build(ids, matrix, factory)
         del matrix
+        tuned = built.tune_search(settings.ann_target_recall)  # before save: the breadth is stored with it
         target = snapshots.new_snapshot_dir(settings.snapshots_dir, job_id[:8])
         built.save(target)
         with session_scope(url) as session:
@@ -230,6 +231,7 @@ def reindex(
             "max_row": max_row,
             "job_id": job_id,
             "created_at": time.time(),
+            **tuned,
             **extras,
         }
         with session_scope(url) as session:
