@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,12 +210,15 @@ class ServiceSources:
         keep = row >= 0
         skip = [snapshot.position[i] for i in (deleted | superseded | exclude) if i in snapshot.position]
         if skip:  # usually a short history; deletions and re-encodes since the snapshot are rare
-            keep &= ~np.isin(row, skip)
+            skipped = set(skip)  # a set lookup per table entry beats np.isin's sort for a table row
+            keep &= np.fromiter((r not in skipped for r in row.tolist()), bool, len(row))
         ids = snapshot.ids
         found = [(ids[r], s) for r, s in zip(row[keep].tolist(), scores[keep].tolist(), strict=True)]
         if complete and len(found) < n and len(row) < len(ids) - 1:
             return None  # the table row is too short for this request
         fresh = self.live.search_delta(self.live.vector(item), n, exclude=exclude | {item})
+        if not fresh:  # table rows are sorted already
+            return found[:n]
         return sorted(found + [(x.id, x.score) for x in fresh], key=lambda p: -p[1])[:n]
 
     def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:
@@ -287,9 +290,13 @@ class ServiceSources:
                 best[x.id] = max(best.get(x.id, -np.inf), x.score)
         return sorted(best.items(), key=lambda pair: -pair[1])[:n]
 
-    def _from_database(self, items: Iterable[str]) -> list[str]:
-        meta = self.state.meta
-        return [i for i in items if meta is None or self._snapshot_row(i) is None]
+    def _from_database(self, items: set[str]) -> list[str]:
+        """The items the snapshot's titles and tags cannot answer for: newer than it, or re-encoded since."""
+        snapshot = self.live.snapshot
+        if self.state.meta is None or snapshot is None:
+            return list(items)
+        position, superseded = snapshot.position, self.live.superseded
+        return [i for i in items if i not in position or i in superseded]
 
     def prepare(self, items: set[str]) -> None:
         """Fetch, in one query, the tags of candidates the snapshot cannot answer for."""
@@ -300,7 +307,7 @@ class ServiceSources:
             with session_scope(self.database_url) as session:
                 self._db_tags.update({i: [] for i in missing} | catalogue.tags_of(session, missing))
 
-    def tags(self, item: str) -> list[str]:
+    def tags(self, item: str) -> Collection[str]:
         """First-level tags (the rerank's diversity categories)."""
         pos = self._snapshot_row(item) if self.state.meta is not None else None
         if pos is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+TAG_CACHE = 1 << 18  # rows whose top-level tags are kept decoded (every recall asks for a few hundred)
 FILES = ("meta-titles.bin", "meta-title-spans.npy", "meta-tag-offsets.npy", "meta-tag-codes.npy", "meta-tags.json")
 
 
@@ -25,6 +26,7 @@ class ItemMeta:
         self.tag_codes = tag_codes  # int32 codes into vocabulary
         self.vocabulary = list(vocabulary)
         self.top_level = [tag.split("/")[0] for tag in self.vocabulary]
+        self._top_cache: dict[int, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self.title_spans)
@@ -59,8 +61,14 @@ class ItemMeta:
     def tags(self, pos: int) -> list[str]:
         return [self.vocabulary[c] for c in self._codes(pos)]
 
-    def top_level_tags(self, pos: int) -> list[str]:
-        return [self.top_level[c] for c in self._codes(pos)]
+    def top_level_tags(self, pos: int) -> frozenset[str]:
+        """The row's first-level tags as a set (the rerank's diversity categories), decoded once."""
+        found = self._top_cache.get(pos)
+        if found is None:
+            if len(self._top_cache) >= TAG_CACHE:  # bounded: start over rather than track recency
+                self._top_cache.clear()
+            found = self._top_cache[pos] = frozenset(self.top_level[c] for c in self._codes(pos))
+        return found
 
     def save(self, directory: Path) -> None:
         (directory / FILES[0]).write_bytes(self.blob.tobytes())

@@ -5,7 +5,7 @@ Every result keeps which channels recalled it and from which trigger item or int
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 
@@ -13,12 +13,17 @@ from dataclasses import dataclass, field
 class Candidate:
     item: str
     similarity: float  # the best similarity any channel gave it
-    sources: list[dict] = field(default_factory=list)  # [{"channel", "score", "trigger"?, "interest"?}]
+    hits: list[tuple[str, dict]] = field(default_factory=list)  # (channel, that channel's result for the item)
     channel_set: set[str] = field(default_factory=set)
 
     @property
     def channels(self) -> list[str]:
         return sorted(self.channel_set)
+
+    @property
+    def sources(self) -> list[dict]:
+        """[{"channel", "score", "trigger"?, "interest"?}]: built only for the candidates that make the list."""
+        return [{"channel": channel, **{k: v for k, v in result.items() if k != "id"}} for channel, result in self.hits]
 
 
 @dataclass(frozen=True)
@@ -62,15 +67,15 @@ def union(
             item = result["id"]
             if item in seen:
                 continue
-            source = {"channel": channel, **{k: v for k, v in result.items() if k != "id"}}
-            if mode == "rank":
-                candidate = merged.setdefault(item, Candidate(item, 0.0))
-                candidate.similarity += factor / (rrf_k + rank)
+            similarity = factor / (rrf_k + rank) if mode == "rank" else factor * float(result["score"])
+            candidate = merged.get(item)
+            if candidate is None:
+                candidate = merged[item] = Candidate(item, similarity)
+            elif mode == "rank":
+                candidate.similarity += similarity
             else:
-                similarity = factor * float(result["score"])
-                candidate = merged.setdefault(item, Candidate(item, similarity))
                 candidate.similarity = max(candidate.similarity, similarity)
-            candidate.sources.append(source)
+            candidate.hits.append((channel, result))
             candidate.channel_set.add(channel)
     if mode == "rank" and merged:
         top = max(c.similarity for c in merged.values()) or 1.0
@@ -80,7 +85,7 @@ def union(
 
 
 def rerank(
-    candidates: list[Candidate], k: int, weights: MergeWeights, tags_of: Callable[[str], Sequence[str]]
+    candidates: list[Candidate], k: int, weights: MergeWeights, tags_of: Callable[[str], Collection[str]]
 ) -> list[dict]:
     """Greedy: at each step take the candidate with the best score given the categories already covered.
 
@@ -133,7 +138,7 @@ def merge(
     *,
     k: int,
     seen: set[str],
-    tags_of: Callable[[str], Sequence[str]],
+    tags_of: Callable[[str], Collection[str]],
     weights: MergeWeights = MergeWeights(),
 ) -> list[dict]:
     candidates = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust, mode=weights.mode,

@@ -11,7 +11,7 @@ The same function serves the API and the evaluation harness; they differ only in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +32,7 @@ class RecallSources(Protocol):
     def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
     # nearest items to a history item whose vector is given (a cache, e.g. the v2v table, may answer)
     def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
-    def tags(self, item: str) -> Sequence[str]: ...
+    def tags(self, item: str) -> Collection[str]: ...  # first-level tags
 
 
 @dataclass(frozen=True)
