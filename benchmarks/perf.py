@@ -26,7 +26,15 @@ import httpx
 import numpy as np
 from sqlalchemy import insert
 
-from benchmarks.common import http_load, low_rank_vectors, percentiles_ms, table, write_result
+from benchmarks.common import (
+    http_load,
+    low_rank_vectors,
+    percentiles_ms,
+    table,
+    write_result,
+    wrk_available,
+    wrk_load,
+)
 from index.ann import VectorIndex
 from mmrecall.runner import settings_env
 from mmrecall.settings import Settings
@@ -157,7 +165,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
     n = SCALES.get(scale, SCALES["100k"])
     result: dict = {"scale": scale, "items": n, "dim": DIM}
     with tempfile.TemporaryDirectory(prefix="mmrecall-perf-") as tmp:
-        settings = Settings(home=Path(tmp), refresh_interval_s=0.1)
+        settings = Settings(home=Path(tmp))  # the default refresh interval: what a deployment runs
         settings.ensure_dirs()
         vectors = low_rank_vectors(n, DIM, seed=11)
         started = time.perf_counter()
@@ -178,10 +186,13 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_serving(url, server, job["snapshot"])
-            similar = http_load(url, lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}",
-                                                                 params={"k": 50}))  # fmt: skip
-            recall = http_load(url, lambda http, rng: http.post("/v1/recall", json={
-                "history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}))  # fmt: skip
+            similar = load(url, lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}",
+                                                            params={"k": 50}),
+                           f'return wrk.format("GET", string.format("/v1/similar/item%07d?k=50", '
+                           f"math.random(0, {n - 1})))")  # fmt: skip
+            recall = load(url, lambda http, rng: http.post("/v1/recall", json={
+                "history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}), RECALL_LUA % (n - 1))
+            result["load_generator"] = similar["load_generator"]
             for name, measured in (("similar", similar), ("recall", recall)):
                 result.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
             result["http_errors"] = similar["errors"] + recall["errors"]
@@ -199,6 +210,21 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
     print(table(rows, ["metric", "value"]))
     write_result(out, "perf", result)
     return result
+
+
+# 20 random catalogue items as the history of one /v1/recall (as the Python client sends)
+RECALL_LUA = """local ids = {}
+for i = 1, 20 do ids[i] = string.format('"item%%07d"', math.random(0, %d)) end
+return wrk.format("POST", "/v1/recall", {["Content-Type"] = "application/json"},
+                  '{"history": [' .. table.concat(ids, ",") .. '], "k": 100}')"""
+
+
+def load(url: str, python_request, lua_request: str, *, seconds: float = 10.0) -> dict:
+    """8 closed-loop clients from wrk when it is installed (far less client CPU), else from Python threads."""
+    if wrk_available():
+        wrk_load(url, lua_request, seconds=2.0)  # warm-up
+        return wrk_load(url, lua_request, seconds=seconds)
+    return http_load(url, python_request, seconds=seconds)
 
 
 def _wait_serving(url: str, server: subprocess.Popen, snapshot: str, timeout: float = 600) -> None:
