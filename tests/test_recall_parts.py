@@ -56,6 +56,21 @@ def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
     assert out[1]["score"] == pytest.approx(0.5 + 0.5 * 0.8) and out[1]["trigger"] == "a"
 
 
+def test_cut_forms_the_clusters_of_scipys_fcluster() -> None:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from index.multi_interest import cut
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        x = rng.normal(size=(int(rng.integers(2, 60)), 8)) + 3 * rng.normal(size=(3, 8))[rng.integers(3, size=1)]
+        link = linkage(x, method="ward")
+        threshold = float(np.quantile(link[:, 2], rng.random()))
+        ours, scipys = cut(link, len(x), threshold), fcluster(link, t=threshold, criterion="distance")
+        pairs = set(zip(ours.tolist(), scipys.tolist(), strict=True))  # the same partition up to relabelling
+        assert len(pairs) == len(set(ours.tolist())) == len(set(scipys.tolist())), trial
+
+
 def test_interests_separate_two_tastes_and_weigh_recency() -> None:
     x, labels = blobs(n_per=10, centres=2)
     history = np.concatenate([x[labels == 0][:8], x[labels == 1][:3]])  # old taste 8 items, recent taste 3
