@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks.common import wrk_available, wrk_load
 from tests.conftest import Service
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
@@ -235,3 +236,12 @@ def test_activating_another_encoder_backfills_and_swaps(service: Service) -> Non
     # an item ingested now is encoded by the new encoder
     http.post("/v1/items", json={"items": items_payload(service, "f", 1)})
     assert any(v.startswith("tiny-dual@") for v in service.wait_items(["f0"])["f0"]["versions"])
+
+
+@pytest.mark.skipif(not wrk_available(), reason="wrk is not installed")
+def test_wrk_load_generator_counts_requests_and_errors(service: Service) -> None:
+    """The benchmarks' load generator: its Lua-built requests reach the API, and non-2xx answers count."""
+    ok = wrk_load(service.api.url, 'return wrk.format("GET", "/healthz")', clients=2, seconds=1)
+    assert ok["requests"] > 10 and ok["errors"] == 0 and 0 < ok["p50_ms"] <= ok["p99_ms"] <= ok["max_ms"]
+    missing = wrk_load(service.api.url, 'return wrk.format("GET", "/v1/similar/no-such-item")', clients=2, seconds=1)
+    assert missing["requests"] > 0 and missing["errors"] == missing["requests"]
