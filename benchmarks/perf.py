@@ -2,9 +2,11 @@
 
 - reindex_s / reindex_peak_gb: the real reindex job (ANN index, k-means cluster table, v2v top-100
   table) over vectors stored in the catalogue, in a child process whose peak memory is measured;
-- similar_p99_ms / recall_p99_ms: HTTP against the API in its own process, 8 concurrent clients;
-- personal_ann_p99_ms / personal_ann_recall_at_100: the serving index on user-like query vectors,
-  single queries, against exact search;
+- similar_p99_ms / recall_p99_ms: HTTP against the API in its own processes, 8 concurrent keep-alive
+  clients from wrk when installed (else Python threads: `load_generator` says which);
+- recall_cpu_ms: where one /v1/recall's time goes, CPU ms in process per channel, merge and whole request;
+- personal_ann_p99_ms / personal_ann_recall_at_100: the serving index (efSearch as the reindex tuned it)
+  on user-like query vectors, single queries, against exact search;
 - freshness_s: a vector stored as a worker stores it, until /v1/similar of its neighbour returns it;
 - encode_efficiency: pipeline / raw items per second of the default encoder (benchmarks.encode);
 - user_tower_{pool,seq}_p50_ms / _p99_ms: CPU cost of the user tower in the API process for one /v1/recall
@@ -106,6 +108,38 @@ def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) ->
     return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
 
 
+def recall_cpu(settings: Settings, n: int, requests: int = 200) -> dict:
+    """Mean CPU ms of one /v1/recall's work in process (no HTTP), per channel, for the merge, and in all:
+    where a request's time goes. Histories of 20 random items, as the HTTP load sends."""
+    from api.routes.similar import recall_response
+    from api.schemas import RecallIn
+    from api.serving import ServiceSources, ServingIndex
+    from index.merge import MergeWeights, merge
+    from index.recall_set import CHANNELS, RecallConfig, channel_candidates, normalized
+
+    serving = ServingIndex(settings)
+    serving.refresh()
+    state, url, rng = serving.state, settings.resolved_database_url, np.random.default_rng(1)
+    histories = [[f"item{i:07d}" for i in rng.integers(n, size=20)] for _ in range(requests)]
+    config = RecallConfig(per_channel=100)
+
+    def cpu_ms(work) -> float:
+        started = time.thread_time()
+        for history in histories:
+            work(history, ServiceSources(state, url, in_memory_only=True))
+        return round((time.thread_time() - started) / len(histories) * 1000, 3)
+
+    out = {channel: cpu_ms(lambda h, s, c=channel: channel_candidates(s, h, None, [c], config)) for channel in CHANNELS}
+    found = {}
+    for history in histories:
+        found[tuple(history)] = channel_candidates(ServiceSources(state, url, in_memory_only=True), history, None,
+                                                   CHANNELS, config)  # fmt: skip
+    out["merge"] = cpu_ms(lambda h, s: merge({c: normalized(r) for c, r in found[tuple(h)].items()}, k=100,
+                                             seen=set(h), tags_of=s.tags, weights=MergeWeights()))  # fmt: skip
+    out["request"] = cpu_ms(lambda h, s: recall_response(s, RecallIn(history=h, k=100), h, settings.merge))
+    return out
+
+
 def user_tower_cost(calls: int = 500) -> dict:
     """p50/p99 ms of one user-vector computation in numpy, as the API does per /v1/recall, per tower kind."""
     import torch
@@ -176,6 +210,8 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
                       reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters")})  # fmt: skip
         snapshot_dir = settings.snapshots_dir / job["snapshot"]
         result["personal_ann_p99_ms"], result["personal_ann_recall_at_100"] = personal_ann(snapshot_dir, vectors)
+        result["ef_search"] = job.get("ef_search")
+        result["recall_cpu_ms"] = recall_cpu(settings, n)
         port = 18500 + os.getpid() % 500
         command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS),
                    "--no-access-log"]  # fmt: skip
@@ -208,6 +244,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
     result.update(user_tower_cost())
     rows = [{"metric": k, "value": v} for k, v in result.items() if not isinstance(v, dict)]
     print(table(rows, ["metric", "value"]))
+    print(table([{"part": k, "cpu_ms": v} for k, v in result["recall_cpu_ms"].items()], ["part", "cpu_ms"]))
     write_result(out, "perf", result)
     return result
 
