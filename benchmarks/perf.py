@@ -110,7 +110,21 @@ def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) ->
 
 def recall_cpu(settings: Settings, n: int, requests: int = 200) -> dict:
     """Mean CPU ms of one /v1/recall's work in process (no HTTP), per channel, for the merge, and in all:
-    where a request's time goes. Histories of 20 random items, as the HTTP load sends."""
+    where a request's time goes. Histories of 20 random items, as the HTTP load sends; one search thread,
+    as the API process runs them."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(settings.api_faiss_threads)
+    try:
+        with threadpool_limits(settings.api_faiss_threads):
+            return _recall_cpu(settings, n, requests)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
     from api.routes.similar import recall_response
     from api.schemas import RecallIn
     from api.serving import ServiceSources, ServingIndex
