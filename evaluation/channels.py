@@ -176,6 +176,7 @@ G_VARIANTS = {  # channel name -> (training overrides, model overrides)
     "personal_seq_nocate": ({}, {**SEQ, "cate_aware": False}),
     "personal_seq_nomask": ({"mask_loss": 0.0}, SEQ),
     "personal_seq_k1": ({}, {**SEQ, "interests": 1}),
+    "personal_seq_nofuture": ({"future_loss": 0.0}, SEQ),
 }
 
 

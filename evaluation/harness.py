@@ -18,7 +18,8 @@ from evaluation.metrics import KS, LIST_K, MetricAccumulator
 log = logging.getLogger(__name__)
 BATCH = 256
 OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content", "personal_seq_nocate",
-          "personal_seq_nomask", "personal_seq_k1", "personal_seq", "multi_interest_seq", "merged_seq"}  # when named
+          "personal_seq_nomask", "personal_seq_k1", "personal_seq_nofuture", "personal_seq", "multi_interest_seq",
+          "merged_seq"}  # when named
 Progress = Callable[[str, int, int], None]
 
 

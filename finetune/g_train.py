@@ -61,7 +61,7 @@ class GTrainConfig:
     balance: float = 0.0  # weight of the load-balancing term on which interest wins (against collapse onto one)
     # dense all-action loss (PinnerFormer): each slot also predicts one item drawn from the user's next
     # `future_window` items, so the user vector keeps the long-term taste that new (cold) items are matched on
-    future_loss: float = 0.0  # its weight (0: next item only)
+    future_loss: float = 0.5  # its weight (0: next item only)
     future_window: int = 50
     bf16: bool | None = None  # bfloat16 autocast for the sequence tower; None: where the CPU has it in hardware
 
