@@ -388,7 +388,9 @@ class GTrainer:
                                                         torch.arange(len(items)))  # fmt: skip
         user_vec = interests[torch.arange(len(targets)), choice]  # (R, dim)
         loss = self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
-        if later is not None:  # each row's best interest for its later item (single activation again)
+        # each row's best interest for its later item (single activation again); the row keeps its weight,
+        # negatives and hard negative (not the user's, so never the later item either)
+        if later is not None:
             later_vec = self._item_vectors(later, content, position, state.known)
             best = torch.einsum("rkd,rd->rk", interests, later_vec).detach().argmax(dim=1)
             aux = aux + cfg.future_loss * self._softmax_loss(
