@@ -224,17 +224,16 @@ class ServiceSources:
         snapshot, deleted, superseded = self.live.snapshot, self.live.deleted, self.live.superseded
         row, scores = state.v2v_rows[pos], state.v2v_scores[pos]
         keep = row >= 0
-        skip = [snapshot.position[i] for i in (deleted | superseded | exclude) if i in snapshot.position]
-        if skip:  # usually a short history; deletions and re-encodes since the snapshot are rare
-            skipped = set(skip)  # a set lookup per table entry beats np.isin's sort for a table row
-            keep &= np.fromiter((r not in skipped for r in row.tolist()), bool, len(row))
+        skip = {snapshot.position[i] for i in (deleted | superseded | exclude) if i in snapshot.position}
+        if skip:  # usually a short history; a set lookup per table entry beats np.isin's sort for one row
+            keep &= np.fromiter((r not in skip for r in row.tolist()), bool, len(row))
         ids = snapshot.ids
         found = [(ids[r], s) for r, s in zip(row[keep].tolist(), scores[keep].tolist(), strict=True)]
         if complete and len(found) < n and len(row) < len(ids) - 1:
             return None  # the table row is too short for this request
-        fresh = self.live.search_delta(self.live.vector(item), n, exclude=exclude | {item})
-        if not fresh:  # table rows are sorted already
+        if not self.live.has_delta:  # table rows are sorted already; no newer items to fold in
             return found[:n]
+        fresh = self.live.search_delta(self.live.vector(item), n, exclude=exclude | {item})
         return sorted(found + [(x.id, x.score) for x in fresh], key=lambda p: -p[1])[:n]
 
     def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:

@@ -125,17 +125,18 @@ def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 
 
 def _exact_top_k_chunked(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
-    """(q, k) exact top-k positions (in no order), reading the (possibly memory-mapped) matrix in chunks."""
+    """(q, k) exact top-k positions, best first, reading the (possibly memory-mapped) matrix in chunks:
+    each chunk's top k (`_exact_top_k`), kept merged with the best so far."""
     kept_scores = np.zeros((len(queries), 0), np.float32)
     kept_rows = np.zeros((len(queries), 0), np.int64)
     for start in range(0, len(vectors), chunk):
         block = np.asarray(vectors[start : start + chunk], np.float32)
-        scores = np.concatenate([kept_scores, queries @ block.T], axis=1)
-        rows = np.concatenate([kept_rows, np.broadcast_to(np.arange(start, start + len(block)),
-                                                          (len(queries), len(block)))], axis=1)  # fmt: skip
-        keep = min(k, scores.shape[1])
-        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        kept_scores, kept_rows = np.take_along_axis(scores, top, axis=1), np.take_along_axis(rows, top, axis=1)
+        scores, rows = _exact_top_k(block, queries, min(k, len(block)))
+        kept_scores = np.concatenate([kept_scores, scores], axis=1)
+        kept_rows = np.concatenate([kept_rows, rows + start], axis=1)
+        best = np.argsort(-kept_scores, axis=1, kind="stable")[:, :k]
+        kept_scores = np.take_along_axis(kept_scores, best, axis=1)
+        kept_rows = np.take_along_axis(kept_rows, best, axis=1)
     return kept_rows
 
 

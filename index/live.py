@@ -121,6 +121,11 @@ class LiveIndex:
         ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
         return [Neighbor(item_id, score) for item_id, score in ranked]
 
+    @property
+    def has_delta(self) -> bool:
+        """Whether vectors were added since the snapshot (items newer than its tables)."""
+        return self.delta_index is not None and self.delta_index.ntotal > 0
+
     def search_delta(
         self, query: np.ndarray | None, k: int, *, exclude: set[str] | frozenset = frozenset()
     ) -> list[Neighbor]:
