@@ -50,14 +50,16 @@ def search_items(settings: Settings, serving: ServingIndex, text: str, k: int) -
         from encoders import ContentInput
 
         vector = encoder.encode([ContentInput(title=text, tags=[])])[0]
-        found = sources.search(vector, k, set())
-        titles = sources.titles([i for i, _ in found])
+        rows, scores = (part.tolist() for part in sources.search(vector, k))
+        titles = sources.titles(rows)
         return {"query": text, "mode": "encoder", "encoder": encoder.version,
-                "results": [{"id": i, "score": s, "title": titles.get(i)} for i, s in found]}  # fmt: skip
+                "results": [{"id": sources.item(r), "score": float(s), "title": titles.get(r)}
+                            for r, s in zip(rows, scores, strict=True)]}  # fmt: skip
     with session_scope(url) as session:
         rows = catalogue.search_titles(session, text, limit=k)
     return {"query": text, "mode": "title", "results": [{"id": i, "score": None, "title": t} for i, t in rows]}
 
 
 def _title(sources: ServiceSources, item: str) -> dict:
-    return {"title": sources.titles([item]).get(item)}
+    row = sources.row(item)
+    return {"title": sources.titles([row]).get(row)}

@@ -23,6 +23,7 @@ from index.clusters import ClusterTable, cluster_recall
 from index.item_meta import ItemMeta
 from index.live import LiveIndex
 from index.personal import SeqTowerNumpy, UserTowerNumpy, gap_buckets_np, load_user_tower
+from index.ranked import NO_ROWS, Ranked, top_rows
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import ItemVector, session_scope
@@ -192,155 +193,169 @@ class NotReady(RuntimeError):
 
 
 class ServiceSources:
-    """index.recall_set's questions answered from a ServingState (see evaluation.recall_channels for
-    the harness's dense counterpart). Snapshot items are answered from memory; the database is asked
-    only about items written after the snapshot."""
+    """index.recall_set's questions answered from a ServingState, in its rows (LiveIndex: the snapshot's
+    positions, then the delta's); see evaluation.recall_channels for the harness's dense counterpart.
+    Snapshot items are answered from memory; the database is asked only about items written after the
+    snapshot."""
 
     def __init__(self, state: ServingState, database_url: str, *, in_memory_only: bool = False,
                  history_times: dict[str, float] | None = None) -> None:  # fmt: skip
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
         self.live = state.live
+        self.base = self.live.base  # rows from here on are newer than the snapshot's tables
+        self._ids = self.live.snapshot.ids if self.live.snapshot is not None else []
+        self.blocked = self.live.blocked_rows()  # deleted, or re-encoded since the snapshot
         self._db_tags: dict[str, list[str]] = {}
         self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
 
-    def _snapshot_row(self, item: str) -> int | None:
-        """The item's row in the snapshot's tables, unless it was re-encoded since (then they are stale)."""
-        snapshot = self.live.snapshot
-        if snapshot is None or item in self.live.superseded:
-            return None
-        return snapshot.position.get(item)
+    def row(self, item: str) -> int | None:
+        return self.live.row(item)
 
-    def vector(self, item: str) -> np.ndarray | None:
-        return self.live.vector(item)
+    def item(self, row: int) -> str:
+        return self._ids[row] if row < self.base else self.live.item(row)
+
+    def _moved(self) -> dict[int, int]:
+        """Snapshot row -> delta row of the items re-encoded since the snapshot."""
+        live = self.live
+        if not live.superseded:
+            return {}
+        position = live.snapshot.position
+        return {position[i]: live.base + live.delta_pos[i] for i in live.superseded if i in live.delta_pos}
 
     def _table_neighbors(
-        self, item: str, n: int, exclude: set[str], *, complete: bool = False
-    ) -> list[tuple[str, float]] | None:
+        self, row: int, n: int, exclude: np.ndarray, *, complete: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Up to n neighbours from the v2v table plus the delta (items newer than the table), or None when
-        the table cannot answer (no table, item not in it; with `complete`, fewer than n left)."""
-        pos, state = self._snapshot_row(item), self.state
-        if pos is None or state.v2v_rows is None:
+        the table cannot answer (no table, a row newer than it; with `complete`, fewer than n left)."""
+        state = self.state
+        if row >= self.base or state.v2v_rows is None:
             return None
-        snapshot, deleted, superseded = self.live.snapshot, self.live.deleted, self.live.superseded
-        row, scores = state.v2v_rows[pos], state.v2v_scores[pos]
-        keep = row >= 0
-        skip = {snapshot.position[i] for i in (deleted | superseded | exclude) if i in snapshot.position}
+        rows, scores = state.v2v_rows[row], state.v2v_scores[row]
+        keep = rows >= 0
+        skip = self.blocked.union(exclude.tolist()) if len(exclude) else self.blocked
         if skip:  # usually a short history; a set lookup per table entry beats np.isin's sort for one row
-            keep &= np.fromiter((r not in skip for r in row.tolist()), bool, len(row))
-        ids = snapshot.ids
-        found = [(ids[r], s) for r, s in zip(row[keep].tolist(), scores[keep].tolist(), strict=True)]
-        if complete and len(found) < n and len(row) < len(ids) - 1:
+            keep &= np.fromiter((r not in skip for r in rows.tolist()), bool, len(rows))
+        rows, scores = rows[keep].astype(np.int64), scores[keep].astype(np.float64)
+        if complete and len(rows) < n and state.v2v_rows.shape[1] < self.base - 1:
             return None  # the table row is too short for this request
         if not self.live.has_delta:  # table rows are sorted already; no newer items to fold in
-            return found[:n]
-        fresh = self.live.search_delta(self.live.vector(item), n, exclude=exclude | {item})
-        return sorted(found + [(x.id, x.score) for x in fresh], key=lambda p: -p[1])[:n]
+            return rows[:n], scores[:n]
+        fresh, fresh_scores = self.live.search_delta(self.live.row_vector(row), n, exclude=skip | {row})
+        return top_rows(np.concatenate([rows, fresh]), np.concatenate([scores, fresh_scores]), n)
 
-    def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:
-        """From the v2v table when the item is in the snapshot (and was not re-encoded since), else live ANN."""
-        found = self._table_neighbors(item, n, set())
+    def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """From the v2v table when the row is the snapshot's, else live ANN."""
+        found = self._table_neighbors(row, n, NO_ROWS)
         if found is not None:
             return found
-        vector = self.live.vector(item)
-        return [] if vector is None else [(x.id, x.score) for x in self.live.search(vector, n, exclude={item})]
+        return self.live.search_rows(self.live.row_vector(row), n, exclude={row})
 
-    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """Nearest items to a history item (a PinnerSage medoid): its cached v2v row where that answers."""
-        found = self._table_neighbors(item, n, exclude, complete=True)
+    def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
+        found = self._table_neighbors(row, n, exclude, complete=True)
         return found if found is not None else self.search(vector, n, exclude)
 
-    def cluster_mates(self, triggers: Sequence[tuple[str, float]], n: int) -> list[dict]:
-        table, snapshot = self.state.clusters, self.live.snapshot
-        if table is None or snapshot is None:
-            return []
-        rows, weights, clusters = [], [], []
-        for item, weight in triggers:
-            vector = self.live.vector(item)
-            if vector is None:
-                continue
-            pos = snapshot.position.get(item, -1)
-            rows.append(pos)
+    def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray = NO_ROWS) -> Ranked:
+        table = self.state.clusters
+        if table is None or self.live.snapshot is None:
+            return Ranked.empty()
+        rows, weights, clusters, queries = [], [], [], []
+        for row, weight in triggers:
+            rows.append(row)
             weights.append(weight)
-            clusters.append(int(table.assignment[pos]) if pos >= 0 else table.assign(vector))
-        vectors = np.asarray(snapshot.vectors)
-        found = cluster_recall(table, vectors, list(zip(rows, weights, strict=True)), k=n + len(self.live.deleted),
-                               trigger_clusters=clusters)  # fmt: skip
-        deleted = self.live.deleted
-        return [{"id": snapshot.ids[r], "score": s, "trigger": snapshot.ids[t] if t >= 0 else None}
-                for r, s, t in found if snapshot.ids[r] not in deleted][:n]  # fmt: skip
+            newer = row >= self.base  # newer than the table: its vector's cluster and its vector
+            queries.append(self.live.row_vector(row) if newer else None)
+            clusters.append(table.assign(queries[-1]) if newer else int(table.assignment[row]))
+        # the table's members are snapshot rows: an item re-encoded since is listed under its old row (and
+        # reported under its new one), so it is skipped when its new row is excluded
+        moved = self._moved()
+        excluded = set(exclude.tolist()) | set(rows)
+        skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded}
+        found = cluster_recall(table, self.live.snapshot.vectors, list(zip(rows, weights, strict=True)), k=n,
+                               trigger_clusters=clusters, queries=queries,
+                               exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]))  # fmt: skip
+        if moved:
+            found = Ranked(np.array([moved.get(r, r) for r in found.rows.tolist()], np.int64), found.scores,
+                           found.trigger)  # fmt: skip
+        return found
 
-    def _with_vectors(self, items: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """The items that have a vector (unknown or deleted ones are skipped) and their vectors, in order."""
-        pairs = [(i, v) for i, v in ((i, self.live.vector(i)) for i in items) if v is not None]
-        vectors = np.stack([v for _, v in pairs]) if pairs else np.zeros((0, self.live.dim or 1), np.float32)
-        return [i for i, _ in pairs], vectors
+    def content_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of the rows, in order."""
+        if not len(rows):
+            return np.zeros((0, self.live.dim or 1), np.float32)
+        return np.stack([self.live.row_vector(r) for r in np.asarray(rows).tolist()])
 
-    def content_vectors(self, items: Sequence[str]) -> np.ndarray:
-        """Vectors of the items that have one (unknown or deleted ones are skipped), oldest first."""
-        return self._with_vectors(items)[1]
-
-    def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray | None:
-        items, vectors = self._with_vectors(history)
+    def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
+        vectors = self.content_vectors(history)
         if not len(vectors):
             return None
         tower = self.state.user_tower
         if isinstance(tower, SeqTowerNumpy):  # the user's active interests, (k, d)
+            items = [self.item(r) for r in history.tolist()]
             times = [self.history_times.get(i) for i in items]
             gaps = gap_buckets_np(np.array(times, np.float64)) if all(t is not None for t in times) else None
             return tower(vectors, user_key(user) if user is not None else None, gaps=gaps,
-                         tag_pref=tower.tag_preferences([self.tags(i) for i in items]), user=user)  # fmt: skip
+                         tag_pref=tower.tag_preferences(self.tag_names(history)), user=user)  # fmt: skip
         if tower is not None:
             return tower(vectors, user_key(user) if user is not None else None)
         weights = np.power(0.9, np.arange(len(vectors) - 1, -1, -1))[:, None]  # no G yet: recency-weighted mean
         mean = (weights * vectors).sum(axis=0)
         return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
 
-    def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """Nearest items to a vector, or to several (interests): each item scored by its best one."""
+    def search(self, vector: np.ndarray, n: int, exclude: np.ndarray = NO_ROWS) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest rows to a vector, or to several (interests): each row scored by its best one."""
+        skip = set(np.asarray(exclude).tolist())
         if vector.ndim == 1:
-            return [(x.id, x.score) for x in self.live.search(vector, n, exclude=exclude)]
-        best: dict[str, float] = {}
+            return self.live.search_rows(vector, n, exclude=skip)
+        best: dict[int, float] = {}
         for interest in vector:
-            for x in self.live.search(interest, n, exclude=exclude):
-                best[x.id] = max(best.get(x.id, -np.inf), x.score)
-        return sorted(best.items(), key=lambda pair: -pair[1])[:n]
+            rows, scores = self.live.search_rows(interest, n, exclude=skip)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+                best[row] = max(best.get(row, -np.inf), score)
+        return top_rows(np.fromiter(best, np.int64, len(best)), np.fromiter(best.values(), np.float64, len(best)), n)
 
-    def _from_database(self, items: set[str]) -> list[str]:
-        """The items the snapshot's titles and tags cannot answer for: newer than it, or re-encoded since."""
-        snapshot = self.live.snapshot
-        if self.state.meta is None or snapshot is None:
-            return list(items)
-        position, superseded = snapshot.position, self.live.superseded
-        return [i for i in items if i not in position or i in superseded]
-
-    def prepare(self, items: set[str]) -> None:
-        """Fetch, in one query, the tags of candidates the snapshot cannot answer for."""
-        missing = [i for i in self._from_database(items) if i not in self._db_tags]
+    def prepare(self, rows: np.ndarray) -> None:
+        """Fetch, in one query, the tags of candidates the snapshot cannot answer for (rows newer than it)."""
+        items = {self.item(r) for r in np.asarray(rows).tolist() if r >= self.base or self.state.meta is None}
+        missing = [i for i in items if i not in self._db_tags]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"tags of {len(missing)} items newer than the snapshot")
         if missing:
             with session_scope(self.database_url) as session:
                 self._db_tags.update({i: [] for i in missing} | catalogue.tags_of(session, missing))
 
-    def tags(self, item: str) -> Collection[str]:
-        """First-level tags (the rerank's diversity categories)."""
-        pos = self._snapshot_row(item) if self.state.meta is not None else None
-        if pos is not None:
-            return self.state.meta.top_level_tags(pos)
-        return [t.split("/")[0] for t in self._db_tags.get(item) or []]
+    def categories(self, rows: np.ndarray) -> list[Collection]:
+        """Each row's first-level tags (the rerank's diversity categories): ints for the snapshot's rows
+        (ItemMeta.top_level_sets), mapped the same way for rows read from the database."""
+        rows, meta, base = np.asarray(rows, np.int64), self.state.meta, self.base
+        if meta is None:
+            return [frozenset(self._db_categories(r)) for r in rows.tolist()]
+        out = meta.top_level_sets(np.minimum(rows, base - 1)) if base else [frozenset()] * len(rows)
+        for at in np.flatnonzero(rows >= base).tolist():
+            out[at] = frozenset(meta.top_level_index.get(t, t) for t in self._db_categories(int(rows[at])))
+        return out
 
-    def titles(self, items: Sequence[str]) -> dict[str, str | None]:
+    def tag_names(self, rows: np.ndarray) -> list[list[str]]:
+        """Each row's tags (the sequence tower's tag preferences read their first level)."""
+        meta, base = self.state.meta, self.base
+        return [meta.tags(r) if meta is not None and r < base else self._db_tags.get(self.item(r)) or []
+                for r in np.asarray(rows).tolist()]  # fmt: skip
+
+    def _db_categories(self, row: int) -> list[str]:
+        return [t.split("/")[0] for t in self._db_tags.get(self.item(row)) or []]
+
+    def titles(self, rows: Sequence[int]) -> dict[int, str | None]:
         meta, found = self.state.meta, {}
-        for item in items:
-            pos = self._snapshot_row(item) if meta is not None else None
-            if pos is not None:
-                found[item] = meta.title(pos)
-        missing = [i for i in items if i not in found]
+        for row in rows:
+            if meta is not None and row < self.base:
+                found[row] = meta.title(row)
+        missing = [r for r in rows if r not in found]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"titles of {len(missing)} items newer than the snapshot")
         if missing:
             with session_scope(self.database_url) as session:
-                found.update(catalogue.titles(session, missing))
+                by_id = catalogue.titles(session, [self.item(r) for r in missing])
+            found.update({r: by_id.get(self.item(r)) for r in missing})
         return found
 
 
@@ -359,7 +374,6 @@ def similar_to(
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     state = serving.state
     url = serving.settings.resolved_database_url
-    sources = ServiceSources(state, url, in_memory_only=in_memory_only)
     vector = state.live.vector(item_id)
     if vector is None or item_id in state.live.deleted:
         if in_memory_only:
@@ -373,13 +387,17 @@ def similar_to(
                 reason = f": {item.error}" if item.error else ""
                 raise NotReady(f"item {item_id!r} has no vector yet (status {item.status}{reason})")
         state.live.add([item_id], stored[item_id][None, :])  # the feed will bring it anyway; answer now
+    sources = ServiceSources(state, url, in_memory_only=in_memory_only)
+    row = sources.row(item_id)
     if channel == "cluster":
-        found = [(r["id"], r["score"]) for r in sources.cluster_mates([(item_id, 1.0)], k)]
+        found = sources.cluster_mates([(row, 1.0)], k)
+        rows, scores = found.rows.tolist(), found.scores.tolist()
     else:
-        found = sources.neighbors(item_id, k)
-    titles = sources.titles([i for i, _ in found])
+        rows, scores = (part.tolist() for part in sources.neighbors(row, k))
+    titles = sources.titles(rows)
     return {
         "item_id": item_id,
         "channel": channel,
-        "results": [{"id": i, "score": s, "title": titles.get(i)} for i, s in found],
+        "results": [{"id": sources.item(r), "score": float(s), "title": titles.get(r)} for r, s in zip(rows, scores,
+                                                                                                   strict=True)],
     }

@@ -129,7 +129,7 @@ def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
     from api.schemas import RecallIn
     from api.serving import ServiceSources, ServingIndex
     from index.merge import MergeWeights, merge
-    from index.recall_set import CHANNELS, RecallConfig, channel_candidates, normalized
+    from index.recall_set import CHANNELS, RecallConfig, channel_candidates, history_rows
 
     serving = ServingIndex(settings)
     serving.refresh()
@@ -140,17 +140,19 @@ def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
     def cpu_ms(work) -> float:
         started = time.thread_time()
         for history in histories:
-            work(history, ServiceSources(state, url, in_memory_only=True))
+            sources = ServiceSources(state, url, in_memory_only=True)
+            work(history_rows(sources, history), sources, history)
         return round((time.thread_time() - started) / len(histories) * 1000, 3)
 
-    out = {channel: cpu_ms(lambda h, s, c=channel: channel_candidates(s, h, None, [c], config)) for channel in CHANNELS}
+    out = {c: cpu_ms(lambda rows, s, _h, c=c: channel_candidates(s, rows, None, [c], config)) for c in CHANNELS}
     found = {}
     for history in histories:
-        found[tuple(history)] = channel_candidates(ServiceSources(state, url, in_memory_only=True), history, None,
-                                                   CHANNELS, config)  # fmt: skip
-    out["merge"] = cpu_ms(lambda h, s: merge({c: normalized(r) for c, r in found[tuple(h)].items()}, k=100,
-                                             seen=set(h), tags_of=s.tags, weights=MergeWeights()))  # fmt: skip
-    out["request"] = cpu_ms(lambda h, s: recall_response(s, RecallIn(history=h, k=100), h, settings.merge))
+        sources = ServiceSources(state, url, in_memory_only=True)
+        found[tuple(history)] = channel_candidates(sources, history_rows(sources, history), None, CHANNELS, config)
+    out["merge"] = cpu_ms(lambda rows, s, h: merge({c: r.normalized() for c, r in found[tuple(h)].items()}, k=100,
+                                                   seen=np.unique(rows), categories=s.categories,
+                                                   weights=MergeWeights()))  # fmt: skip
+    out["request"] = cpu_ms(lambda rows, s, h: recall_response(s, RecallIn(history=h, k=100), rows, settings.merge))
     return out
 
 
@@ -221,7 +223,8 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         result["store_s"] = round(time.perf_counter() - started, 1)
         reindex_s, peak_gb, job = timed_reindex(settings)
         result.update(reindex_s=round(reindex_s, 1), reindex_peak_gb=round(peak_gb, 2), factory=job["factory"],
-                      reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters")})  # fmt: skip
+                      reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters",
+                                                                 "v2v_table_ef_search")})  # fmt: skip
         snapshot_dir = settings.snapshots_dir / job["snapshot"]
         result["personal_ann_p99_ms"], result["personal_ann_recall_at_100"] = personal_ann(snapshot_dir, vectors)
         result["ef_search"] = job.get("ef_search")

@@ -17,15 +17,17 @@ from encoders.content_g import gap_buckets
 from evaluation.channels import Channel, EvalContext, trained_g
 from evaluation.data import Split, category_tags
 from index.clusters import ClusterTable, cluster_recall
-from index.merge import MergeWeights, merge
-from index.recall_set import CHANNELS, RecallConfig, channel_candidates, normalized, recall_set
+from index.merge import MergeWeights, Pick, Pool, merge
+from index.ranked import Ranked
+from index.recall_set import CHANNELS, RecallConfig, channel_candidates, recall_set
 
 
 class DenseSources:
-    def __init__(self, ids: list[str], space: np.ndarray, g_items: np.ndarray, trainer, tags: list[list[str]],
+    """Rows are the dataset's item numbers; ids are those numbers as strings."""
+
+    def __init__(self, n_items: int, space: np.ndarray, g_items: np.ndarray, trainer, tags: list[list[str]],
                  allowed: np.ndarray | None, popularity: np.ndarray, known_users: np.ndarray) -> None:  # fmt: skip
-        self.ids = ids
-        self.index = {item: i for i, item in enumerate(ids)}
+        self.n_items = n_items
         self.space = space  # (N, d) v2v / cluster vectors
         self.g_items = g_items  # (N, d) personal / multi-interest index vectors
         self.trainer = trainer
@@ -36,59 +38,63 @@ class DenseSources:
         self.table = ClusterTable.build(space)
         self.query_gaps: np.ndarray | None = None  # time-gap buckets of the current query's history (seq tower)
 
-    def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def row(self, item: str) -> int | None:
+        return int(item)
+
+    def item(self, row: int) -> str:
+        return str(row)
+
+    def _top(self, scores: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = scores.copy()
         if self.allowed is not None:
             scores[~self.allowed] = -np.inf
-        for item in exclude:
-            scores[self.index[item]] = -np.inf
+        scores[np.asarray(exclude, np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, int)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.ids[i], float(scores[i])) for i in top]
+        return top.astype(np.int64), scores[top].astype(np.float64)
 
-    def neighbors(self, item: str, n: int) -> list[tuple[str, float]]:
-        row = self.index[item]
-        return self._top(self.space @ self.space[row], n, {item})
+    def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._top(self.space @ self.space[row], n, np.array([row]))
 
-    def cluster_mates(self, triggers: Sequence[tuple[str, float]], n: int) -> list[dict]:
-        rows = [(self.index[t], w) for t, w in triggers]
-        found = cluster_recall(self.table, self.space, rows, prior=self.prior, k=len(self.ids))
-        if self.allowed is not None:
-            found = [f for f in found if self.allowed[f[0]]]
-        return [{"id": self.ids[r], "score": s, "trigger": self.ids[t]} for r, s, t in found[:n]]
+    def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray) -> Ranked:
+        return cluster_recall(self.table, self.space, list(triggers), prior=self.prior, k=n, exclude=exclude,
+                              allowed=self.allowed)  # fmt: skip
 
-    def content_vectors(self, items: Sequence[str]) -> np.ndarray:
-        return self.g_items[[self.index[i] for i in items]]
+    def content_vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.g_items[rows]
 
-    def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray:
+    def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray:
         """(d,), or (k, d) the user's active interests (sequence tower)."""
-        rows = np.array([self.index[i] for i in history], np.int64)
         users = np.array([int(user)], np.int64) if user is not None else None
         gaps = [self.query_gaps] if self.query_gaps is not None else None
-        vector = self.trainer.user_matrix([rows], users, gaps=gaps)[0].numpy()
+        vector = self.trainer.user_matrix([np.asarray(history, np.int64)], users, gaps=gaps)[0].numpy()
         active = self.trainer.active_interests(users, 1)
         return vector if active is None else vector[active[0].numpy()]
 
-    def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def search(self, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = self.g_items @ vector.T  # (N,) or (N, k): an item scores by its best interest
         return self._top(scores if scores.ndim == 1 else scores.max(axis=1), n, exclude)
 
-    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.search(vector, n, exclude)
 
-    def tags(self, item: str) -> list[str]:
-        return self.item_tags[self.index[item]]
+    def categories(self, rows: np.ndarray) -> list[list[str]]:
+        return [self.item_tags[r] for r in np.asarray(rows).tolist()]
 
 
-def dense_from_list(results: list[dict], index: dict[str, int], n_items: int) -> np.ndarray:
+def dense_from_rows(rows: np.ndarray, n_items: int) -> np.ndarray:
+    """Listed rows scored by rank (best highest), everything else -inf (not recalled)."""
     scores = np.full(n_items, -np.inf, np.float32)
-    for rank, result in enumerate(results):
-        scores[index[result["id"]]] = len(results) - rank
+    scores[rows] = np.arange(len(rows), 0, -1)
     return scores
 
 
-def held_out_score(tops: list[list[str]], targets: list[str], n_items: int) -> tuple[float, float]:
+def merged_rows(pool: Pool, picks: list[Pick]) -> list[int]:
+    return [int(pool.rows[p.index]) for p in picks]
+
+
+def held_out_score(tops: list[list[int]], targets: list[int], n_items: int) -> tuple[float, float]:
     """(hitRate@50, coverage) of one top-50 list per held-out query."""
     hits = float(np.mean([target in top for top, target in zip(tops, targets, strict=True)]))
     return hits, len({item for top in tops for item in top}) / n_items
@@ -137,10 +143,8 @@ class RecallSetChannel(Channel):
         known_users = np.zeros(data.n_users, bool)
         known_users[np.unique(split.train_users)] = True
         popularity = np.bincount(split.train_items, minlength=data.n_items).astype(np.float64)
-        # ids are row numbers as strings: the channel code works on ids, the arrays on rows
         g_items = trainer.item_matrix(trainer.known).numpy()
-        return DenseSources([str(i) for i in range(data.n_items)], space, g_items, trainer, tags, allowed,
-                            popularity, known_users)  # fmt: skip
+        return DenseSources(data.n_items, space, g_items, trainer, tags, allowed, popularity, known_users)
 
     def tune_merge(self, trainer) -> RecallConfig:
         """Merge weights chosen on the interactions G held out for early stopping (never on test).
@@ -153,10 +157,10 @@ class RecallSetChannel(Channel):
         queries = []
         for user, history, target in held_out:
             self.sources.query_gaps = trainer.gap_seqs[user][: len(history)] if trainer.gap_seqs else None
-            hist = [str(i) for i in history]
+            hist = np.asarray(history, np.int64)
             user_id = str(user) if self.sources.known_users[user] else None
             candidates = channel_candidates(self.sources, hist, user_id, CHANNELS, self.config)
-            queries.append(({c: normalized(r) for c, r in candidates.items()}, set(hist), str(target)))
+            queries.append(({c: r.normalized() for c, r in candidates.items()}, np.unique(hist), int(target)))
         self.sources.query_gaps = None
         grid = [
             MergeWeights(alpha=alpha, beta=beta, trust={c: others for c in CHANNELS if c != "personal"})
@@ -169,14 +173,15 @@ class RecallSetChannel(Channel):
                  for rrf_k, beta, others in rank_grid]  # fmt: skip
         grid += [replace(weights, explore=explore) for explore in (4, 8) for weights in grid]  # exploration slots
         targets = [target for _, _, target in queries]
-        singles = {channel: held_out_score([[r["id"] for r in results.get(channel, [])[:50]]
-                                            for results, _, _ in queries], targets, len(self.sources.ids))
+        n_items = self.sources.n_items
+        singles = {channel: held_out_score([results[channel].rows[:50].tolist() if channel in results else []
+                                            for results, _, _ in queries], targets, n_items)
                    for channel in CHANNELS}  # fmt: skip
         scored = []
         for weights in grid:
-            tops = [[r["id"] for r in merge(results, k=50, seen=seen, tags_of=self.sources.tags, weights=weights)]
+            tops = [merged_rows(*merge(results, k=50, seen=seen, categories=self.sources.categories, weights=weights))
                     for results, seen, _ in queries]  # fmt: skip
-            scored.append((*held_out_score(tops, targets, len(self.sources.ids)), weights))
+            scored.append((*held_out_score(tops, targets, n_items), weights))
         hits, coverage, weights, rule = pick_merge(scored, singles, tie=2 / len(queries))
         best = replace(self.config, merge=weights)
         self.tuned = {"mode": weights.mode, "rrf_k": weights.rrf_k, "alpha": weights.alpha, "beta": weights.beta,
@@ -187,14 +192,16 @@ class RecallSetChannel(Channel):
         return best
 
     def scores(self, users, histories, times=None):
-        out = np.empty((len(users), len(self.sources.ids)), np.float32)
+        out = np.empty((len(users), self.sources.n_items), np.float32)
         for row, (user, history) in enumerate(zip(users, histories, strict=True)):
-            hist = [str(i) for i in history]
+            hist = np.asarray(history, np.int64)
             user_id = str(user) if self.sources.known_users[user] else None
             self.sources.query_gaps = gap_buckets(times[row]) if times is not None else None
             if self.kind == "merged":
-                results, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel, config=self.config)
+                pool, picks, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel,
+                                            config=self.config)  # fmt: skip
+                listed = np.array(merged_rows(pool, picks), np.int64)
             else:
-                results = channel_candidates(self.sources, hist, user_id, [self.kind], self.config)[self.kind]
-            out[row] = dense_from_list(results, self.sources.index, len(self.sources.ids))
+                listed = channel_candidates(self.sources, hist, user_id, [self.kind], self.config)[self.kind].rows
+            out[row] = dense_from_rows(listed, self.sources.n_items)
         return out

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256); snapshots tune their own
-EF_LADDER = (100, 128, 192, 256, 384, 512, 768, 1024)  # efSearch values tried, cheapest first
+EF_LADDER = (100, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)  # efSearch values tried, cheapest first
 IVF_NPROBE = 32
 # faiss's flat search takes a slow non-BLAS path for small batches (measured at 100k x 256, one query:
 # 6.8 ms in faiss, 2.4 ms as a numpy product + partial sort); few queries go through numpy instead
@@ -56,25 +56,36 @@ class VectorIndex:
         return cls(ids, matrix, index, factory)
 
     def tune_search(self, target_recall: float = 0.97, *, queries: int = 200, k: int = 100, seed: int = 0) -> dict:
-        """HNSW: the smallest efSearch (EF_LADDER) whose recall@k against exact search reaches the target on
-        user-like queries (the mean of 20 random items: a user vector blends the items they liked). The
-        breadth an index needs depends on its size and data; a fixed one is either slow or short."""
-        if not isinstance(self.index, faiss.IndexHNSW) or len(self) <= k:
+        """HNSW: set the serving breadth to the smallest efSearch (EF_LADDER) whose recall@k against exact
+        search reaches the target on user-like queries (the mean of 20 random items: a user vector blends
+        the items they liked). The breadth an index needs depends on its size and data; a fixed one is
+        either slow or short."""
+        if not self.is_hnsw or len(self) <= k:
             return {}
+        ef, recall = self.search_breadth(target_recall, queries=queries, k=k, seed=seed)
+        self.ef_search = ef
+        _tune(self.index, ef)
+        return {"ef_search": ef, f"ann_recall_at_{k}": round(recall, 4)}
+
+    def search_breadth(self, target_recall: float, *, blend: int = 20, queries: int = 200, k: int = 100,
+                       seed: int = 0) -> tuple[int, float]:  # fmt: skip
+        """(efSearch, its recall@k): the smallest breadth on EF_LADDER that reaches the target on queries that
+        are each the mean of `blend` random items (1: the items themselves, as the v2v table asks)."""
         rng = np.random.default_rng(seed)
-        picks = np.sort(rng.integers(len(self), size=(queries, 20)), axis=1)  # sorted: mapped pages in order
+        picks = np.sort(rng.integers(len(self), size=(queries, blend)), axis=1)  # sorted: mapped pages in order
         sample = np.stack([np.asarray(self.vectors[row], np.float32).mean(axis=0) for row in picks])
         sample /= np.linalg.norm(sample, axis=1, keepdims=True)
         exact = [set(row) for row in _exact_top_k_chunked(self.vectors, sample, k)]
-        measured = {}
         for ef in EF_LADDER:
             _, found = self.index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))
-            measured[ef] = float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
-            if measured[ef] >= target_recall:
+            recall = float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
+            if recall >= target_recall:
                 break
-        self.ef_search = max(ef, k)  # faiss needs efSearch >= k
-        _tune(self.index, self.ef_search)
-        return {"ef_search": self.ef_search, f"ann_recall_at_{k}": round(measured[ef], 4)}
+        return max(ef, k), recall  # faiss needs efSearch >= k
+
+    @property
+    def is_hnsw(self) -> bool:
+        return isinstance(self.index, faiss.IndexHNSW)
 
     @property
     def dim(self) -> int:

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 
 from index.ann import as_matrix
+from index.ranked import Ranked
 
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
 
@@ -39,6 +40,7 @@ class ClusterTable:
     centroids: np.ndarray  # (k, d)
     assignment: np.ndarray  # (n,) cluster id per row
     members: list[np.ndarray]  # cluster id -> row positions
+    contiguous: bool = False  # rows are stored cluster by cluster: members[c] is one block of rows
 
     @classmethod
     def build(cls, vectors: np.ndarray, k: int | None = None, *, seed: int = 0) -> ClusterTable:
@@ -50,7 +52,7 @@ class ClusterTable:
         order = np.argsort(assignment, kind="stable")
         cuts = np.searchsorted(assignment[order], np.arange(len(centroids) + 1))
         members = [order[cuts[c] : cuts[c + 1]] for c in range(len(centroids))]
-        return cls(centroids, assignment, members)
+        return cls(centroids, assignment, members, bool(np.all(assignment[1:] >= assignment[:-1])))
 
     def save(self, path_prefix) -> None:
         np.save(f"{path_prefix}-centroids.npy", self.centroids)
@@ -74,29 +76,53 @@ def cluster_recall(
     prior_weight: float = 0.1,
     k: int = 100,
     trigger_clusters: list[int] | None = None,
-) -> list[tuple[int, float, int]]:
-    """Items of the triggers' clusters: (row, score, trigger row), best first.
+    queries: list[np.ndarray | None] | None = None,
+    exclude: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> Ranked:
+    """Items of the triggers' clusters (rows, scores, trigger rows), best first.
 
     triggers: (row, weight) pairs, e.g. the latest items with recency weights; score = weight *
-    (cos(trigger, item) + prior_weight * prior[item]); an item keeps its best trigger.
-    `trigger_clusters` gives clusters for triggers newer than the table (row -1 allowed there).
+    (cos(trigger, item) + prior_weight * prior[item]); an item keeps its best trigger (the earlier on ties).
+    For triggers newer than the table, `trigger_clusters` gives their clusters and `queries` their vectors
+    (a trigger row of -1 with no query vector is scored against its cluster's centroid).
+    exclude: rows never returned; allowed: a boolean mask over rows, the only ones returned.
     """
     members_of, scores_of, trigger_of = [], [], []
+    excluded = np.asarray(exclude if exclude is not None else [], np.int64)
+    excluded = excluded[(excluded >= 0) & (excluded < len(table.assignment))]
+    excluded_cluster = table.assignment[excluded]  # each cluster only checks its own excluded rows
     for i, (row, weight) in enumerate(triggers):
         cluster = trigger_clusters[i] if trigger_clusters is not None else int(table.assignment[row])
         members = table.members[cluster]
-        members = members[members != row]
-        if not len(members):
+        keep = members != row
+        drop = excluded[excluded_cluster == cluster]
+        if len(drop):
+            keep &= ~np.isin(members, drop)
+        if allowed is not None:
+            keep &= allowed[members]
+        if not keep.any():
             continue
-        sims = vectors[members] @ (vectors[row] if row >= 0 else table.centroids[cluster])
-        members_of.append(members)
-        scores_of.append(weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0)))
-        trigger_of.append(np.full(len(members), row))
+        query = queries[i] if queries is not None and queries[i] is not None else None
+        if query is None:
+            query = vectors[row] if 0 <= row < len(table.assignment) else table.centroids[cluster]
+        if table.contiguous and len(members):  # one block of rows: a slice, not a gather
+            sims = (vectors[members[0] : members[-1] + 1] @ query)[keep]
+        else:
+            sims = vectors[members[keep]] @ query
+        members = members[keep]
+        scores = weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0))
+        # an item in the first k overall is in the first k of its best trigger's list, so each trigger
+        # contributes at most k (the sort below stays small when clusters are large)
+        order = np.argsort(-scores, kind="stable")[:k]
+        members_of.append(members[order])
+        scores_of.append(scores[order])
+        trigger_of.append(np.full(len(order), row, np.int64))
     if not members_of:
-        return []
+        return Ranked.empty()
     members, scores, trigger = (np.concatenate(parts) for parts in (members_of, scores_of, trigger_of))
     order = np.lexsort((np.arange(len(scores)), -scores))  # best score first; earlier trigger wins ties
     members, scores, trigger = members[order], scores[order], trigger[order]
     _, first = np.unique(members, return_index=True)  # an item keeps its best trigger
     first = np.sort(first)[:k]
-    return list(zip(members[first].tolist(), scores[first].tolist(), trigger[first].tolist(), strict=True))
+    return Ranked.of(members[first], scores[first], trigger[first])

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-TAG_CACHE = 1 << 18  # rows whose top-level tags are kept decoded (every recall asks for a few hundred)
 FILES = ("meta-titles.bin", "meta-title-spans.npy", "meta-tag-offsets.npy", "meta-tag-codes.npy", "meta-tags.json")
 
 
@@ -25,8 +24,10 @@ class ItemMeta:
         self.tag_offsets = tag_offsets  # (n + 1,) int64 into tag_codes
         self.tag_codes = tag_codes  # int32 codes into vocabulary
         self.vocabulary = list(vocabulary)
-        self.top_level = [tag.split("/")[0] for tag in self.vocabulary]
-        self._top_cache: dict[int, frozenset[str]] = {}
+        # first-level tags as small ints: the rerank compares sets of them for every candidate
+        self.top_level_names = list(dict.fromkeys(tag.split("/")[0] for tag in self.vocabulary))
+        self.top_level_index = {name: i for i, name in enumerate(self.top_level_names)}
+        self.code_top = np.array([self.top_level_index[t.split("/")[0]] for t in self.vocabulary], np.int64)
 
     def __len__(self) -> int:
         return len(self.title_spans)
@@ -61,14 +62,19 @@ class ItemMeta:
     def tags(self, pos: int) -> list[str]:
         return [self.vocabulary[c] for c in self._codes(pos)]
 
-    def top_level_tags(self, pos: int) -> frozenset[str]:
-        """The row's first-level tags as a set (the rerank's diversity categories), decoded once."""
-        found = self._top_cache.get(pos)
-        if found is None:
-            if len(self._top_cache) >= TAG_CACHE:  # bounded: start over rather than track recency
-                self._top_cache.clear()
-            found = self._top_cache[pos] = frozenset(self.top_level[c] for c in self._codes(pos))
-        return found
+    def top_level_sets(self, rows: np.ndarray) -> list[frozenset[int]]:
+        """Each row's first-level tags as a set of ints (`top_level_names` has their names), decoded for
+        all the rows at once."""
+        rows = np.asarray(rows, np.int64)
+        starts, ends = self.tag_offsets[rows], self.tag_offsets[rows + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if not total:
+            return [frozenset()] * len(rows)
+        first = np.cumsum(lengths) - lengths  # where each row's codes begin in the flat list
+        flat = self.tag_codes[np.repeat(starts - first, lengths) + np.arange(total)]
+        tops, bounds = self.code_top[flat].tolist(), (first + lengths).tolist()
+        return [frozenset(tops[a:b]) for a, b in zip(first.tolist(), bounds, strict=True)]
 
     def save(self, directory: Path) -> None:
         (directory / FILES[0]).write_bytes(self.blob.tobytes())

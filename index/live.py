@@ -7,13 +7,14 @@ queryable without a reindex. A delta vector supersedes the snapshot's vector of 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from index.ann import VectorIndex, as_matrix
+from index.ranked import NO_ROWS, top_rows
 
 
 @dataclass(frozen=True)
@@ -98,28 +99,73 @@ class LiveIndex:
             return self.delta_vectors[pos].copy()
         return self.snapshot.vector(item_id) if self.snapshot is not None else None
 
-    def search(self, query: np.ndarray, k: int, *, exclude: set[str] | frozenset = frozenset()) -> list[Neighbor]:
-        """The k best neighbours of one query vector, best first, skipping `exclude`."""
+    # --- rows: snapshot positions 0..n-1, then n + position in the delta --------------------------
+    @property
+    def base(self) -> int:
+        """Rows below this are the snapshot's; from it on, the delta's."""
+        return len(self.snapshot) if self.snapshot is not None else 0
+
+    def row(self, item_id: str) -> int | None:
+        """The item's current row (its delta row once re-encoded); None when unknown or deleted."""
+        if item_id in self.deleted:
+            return None
+        pos = self.delta_pos.get(item_id)
+        if pos is not None:
+            return self.base + pos
+        return self.snapshot.position.get(item_id) if self.snapshot is not None else None
+
+    def item(self, row: int) -> str:
+        base = self.base
+        return self.snapshot.ids[row] if row < base else self.delta_ids[row - base]
+
+    def row_vector(self, row: int) -> np.ndarray:
+        base = self.base
+        if row < base:
+            return np.asarray(self.snapshot.vectors[row], np.float32)
+        return self.delta_vectors[row - base].copy()
+
+    def blocked_rows(self) -> set[int]:
+        """Rows never returned: deleted items' rows, and snapshot rows whose item was re-encoded since
+        (its delta row replaces it)."""
+        if not self.deleted and not self.superseded:
+            return set()
+        position, base = self._snapshot_ids(), self.base
+        blocked = {position[i] for i in self.deleted | self.superseded if i in position}
+        blocked.update(base + self.delta_pos[i] for i in self.deleted if i in self.delta_pos)
+        return blocked
+
+    def search_rows(
+        self, query: np.ndarray, k: int, *, exclude: Collection[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the k best neighbours of one query vector, best first, skipping `exclude`
+        rows and blocked ones."""
         query = as_matrix(np.asarray(query, np.float32).reshape(1, -1))
         with self._lock:
-            snapshot, delta_index, delta_ids = self.snapshot, self.delta_index, list(self.delta_ids)
-            superseded = set(self.superseded)
-        exclude = set(exclude) | self.deleted
-        best: dict[str, float] = {}
-        want = k + len(exclude)
-        if snapshot is not None and len(snapshot):
-            scores, positions = snapshot.search(query, want + len(superseded))
-            for score, pos in zip(scores[0], positions[0], strict=True):
-                item_id = snapshot.ids[pos] if pos >= 0 else None
-                if item_id is not None and item_id not in superseded and item_id not in exclude:
-                    best[item_id] = float(score)
+            snapshot, delta_index = self.snapshot, self.delta_index
+            skip = self.blocked_rows() | set(exclude)
+        base = len(snapshot) if snapshot is not None else 0
+        rows, scores = [], []
+        if snapshot is not None and base:
+            found_scores, positions = snapshot.search(query, k + len(skip))
+            rows.append(positions[0])
+            scores.append(found_scores[0])
         if delta_index is not None and delta_index.ntotal:
-            scores, positions = delta_index.search(query, min(want, delta_index.ntotal))
-            for score, pos in zip(scores[0], positions[0], strict=True):
-                if pos >= 0 and delta_ids[pos] not in exclude:
-                    best[delta_ids[pos]] = float(score)
-        ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
-        return [Neighbor(item_id, score) for item_id, score in ranked]
+            found_scores, positions = delta_index.search(query, min(k + len(skip), delta_index.ntotal))
+            rows.append(np.where(positions[0] >= 0, positions[0] + base, -1))
+            scores.append(found_scores[0])
+        if not rows:
+            return NO_ROWS, np.zeros(0, np.float32)
+        rows, scores = np.concatenate(rows).astype(np.int64), np.concatenate(scores)
+        keep = rows >= 0
+        if skip:
+            keep &= np.fromiter((r not in skip for r in rows.tolist()), bool, len(rows))
+        return top_rows(rows[keep], scores[keep], k)
+
+    def search(self, query: np.ndarray, k: int, *, exclude: set[str] | frozenset = frozenset()) -> list[Neighbor]:
+        """The k best neighbours of one query vector, best first, skipping `exclude` ids."""
+        rows = {self.row(i) for i in exclude} - {None}
+        found, scores = self.search_rows(query, k, exclude=rows)
+        return [Neighbor(self.item(r), float(s)) for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
 
     @property
     def has_delta(self) -> bool:
@@ -127,15 +173,15 @@ class LiveIndex:
         return self.delta_index is not None and self.delta_index.ntotal > 0
 
     def search_delta(
-        self, query: np.ndarray | None, k: int, *, exclude: set[str] | frozenset = frozenset()
-    ) -> list[Neighbor]:
-        """Only the vectors added since the snapshot (items newer than the snapshot's tables)."""
+        self, query: np.ndarray | None, k: int, *, exclude: Collection[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) among the vectors added since the snapshot only (items newer than its tables)."""
         if query is None or self.delta_index is None or not self.delta_index.ntotal:
-            return []
+            return NO_ROWS, np.zeros(0, np.float32)
         with self._lock:
-            delta_index, delta_ids = self.delta_index, list(self.delta_ids)
-        skip = set(exclude) | self.deleted
+            delta_index, base = self.delta_index, self.base
+            skip = {base + self.delta_pos[i] for i in self.deleted if i in self.delta_pos} | set(exclude)
         scores, positions = delta_index.search(as_matrix(np.asarray(query, np.float32).reshape(1, -1)),
                                                min(k + len(skip), delta_index.ntotal))  # fmt: skip
-        found = [Neighbor(delta_ids[p], float(s)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
-        return [n for n in found if n.id not in skip][:k]
+        keep = [i for i, p in enumerate(positions[0].tolist()) if p >= 0 and base + p not in skip][:k]
+        return positions[0][keep].astype(np.int64) + base, scores[0][keep]

@@ -1,6 +1,10 @@
 """One recall set from several channels (after MIC, CIKM 2022): union, deduplicate, drop seen items,
 then a greedy rerank by similarity + alpha * (channels that recalled it) + beta * (tag-diversity gain).
-Every result keeps which channels recalled it and from which trigger item or interest."""
+Every result keeps which channels recalled it and from which trigger item or interest.
+
+Candidates are rows (index.ranked); the union and the scores are array work, and the result dicts, with
+ids and provenance, are made for the listed items only (`describe`).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,54 @@ import heapq
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from index.ranked import NO_ROWS, Ranked
+
 
 @dataclass
-class Candidate:
-    item: str
-    similarity: float  # the best similarity any channel gave it
-    hits: list[tuple[str, dict]] = field(default_factory=list)  # (channel, that channel's result for the item)
-    channel_set: set[str] = field(default_factory=set)
+class Pool:
+    """The union of the channels' candidates: one entry per row, in order of first appearance."""
 
-    @property
-    def channels(self) -> list[str]:
-        return sorted(self.channel_set)
+    channels: list[str]  # the channels merged, in order (bit i of `mask` is channels[i])
+    results: list[Ranked]  # each channel's candidates as merged (quota applied, seen items dropped)
+    rows: np.ndarray  # (m,) int64
+    similarity: np.ndarray  # (m,) the best trusted score any channel gave it (or the fused rank score)
+    mask: np.ndarray  # (m,) int64 bit set of the channels that recalled it
+    where: list[np.ndarray]  # per channel: (m,) index into its results, -1 where it did not recall the row
 
-    @property
-    def sources(self) -> list[dict]:
-        """[{"channel", "score", "trigger"?, "interest"?}]: built only for the candidates that make the list."""
-        return [{"channel": channel, **{k: v for k, v in result.items() if k != "id"}} for channel, result in self.hits]
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def channel_count(self) -> np.ndarray:
+        return np.array([bin(m).count("1") for m in self.mask.tolist()], np.int64)
+
+    def channel_names(self, index: int) -> list[str]:
+        mask = int(self.mask[index])
+        return sorted(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
+
+    def sources(self, index: int, id_of: Callable[[int], str]) -> list[dict]:
+        """[{"channel", "score", "trigger"?, "interest"?}] for one candidate, in channel order."""
+        out = []
+        for channel, results, where in zip(self.channels, self.results, self.where, strict=True):
+            at = int(where[index])
+            if at < 0:
+                continue
+            source = {"channel": channel, "score": float(results.scores[at])}
+            if results.trigger is not None:
+                trigger = int(results.trigger[at])
+                source["trigger"] = id_of(trigger) if trigger >= 0 else None
+            if results.interest is not None:
+                source["interest"] = int(results.interest[at])
+            out.append(source)
+        return out
+
+
+@dataclass(frozen=True)
+class Pick:
+    index: int  # into the pool
+    score: float
+    diversity_gain: float
 
 
 @dataclass(frozen=True)
@@ -49,60 +85,75 @@ class MergeWeights:
 
 
 def union(
-    channel_results: dict[str, Sequence[dict]],
+    channel_results: dict[str, Ranked],
     *,
-    seen: set[str],
-    quotas: dict[str, int],
+    seen: np.ndarray = NO_ROWS,
+    quotas: dict[str, int] | None = None,
     trust: dict[str, float] | None = None,
     mode: str = "score",
     rrf_k: float = 60.0,
-) -> list[Candidate]:
-    """channel -> ranked [{"id", "score", "trigger"?/"interest"?}]; per-channel quotas, seen items dropped."""
-    merged: dict[str, Candidate] = {}
-    trust = trust or {}
-    for channel, results in channel_results.items():
-        limit = quotas.get(channel, len(results))
+) -> Pool:
+    """channel -> ranked candidates; per-channel quotas, seen rows dropped. Ranks (rank mode) count from the
+    channel's first candidate, seen or not."""
+    quotas, trust = quotas or {}, trust or {}
+    channels, results, similarities = [], [], []
+    for channel, ranked in channel_results.items():
+        limit = quotas.get(channel, len(ranked))
+        ranked = ranked.take(slice(0, limit))
+        keep = ~np.isin(ranked.rows, seen) if len(seen) else np.ones(len(ranked), bool)
         factor = trust.get(channel, 1.0)
-        for rank, result in enumerate(list(results)[:limit], start=1):
-            item = result["id"]
-            if item in seen:
-                continue
-            similarity = factor / (rrf_k + rank) if mode == "rank" else factor * float(result["score"])
-            candidate = merged.get(item)
-            if candidate is None:
-                candidate = merged[item] = Candidate(item, similarity)
-            elif mode == "rank":
-                candidate.similarity += similarity
-            else:
-                candidate.similarity = max(candidate.similarity, similarity)
-            candidate.hits.append((channel, result))
-            candidate.channel_set.add(channel)
-    if mode == "rank" and merged:
-        top = max(c.similarity for c in merged.values()) or 1.0
-        for candidate in merged.values():
-            candidate.similarity /= top
-    return list(merged.values())
+        if mode == "rank":
+            similarity = factor / (rrf_k + np.arange(1, len(ranked) + 1, dtype=np.float64))
+        else:
+            similarity = factor * ranked.scores
+        channels.append(channel)
+        results.append(ranked.take(keep))
+        similarities.append(similarity[keep])
+    all_rows = np.concatenate([r.rows for r in results]) if results else NO_ROWS
+    unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # candidates in order of first appearance (the rerank's tie order)
+    position = np.empty(len(unique), np.int64)
+    position[order] = np.arange(len(unique))
+    entry = position[inverse]  # candidate number of every channel entry
+    rows, m = unique[order], len(unique)
+    all_similarity = np.concatenate(similarities) if similarities else np.zeros(0)
+    if mode == "rank":
+        similarity = np.bincount(entry, weights=all_similarity, minlength=m)
+        if m:
+            similarity /= similarity.max() or 1.0
+    else:
+        similarity = np.full(m, -np.inf)
+        np.maximum.at(similarity, entry, all_similarity)
+    mask = np.zeros(m, np.int64)
+    where, start = [], 0
+    for bit, ranked in enumerate(results):
+        at = entry[start : start + len(ranked)]
+        start += len(ranked)
+        mask[at] |= 1 << bit
+        index = np.full(m, -1, np.int64)
+        index[at] = np.arange(len(ranked))
+        where.append(index)
+    return Pool(channels, results, rows, similarity, mask, where)
 
 
-def rerank(
-    candidates: list[Candidate], k: int, weights: MergeWeights, tags_of: Callable[[str], Collection[str]]
-) -> list[dict]:
+def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Collection[str]]) -> list[Pick]:
     """Greedy: at each step take the candidate with the best score given the categories already covered.
 
+    categories: the candidates' first-level tags, in pool order.
     Lazy greedy: a candidate's diversity gain only shrinks as categories get covered, so a score
     computed earlier is an upper bound. Pop the best bound, refresh it, and take it if it still beats
     every other bound. Same picks (and tie order: lower index first) as rescoring everyone at each step,
     at a fraction of the work.
     """
-    tag_sets = [frozenset(tags_of(c.item)) for c in candidates]
-    base = [weights.similarity * c.similarity + weights.alpha * len(c.channel_set) for c in candidates]
+    tag_sets = [c if isinstance(c, frozenset) else frozenset(c) for c in categories]
+    base = (weights.similarity * pool.similarity + weights.alpha * pool.channel_count()).tolist()
     covered: set[str] = set()
 
     def gain(index: int) -> float:
         tags = tag_sets[index]
         return len(tags - covered) / len(tags) if tags else 0.0
 
-    out: list[dict] = []
+    out: list[Pick] = []
 
     def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool]) -> list[tuple[float, int]]:
         """Greedy picks of allowed candidates until the list holds `limit`; returns the heap of the rest."""
@@ -119,28 +170,37 @@ def rerank(
                 heapq.heappush(heap, (-score, index))
                 continue
             covered.update(tag_sets[index])
-            chosen = candidates[index]
-            out.append({"id": chosen.item, "score": float(score), "similarity": chosen.similarity,
-                        "channels": chosen.channels, "diversity_gain": float(fresh_gain),
-                        "sources": chosen.sources})  # fmt: skip
+            out.append(Pick(index, float(score), float(fresh_gain)))
         return heap + aside
 
-    rest = [(-(base[i] + weights.beta * gain(i)), i) for i in range(len(candidates))]
+    rest = [(-(base[i] + weights.beta * gain(i)), i) for i in range(len(pool))]
     rest = take(rest, k - weights.explore, lambda i: True)
-    if weights.explore:  # exploration slots first, then (too few such candidates) anyone
-        rest = take(rest, k, lambda i: weights.lead not in candidates[i].channel_set)
+    if weights.explore and weights.lead in pool.channels:  # exploration slots first, then anyone
+        lead_bit = 1 << pool.channels.index(weights.lead)
+        masks = pool.mask.tolist()
+        rest = take(rest, k, lambda i: not masks[i] & lead_bit)
+        take(rest, k, lambda i: True)
+    elif weights.explore:
         take(rest, k, lambda i: True)
     return out
 
 
 def merge(
-    channel_results: dict[str, Sequence[dict]],
+    channel_results: dict[str, Ranked],
     *,
     k: int,
-    seen: set[str],
-    tags_of: Callable[[str], Collection[str]],
+    seen: np.ndarray,
+    categories: Callable[[np.ndarray], Sequence[Collection[str]]],
     weights: MergeWeights = MergeWeights(),
-) -> list[dict]:
-    candidates = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust, mode=weights.mode,
-                       rrf_k=weights.rrf_k)  # fmt: skip
-    return rerank(candidates, k, weights, tags_of)
+) -> tuple[Pool, list[Pick]]:
+    """categories(rows) -> each row's first-level tags."""
+    pool = union(channel_results, seen=seen, quotas=weights.quotas, trust=weights.trust, mode=weights.mode,
+                 rrf_k=weights.rrf_k)  # fmt: skip
+    return pool, rerank(pool, k, weights, categories(pool.rows))
+
+
+def describe(pool: Pool, picks: list[Pick], id_of: Callable[[int], str]) -> list[dict]:
+    """The picks as result dicts: {"id", "score", "similarity", "channels", "diversity_gain", "sources"}."""
+    return [{"id": id_of(int(pool.rows[p.index])), "score": p.score, "similarity": float(pool.similarity[p.index]),
+             "channels": pool.channel_names(p.index), "diversity_gain": p.diversity_gain,
+             "sources": pool.sources(p.index, id_of)} for p in picks]  # fmt: skip

@@ -17,22 +17,28 @@ from typing import Protocol
 
 import numpy as np
 
-from index.merge import MergeWeights, merge
+from index.merge import MergeWeights, Pick, Pool, merge
 from index.multi_interest import interests, quotas
+from index.ranked import NO_ROWS, Ranked
 from index.v2v import recall_from_triggers
 
 CHANNELS = ("v2v", "cluster", "personal", "multi_interest")
 
 
 class RecallSources(Protocol):
-    def neighbors(self, item: str, n: int) -> Sequence[tuple[str, float]]: ...
-    def cluster_mates(self, triggers: Sequence[tuple[str, float]], n: int) -> list[dict]: ...
-    def content_vectors(self, items: Sequence[str]) -> np.ndarray: ...  # (h, d) unit, G space
-    def user_vector(self, history: Sequence[str], user: str | None) -> np.ndarray | None: ...
-    def search(self, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
-    # nearest items to a history item whose vector is given (a cache, e.g. the v2v table, may answer)
-    def nearest(self, item: str, vector: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]: ...
-    def tags(self, item: str) -> Collection[str]: ...  # first-level tags
+    """Answers in rows (index.ranked): an item's position in the sources' space. Rows excluded or
+    deleted are never returned; every answer is best first."""
+
+    def row(self, item: str) -> int | None: ...  # None: unknown, deleted or without a vector
+    def item(self, row: int) -> str: ...
+    def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]: ...  # (rows, similarities)
+    def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray) -> Ranked: ...
+    def content_vectors(self, rows: np.ndarray) -> np.ndarray: ...  # (h, d) unit, G space
+    def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None: ...
+    def search(self, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    # nearest items to a history row whose vector is given (a cache, e.g. the v2v table, may answer)
+    def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def categories(self, rows: np.ndarray) -> Sequence[Collection[str]]: ...  # first-level tags per row
 
 
 @dataclass(frozen=True)
@@ -46,75 +52,88 @@ class RecallConfig:
     merge: MergeWeights = field(default_factory=MergeWeights)
 
 
-def latest_distinct(history: Sequence[str], n: int) -> list[str]:
-    out: dict[str, None] = {}
-    for item in reversed(history):
-        out.setdefault(item, None)
+def latest_distinct(history: Sequence[int], n: int) -> list[int]:
+    out: dict[int, None] = {}
+    for row in reversed(history):
+        out.setdefault(row, None)
         if len(out) == n:
             break
     return list(out)
 
 
+def history_rows(sources: RecallSources, history: Sequence[str]) -> np.ndarray:
+    """The rows of the history items the sources know, in order (unknown and deleted ones are skipped)."""
+    rows = [sources.row(item) for item in history]
+    return np.array([r for r in rows if r is not None], np.int64)
+
+
 def channel_candidates(
     sources: RecallSources,
-    history: Sequence[str],
+    history: np.ndarray,
     user: str | None,
     channels: Sequence[str],
     config: RecallConfig,
-) -> dict[str, list[dict]]:
-    """channel -> [{"id", "score", "trigger" | "interest"}], best first; seen items excluded."""
-    seen = set(history)
+) -> dict[str, Ranked]:
+    """channel -> candidates (with trigger rows / interest numbers), best first; seen rows excluded.
+    history: rows, oldest first."""
+    history = np.asarray(history, np.int64)
+    seen = np.unique(history)
     n = config.per_channel
-    triggers = latest_distinct(history, config.triggers)
+    triggers = latest_distinct(history.tolist(), config.triggers)
     weights = np.power(config.decay, np.arange(len(triggers)))
-    out: dict[str, list[dict]] = {}
+    out: dict[str, Ranked] = {}
     if "v2v" in channels:
         out["v2v"] = recall_from_triggers(triggers, lambda t: sources.neighbors(t, n), k=n, decay=config.decay,
                                           exclude=seen)  # fmt: skip
     if "cluster" in channels:
-        mates = sources.cluster_mates(list(zip(triggers, weights.tolist(), strict=True)), n + len(seen))
-        out["cluster"] = [m for m in mates if m["id"] not in seen][:n]
+        out["cluster"] = sources.cluster_mates(list(zip(triggers, weights.tolist(), strict=True)), n, seen)
     if "personal" in channels:
         vector = sources.user_vector(history, user)
-        found = sources.search(vector, n, seen) if vector is not None else []
-        out["personal"] = [{"id": i, "score": s} for i, s in found]
-    if "multi_interest" in channels and history:
-        recent = list(history)[-200:]
-        vectors = sources.content_vectors(recent)
-        found_interests = interests(
-            vectors, threshold=config.interest_threshold, half_life=config.interest_half_life,
-            max_interests=config.max_interests,
-        )  # fmt: skip
-        results: dict[str, dict] = {}
-        for number, (interest, quota) in enumerate(zip(found_interests, quotas(found_interests, n), strict=True)):
-            medoid = recent[interest.medoid]
-            for item, score in sources.nearest(medoid, interest.vector, quota, seen | results.keys()):
-                results[item] = {"id": item, "score": score, "interest": number, "trigger": medoid}
-        out["multi_interest"] = sorted(results.values(), key=lambda r: -r["score"])
+        out["personal"] = Ranked.of(*sources.search(vector, n, seen)) if vector is not None else Ranked.empty()
+    if "multi_interest" in channels and len(history):
+        out["multi_interest"] = multi_interest(sources, history, seen, n, config)
     return out
 
 
-def normalized(results: list[dict]) -> list[dict]:
-    """Scale a channel's scores to (0, 1] by its best one, so channels weigh alike in the merge."""
-    if not results:
-        return results
-    top = max(abs(r["score"]) for r in results) or 1.0
-    return [{**r, "score": r["score"] / top} for r in results]
+def multi_interest(sources: RecallSources, history: np.ndarray, seen: np.ndarray, n: int,
+                   config: RecallConfig) -> Ranked:  # fmt: skip
+    """PinnerSage: one query per top interest (from its medoid's cached neighbours where possible), the
+    list shared by importance; an item found by two interests stays with the first."""
+    recent = history[-200:]
+    found_interests = interests(
+        sources.content_vectors(recent), threshold=config.interest_threshold, half_life=config.interest_half_life,
+        max_interests=config.max_interests,
+    )  # fmt: skip
+    rows, scores, numbers, medoids = [], [], [], []
+    exclude = seen
+    for number, (interest, quota) in enumerate(zip(found_interests, quotas(found_interests, n), strict=True)):
+        medoid = int(recent[interest.medoid])
+        found, found_scores = sources.nearest(medoid, interest.vector, quota, exclude)
+        rows.append(found)
+        scores.append(np.asarray(found_scores, np.float64))
+        numbers.append(np.full(len(found), number))
+        medoids.append(np.full(len(found), medoid))
+        exclude = np.concatenate([exclude, found])
+    if not rows:
+        return Ranked.empty()
+    ranked = Ranked.of(*(np.concatenate(part) for part in (rows, scores, medoids, numbers)))
+    return ranked.take(np.argsort(-ranked.scores, kind="stable"))
 
 
 def recall_set(
     sources: RecallSources,
-    history: Sequence[str],
+    history: np.ndarray,
     *,
     user: str | None = None,
     k: int = 100,
     channels: Sequence[str] = CHANNELS,
     config: RecallConfig = RecallConfig(),
-) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(merged list with provenance, per-channel candidates)."""
+) -> tuple[Pool, list[Pick], dict[str, Ranked]]:
+    """(the candidate pool, the merged picks from it, per-channel candidates); history: rows, oldest first.
+    index.merge.describe turns the picks into result dicts with provenance."""
     candidates = channel_candidates(sources, history, user, channels, config)
     if hasattr(sources, "prepare"):  # e.g. fetch the candidates' tags in one query
-        sources.prepare({r["id"] for results in candidates.values() for r in results})
-    merged = merge({c: normalized(r) for c, r in candidates.items()}, k=k, seen=set(history), tags_of=sources.tags,
-                   weights=config.merge)  # fmt: skip
-    return merged, candidates
+        sources.prepare(np.concatenate([r.rows for r in candidates.values()]) if candidates else NO_ROWS)
+    pool, picks = merge({c: r.normalized() for c, r in candidates.items()}, k=k, seen=np.unique(history),
+                        categories=sources.categories, weights=config.merge)  # fmt: skip
+    return pool, picks, candidates

@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex
+from index.ranked import NO_ROWS, Ranked
 
 
 def neighbor_table(
@@ -22,7 +23,7 @@ def neighbor_table(
     n = max(1, min(n, size - 1)) if size > 1 else 1
     rows = np.full((size, n), -1, np.int32)
     scores = np.zeros((size, n), np.float16)
-    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n + 1)) if ef_search and _is_hnsw(index) else None
+    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n + 1)) if ef_search and index.is_hnsw else None
     for start in range(0, size, batch):
         block = np.asarray(index.vectors[start : start + batch], np.float32)
         if params is not None:
@@ -40,35 +41,38 @@ def neighbor_table(
     return rows, scores
 
 
-def _is_hnsw(index: VectorIndex) -> bool:
-    return isinstance(index.index, faiss.IndexHNSW)
-
-
 def trigger_weights(n: int, decay: float = 0.8) -> np.ndarray:
     """Recency weights of the latest n triggers, latest first: 1, decay, decay^2, ..."""
     return np.power(decay, np.arange(n))
 
 
 def recall_from_triggers(
-    triggers: Sequence[str],
-    neighbors_of: Callable[[str], Sequence[tuple[str, float]]],
+    triggers: Sequence[int],
+    neighbors_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
     *,
     k: int,
     decay: float = 0.8,
-    exclude: set[str] | frozenset = frozenset(),
-) -> list[dict]:
-    """triggers: latest first. Score = sum over triggers of w_t * similarity; provenance = the trigger
-    that contributed most. Returns [{"id", "score", "trigger"}], best first."""
-    totals: dict[str, float] = {}
-    best: dict[str, tuple[float, str]] = {}
-    skip = set(exclude) | set(triggers)
-    for trigger, weight in zip(triggers, trigger_weights(len(triggers), decay), strict=True):
-        for item, similarity in neighbors_of(trigger):
-            if item in skip:
-                continue
-            contribution = float(weight * similarity)
-            totals[item] = totals.get(item, 0.0) + contribution
-            if item not in best or contribution > best[item][0]:
-                best[item] = (contribution, trigger)
-    ranked = sorted(totals.items(), key=lambda pair: -pair[1])[:k]
-    return [{"id": item, "score": score, "trigger": best[item][1]} for item, score in ranked]
+    exclude: np.ndarray = NO_ROWS,
+) -> Ranked:
+    """triggers: rows, latest first; neighbors_of(row) -> (rows, similarities), best first. Score = sum over
+    triggers of w_t * similarity; provenance = the trigger that contributed most (the latest on ties).
+    Ties in score keep the order in which items were first met."""
+    parts = [neighbors_of(t) for t in triggers]
+    parts = [(t, w, rows, sims) for (rows, sims), t, w in zip(parts, triggers, trigger_weights(len(triggers), decay),
+                                                               strict=True) if len(rows)]  # fmt: skip
+    if not parts:
+        return Ranked.empty()
+    rows = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
+    contribution = np.concatenate([w * np.asarray(sims, np.float64) for _, w, _, sims in parts])
+    trigger = np.concatenate([np.full(len(p[2]), p[0], np.int64) for p in parts])
+    keep = ~np.isin(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
+    rows, contribution, trigger = rows[keep], contribution[keep], trigger[keep]
+    if not len(rows):
+        return Ranked.empty()
+    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    totals = np.bincount(inverse, weights=contribution, minlength=len(unique))  # summed in trigger order
+    # best trigger: the largest contribution, the earliest one on ties
+    order = np.lexsort((np.arange(len(rows)), -contribution))
+    _, best = np.unique(inverse[order], return_index=True)
+    ranked = np.lexsort((first, -totals))[:k]
+    return Ranked(unique[ranked], totals[ranked], trigger[order[best]][ranked])

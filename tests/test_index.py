@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -56,6 +57,26 @@ def test_search_breadth_is_tuned_to_the_target_recall_and_stored(tmp_path: Path)
     index.save(tmp_path / "snap")
     assert VectorIndex.load(tmp_path / "snap").index.hnsw.efSearch == strict["ef_search"]
     assert VectorIndex.build(["a", "b"], base[:2], "Flat").tune_search(0.99) == {}  # exact search: nothing to tune
+
+
+def test_item_query_breadth_reaches_its_target_on_the_items_neighbourhoods() -> None:
+    """The v2v table's breadth is tuned on item queries (each item's own top 100): what it reports is
+    what the table gets, and a breadth below it falls short of the target."""
+    from index.ann import EF_LADDER
+
+    base = low_rank_unit(20_000, seed=2)
+    index = VectorIndex.build([str(i) for i in range(len(base))], base, "HNSW8,Flat")
+    ef, recall = index.search_breadth(0.99, blend=1)
+    assert recall >= 0.99 and ef in EF_LADDER and ef > EF_LADDER[0]
+    rows = np.random.default_rng(5).integers(len(base), size=150)
+    truth = exact_topk(base, base[rows], 100)
+
+    def measured(breadth: int) -> float:
+        _, found = index.index.search(base[rows], 100, params=faiss.SearchParametersHNSW(efSearch=breadth))
+        return float(np.mean([len(set(f) & set(t)) / 100 for f, t in zip(found, truth, strict=True)]))
+
+    assert measured(ef) >= 0.985  # holds on other items
+    assert measured(EF_LADDER[EF_LADDER.index(ef) - 1]) < measured(ef)
 
 
 def test_choose_factory_by_size() -> None:

@@ -9,9 +9,10 @@ import torch
 
 from index.ann import VectorIndex
 from index.clusters import ClusterTable, cluster_recall, default_k
-from index.merge import MergeWeights, merge
+from index.merge import MergeWeights, describe, merge
 from index.multi_interest import interests, quotas
 from index.personal import UserTowerNumpy, export_user_tower
+from index.ranked import Ranked
 from index.v2v import neighbor_table, recall_from_triggers
 from tests.test_index import low_rank_unit
 
@@ -31,11 +32,31 @@ def test_kmeans_finds_the_blobs_and_cluster_recall_stays_inside() -> None:
     for c in range(5):  # each k-means cluster is one blob
         assert len(set(labels[table.members[c]])) == 1
     recalled = cluster_recall(table, x, [(0, 1.0), (40, 0.5)], k=100)
-    rows = [r for r, _, _ in recalled]
+    rows = recalled.rows.tolist()
     assert 0 not in rows and 40 not in rows and set(labels[rows]) == {labels[0], labels[40]}
-    assert {t for _, _, t in recalled} == {0, 40}
-    scores = [s for _, s, _ in recalled]
+    assert set(recalled.trigger.tolist()) == {0, 40}
+    scores = recalled.scores.tolist()
     assert scores == sorted(scores, reverse=True)
+    assert len(rows) == len(set(rows)) == len(table.members[table.assignment[0]]) - 1 + len(
+        table.members[table.assignment[40]]) - 1  # fmt: skip
+    # excluded and disallowed rows are never returned; the rest keep their order
+    allowed = np.ones(len(x), bool)
+    allowed[rows[1]] = False
+    fewer = cluster_recall(table, x, [(0, 1.0), (40, 0.5)], k=100, exclude=np.array([rows[0]]), allowed=allowed)
+    assert fewer.rows.tolist() == rows[2:]
+
+
+def test_cluster_recall_keeps_the_full_ranking_when_each_trigger_is_cut_to_k() -> None:
+    """Each trigger contributes at most k before the merge: the first k overall must not change."""
+    rng = np.random.default_rng(1)
+    x = low_rank_unit(2000)
+    table = ClusterTable.build(x, k=4)
+    triggers = [(int(r), float(w)) for r, w in zip(rng.integers(2000, size=6), [1, 0.9, 0.9, 0.5, 0.5, 0.2],
+                                                   strict=True)]  # fmt: skip
+    full = cluster_recall(table, x, triggers, k=2000)
+    for k in (1, 10, 100):
+        cut = cluster_recall(table, x, triggers, k=k)
+        assert cut.rows.tolist() == full.rows[:k].tolist() and cut.trigger.tolist() == full.trigger[:k].tolist()
     assert table.assign(x[3]) == table.assignment[3]
     assert default_k(10_000) == 400 and default_k(3) == 1
 
@@ -50,10 +71,17 @@ def test_neighbor_table_matches_exact_search() -> None:
 
 
 def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
-    table = {"a": [("x", 0.9), ("y", 0.5)], "b": [("y", 0.8), ("a", 0.7)]}
-    out = recall_from_triggers(["a", "b"], lambda t: table[t], k=5, decay=0.5, exclude={"seen"})
-    assert [r["id"] for r in out] == ["x", "y"]  # a itself is a trigger, never recalled
-    assert out[1]["score"] == pytest.approx(0.5 + 0.5 * 0.8) and out[1]["trigger"] == "a"
+    a, b, x, y, seen = range(5)
+    table = {a: ([x, y, seen], [0.9, 0.5, 0.95]), b: ([y, a], [0.8, 0.7])}
+    out = recall_from_triggers([a, b], lambda t: tuple(map(np.array, table[t])), k=5, decay=0.5,
+                               exclude=np.array([seen]))  # fmt: skip
+    assert out.rows.tolist() == [x, y]  # a itself is a trigger, never recalled; seen is excluded
+    assert out.scores[1] == pytest.approx(0.5 + 0.5 * 0.8) and out.trigger.tolist() == [a, a]
+    # ties in the total keep the order items were first met; the best single contribution names the trigger
+    tied = {a: ([x, y], [0.5, 0.5]), b: ([y, x], [1.0, 1.0])}
+    out = recall_from_triggers([a, b], lambda t: tuple(map(np.array, tied[t])), k=5, decay=0.5)
+    assert out.rows.tolist() == [x, y] and out.trigger.tolist() == [a, a]
+    assert recall_from_triggers([a], lambda t: (np.zeros(0, int), np.zeros(0)), k=5).rows.tolist() == []
 
 
 def test_cut_forms_the_clusters_of_scipys_fcluster() -> None:
@@ -82,6 +110,25 @@ def test_interests_separate_two_tastes_and_weigh_recency() -> None:
     assert interests(np.zeros((0, 4), np.float32)) == []
 
 
+def merge_named(results: dict[str, list[dict]], *, k: int, seen: set[str], tags_of, weights=None) -> list[dict]:
+    """index.merge on named items: names become rows (in order of first appearance) and back."""
+    names: dict[str, int] = {}
+
+    def row(name: str) -> int:
+        return names.setdefault(name, len(names))
+
+    channels = {
+        channel: Ranked.of([row(r["id"]) for r in entries], [r["score"] for r in entries],
+                           [row(r["trigger"]) for r in entries] if entries and "trigger" in entries[0] else None)
+        for channel, entries in results.items()
+    }  # fmt: skip
+    seen_rows = np.array([row(s) for s in seen], np.int64)
+    by_row = {r: name for name, r in names.items()}
+    pool, picks = merge(channels, k=k, seen=seen_rows, categories=lambda rows: [tags_of(by_row[r]) for r in rows],
+                        weights=weights or MergeWeights())  # fmt: skip
+    return describe(pool, picks, by_row.__getitem__)
+
+
 def test_merge_dedupes_drops_seen_and_rewards_agreement_and_diversity() -> None:
     results = {
         "v2v": [{"id": "a", "score": 0.9, "trigger": "t1"}, {"id": "b", "score": 0.8, "trigger": "t1"},
@@ -89,12 +136,12 @@ def test_merge_dedupes_drops_seen_and_rewards_agreement_and_diversity() -> None:
         "cluster": [{"id": "b", "score": 0.7, "trigger": "t2"}, {"id": "c", "score": 0.6, "trigger": "t2"}],
     }  # fmt: skip
     tags = {"a": ["food"], "b": ["food"], "c": ["sports"]}
-    out = merge(results, k=3, seen={"seen"}, tags_of=lambda i: tags[i])
+    out = merge_named(results, k=3, seen={"seen"}, tags_of=lambda i: tags[i])
     assert [r["id"] for r in out][0] == "b"  # two channels agree on b
     assert "seen" not in [r["id"] for r in out] and len(out) == 3
     b = out[0]
     assert b["channels"] == ["cluster", "v2v"] and {s["trigger"] for s in b["sources"]} == {"t1", "t2"}
-    only_sim = merge(results, k=3, seen=set(), tags_of=lambda i: tags.get(i, []),
+    only_sim = merge_named(results, k=3, seen=set(), tags_of=lambda i: tags.get(i, []),
                      weights=MergeWeights(alpha=0.0, beta=0.0, quotas={"v2v": 1}))  # fmt: skip
     assert [r["id"] for r in only_sim] == ["a", "b", "c"]  # quota: v2v gives only its first
 
@@ -105,11 +152,11 @@ def test_rank_fusion_weighs_ranks_not_raw_scores() -> None:
         "v2v": [{"id": "v1", "score": 9.0}, {"id": "both", "score": 8.0}],  # another scale altogether
     }
     fused = MergeWeights(mode="rank", rrf_k=1.0, alpha=0.0, beta=0.0, trust={"v2v": 0.5})
-    out = merge(results, k=5, seen=set(), tags_of=lambda i: [], weights=fused)
+    out = merge_named(results, k=5, seen=set(), tags_of=lambda i: [], weights=fused)
     # personal 1/(1+rank), v2v 0.5/(1+rank): p1 0.5, both 1/4 + 0.5/3 = 0.417, p2 0.333, v1 0.25
     assert [r["id"] for r in out] == ["p1", "both", "p2", "v1"]
     assert out[0]["score"] == 1.0 and all(0 < r["similarity"] <= 1 for r in out)
-    by_score = merge(results, k=5, seen=set(), tags_of=lambda i: [], weights=MergeWeights(alpha=0.0, beta=0.0))
+    by_score = merge_named(results, k=5, seen=set(), tags_of=lambda i: [], weights=MergeWeights(alpha=0.0, beta=0.0))
     assert by_score[0]["id"] == "v1"  # raw scores let the larger scale win
 
 
@@ -120,8 +167,8 @@ def test_exploration_slots_go_to_items_the_lead_channel_did_not_recall() -> None
     }
     plain = MergeWeights(alpha=0.0, beta=0.0)
     exploring = MergeWeights(alpha=0.0, beta=0.0, explore=3)
-    base = [r["id"] for r in merge(results, k=6, seen=set(), tags_of=lambda i: [], weights=plain)]
-    out = [r["id"] for r in merge(results, k=6, seen=set(), tags_of=lambda i: [], weights=exploring)]
+    base = [r["id"] for r in merge_named(results, k=6, seen=set(), tags_of=lambda i: [], weights=plain)]
+    out = [r["id"] for r in merge_named(results, k=6, seen=set(), tags_of=lambda i: [], weights=exploring)]
     assert base == ["p0", "p1", "p2", "p3", "p4", "p5"]
     # three slots reserved, two non-personal candidates: they fill two, the lead's next best the third
     assert out == ["p0", "p1", "p2", "c1", "c2", "p3"]
@@ -200,3 +247,40 @@ def test_numpy_sequence_tower_matches_torch(tmp_path) -> None:
     assert got.shape == (3, 8) and np.allclose(got, expected.numpy(), atol=1e-5)
     only_active = tower(history[0].numpy(), key, gaps=gap_buckets_np(times), tag_pref=pref, user="user-7")
     assert np.allclose(only_active, expected.numpy()[[0, 2]], atol=1e-5)
+
+
+def test_rows_stored_cluster_by_cluster_recall_the_same_items() -> None:
+    """Reindex stores the snapshot's rows cluster by cluster (members are read as one slice)."""
+    from workers.pipeline import cluster_ordered
+
+    x = low_rank_unit(3000)
+    table = ClusterTable.build(x, k=8)
+    assert not table.contiguous
+    ids = [f"i{r}" for r in range(len(x))]
+    ordered_ids, ordered_x, ordered = cluster_ordered(ids, x, table)
+    assert ordered.contiguous and sorted(ordered_ids) == sorted(ids)
+    assert all(np.array_equal(m, np.arange(m[0], m[-1] + 1)) for m in ordered.members if len(m))
+    row_of = {item: r for r, item in enumerate(ordered_ids)}
+    triggers = [(5, 1.0), (1234, 0.5), (2999, 0.25)]
+    exclude = np.array([7, 8, 2000])
+    before = cluster_recall(table, x, triggers, k=50, exclude=exclude)
+    after = cluster_recall(ordered, ordered_x, [(row_of[ids[r]], w) for r, w in triggers], k=50,
+                           exclude=np.array([row_of[ids[r]] for r in exclude]))  # fmt: skip
+    assert [ordered_ids[r] for r in after.rows] == [ids[r] for r in before.rows]
+    assert np.allclose(after.scores, before.scores)
+    assert [ordered_ids[r] for r in after.trigger] == [ids[r] for r in before.trigger]
+
+
+def test_item_meta_decodes_first_level_tags_of_many_rows_at_once(tmp_path) -> None:
+    from index.item_meta import ItemMeta
+
+    rows = [(0, "zero", ["food/pizza", "food/pasta", "travel"]), (2, "two", None), (3, "drei", ["travel/rail"]),
+            (1, None, ["sports/ski"])]  # fmt: skip
+    built = ItemMeta.build(5, rows)
+    built.save(tmp_path)
+    meta = ItemMeta.load(tmp_path)
+    names = meta.top_level_names
+    decoded = [{names[i] for i in tags} for tags in meta.top_level_sets(np.array([3, 0, 4, 1, 2, 0]))]
+    assert decoded == [{"travel"}, {"food", "travel"}, set(), {"sports"}, set(), {"food", "travel"}]
+    assert meta.title(3) == "drei" and meta.title(1) is None and meta.tags(0) == ["food/pizza", "food/pasta", "travel"]
+    assert meta.top_level_sets(np.zeros(0, np.int64)) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -11,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import READ
 from api.deps import ServingDep, SessionDep
 from api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
-from api.serving import NeedsDatabase, NotReady, ServiceSources, UnknownItem, similar_to
-from index.merge import MergeWeights
-from index.recall_set import RecallConfig, recall_set
+from api.serving import NeedsDatabase, NotReady, ServiceSources, ServingIndex, UnknownItem, similar_to
+from index.merge import MergeWeights, describe
+from index.recall_set import RecallConfig, history_rows, recall_set
 from storage import catalogue
 from storage.db import Item, session_scope
 
@@ -46,25 +47,37 @@ async def similar(
 @router.post("/recall", response_model=RecallOut, dependencies=[READ])
 async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
-    url = serving.settings.resolved_database_url
     if body.user_id is not None:
-        rows = await run_in_threadpool(user_history, url, body.user_id)
+        rows = await run_in_threadpool(user_history, serving.settings.resolved_database_url, body.user_id)
         if not rows:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
         history, times = [item for item, _ in rows], dict(rows)
     else:
         history = list(body.history or [])
         times = dict(zip(history, body.times, strict=True)) if body.times else {}
-    state = serving.state
-    known = [item for item in history if state.live.vector(item) is not None]
-    if not known:
-        raise HTTPException(400, "none of the history items has a vector (unknown, deleted or not encoded yet)")
-    sources = ServiceSources(state, url, in_memory_only=True, history_times=times)
     try:
-        return recall_response(sources, body, known, serving.settings.merge)
-    except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
-        sources = ServiceSources(state, url, history_times=times)
-        return await run_in_threadpool(recall_response, sources, body, known, serving.settings.merge)
+        try:
+            return history_recall(serving, body, history, times, in_memory_only=True)
+        except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
+            return await run_in_threadpool(history_recall, serving, body, history, times, in_memory_only=False)
+    except NoKnownHistory as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+class NoKnownHistory(LookupError):
+    """None of the history items has a vector (HTTP 400)."""
+
+
+def history_recall(serving: ServingIndex, body: RecallIn, history: list[str], times: dict[str, float], *,
+                   in_memory_only: bool) -> dict:  # fmt: skip
+    """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
+    in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
+    sources = ServiceSources(serving.state, serving.settings.resolved_database_url, in_memory_only=in_memory_only,
+                             history_times=times)  # fmt: skip
+    known = history_rows(sources, history)
+    if not len(known):
+        raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
+    return recall_response(sources, body, known, serving.settings.merge)
 
 
 def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
@@ -73,17 +86,20 @@ def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
         return [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
 
 
-def recall_response(sources: ServiceSources, body: RecallIn, known: list[str], merge: dict) -> dict:
-    """`merge`: the deployment's merge weights (settings.merge)."""
+def recall_response(sources: ServiceSources, body: RecallIn, known: np.ndarray, merge: dict) -> dict:
+    """known: the history's rows; `merge`: the deployment's merge weights (settings.merge)."""
     config = RecallConfig(per_channel=max(body.k, 100), merge=MergeWeights(**merge))
-    merged, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
-                                    config=config)  # fmt: skip
-    titles = sources.titles([r["id"] for r in merged])
+    pool, picks, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
+                                         config=config)  # fmt: skip
+    titles = sources.titles([int(pool.rows[p.index]) for p in picks])
+    results = describe(pool, picks, sources.item)
+    for result, pick in zip(results, picks, strict=True):
+        result["title"] = titles.get(int(pool.rows[pick.index]))
     return {
         "user_id": body.user_id,
         "history_used": len(known),
         "channels": {name: len(results) for name, results in candidates.items()},
-        "results": [{**r, "title": titles.get(r["id"])} for r in merged],
+        "results": results,
     }
 
 

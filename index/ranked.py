@@ -1,0 +1,57 @@
+"""A channel's candidates as arrays: the recall path works on rows of the serving space, not on ids.
+
+A row is an item's position in whatever the sources index (the snapshot's rows, then the items written
+since; the harness's dense item numbers). Ids and provenance dicts are made only for the listed items:
+a request handles a few hundred candidates, and per-candidate Python objects were most of its time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NO_ROWS = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    rows: np.ndarray  # int64, best first, each row once
+    scores: np.ndarray  # float64
+    trigger: np.ndarray | None = None  # int64 row of the history item that recalled it (-1: none)
+    interest: np.ndarray | None = None  # int64 number of the user interest that recalled it
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def empty(cls) -> Ranked:
+        return cls(NO_ROWS, np.zeros(0, np.float64))
+
+    @classmethod
+    def of(cls, rows, scores, trigger=None, interest=None) -> Ranked:
+        as_int = (lambda a: None if a is None else np.asarray(a, np.int64).reshape(-1))  # noqa: E731
+        return cls(as_int(rows), np.asarray(scores, np.float64).reshape(-1), as_int(trigger), as_int(interest))
+
+    def take(self, index) -> Ranked:
+        """A selection (an index array, a boolean mask or a slice) of every column."""
+        pick = (lambda a: None if a is None else a[index])  # noqa: E731
+        return Ranked(self.rows[index], self.scores[index], pick(self.trigger), pick(self.interest))
+
+    def normalized(self) -> Ranked:
+        """Scores scaled to (0, 1] by the best one, so channels weigh alike in the merge."""
+        if not len(self.rows):
+            return self
+        top = float(np.abs(self.scores).max()) or 1.0
+        return Ranked(self.rows, self.scores / top, self.trigger, self.interest)
+
+
+def top_rows(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best (row, score) pairs, best first; ties keep their input order."""
+    n = min(n, len(rows))
+    if n < len(rows):
+        cut = np.partition(-scores, n - 1)[n - 1]
+        keep = np.flatnonzero(-scores <= cut)  # every tie at the cut, so the stable sort decides among them
+        rows, scores = rows[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")[:n]
+    return rows[order], scores[order]
