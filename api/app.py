@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 import mmrecall
 from api.auth import parse_keys
+from api.fast import FastPaths
 from api.limits import BodyLimit
 from api.routes import inspect, interactions, items, jobs, similar, ui
 from api.serving import ServingIndex
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = parse_keys(settings.api_keys)
     if not app.state.api_keys:
         log.warning("no MMRECALL_API_KEYS configured: serving loopback clients only")
+    if settings.api_fast_paths:  # inside the body limit (middleware added later wraps the earlier)
+        app.add_middleware(FastPaths)
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.state.serving = ServingIndex(settings)
     for module in (items, interactions, jobs, similar, inspect, ui):

@@ -49,26 +49,32 @@ def scope_of(presented: str, keys: dict[str, Scope]) -> Scope | None:
     return found
 
 
+def refusal(keys: dict[str, Scope], client: str | None, authorization: str, needed: Scope) -> HTTPException | None:
+    """Why a request may not use a route that needs `needed` (None: it may)."""
+    if not keys:
+        if not is_loopback(client):
+            return HTTPException(403, "no API keys are configured, so only loopback clients are served")
+        return None
+    kind, _, presented = authorization.partition(" ")
+    if kind.lower() != "bearer" or not presented:
+        return HTTPException(401, "missing API key: send Authorization: Bearer KEY",
+                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    scope = scope_of(presented.strip(), keys)
+    if scope is None:
+        return HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    if needed not in GRANTS[scope]:
+        return HTTPException(403, f"this key has the {scope!r} scope; this route needs {needed!r}")
+    return None
+
+
 def require(needed: Scope):
     """A route dependency: 401 without a valid key, 403 when the key's scope is not enough."""
 
     async def check(request: Request) -> None:  # async: pure CPU, no thread-pool hop per request
-        keys: dict[str, Scope] = request.app.state.api_keys
-        if not keys:
-            client = request.client.host if request.client else None
-            if not is_loopback(client):
-                raise HTTPException(403, "no API keys are configured, so only loopback clients are served")
-            return
-        header = request.headers.get("authorization", "")
-        kind, _, presented = header.partition(" ")
-        if kind.lower() != "bearer" or not presented:
-            raise HTTPException(401, "missing API key: send Authorization: Bearer KEY",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        scope = scope_of(presented.strip(), keys)
-        if scope is None:
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        if needed not in GRANTS[scope]:
-            raise HTTPException(403, f"this key has the {scope!r} scope; this route needs {needed!r}")
+        client = request.client.host if request.client else None
+        refused = refusal(request.app.state.api_keys, client, request.headers.get("authorization", ""), needed)
+        if refused is not None:
+            raise refused
 
     return Depends(check)
 

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
     v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
     v2v_table_ef_search: int = Field(
-        default=256, description="HNSW efSearch while building the v2v table (one query per item: speed matters)."
+        default=0,
+        description="HNSW efSearch while building the v2v table (one query per item: speed matters); "
+        "0 = tuned at reindex to the target recall on item queries.",
     )
     ann_target_recall: float = Field(
         default=0.97, gt=0, le=1,
@@ -42,6 +44,11 @@ class Settings(BaseSettings):
     )
     api_faiss_threads: int = Field(
         default=1, description="OpenMP/BLAS threads per search in the API: requests run in parallel already."
+    )
+    api_fast_paths: bool = Field(
+        default=True,
+        description="Answer /v1/similar and /v1/recall beneath the framework when all they need is in memory "
+        "(anything else still goes through the FastAPI routes).",
     )
     api_workers: int = Field(default=1, description="API processes for `mmrecall serve`; they share the snapshot.")
     refresh_interval_s: float = Field(default=0.25, description="How often the API picks up new vectors.")
