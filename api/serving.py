@@ -346,9 +346,9 @@ class ServiceSources:
 
     def titles(self, rows: Sequence[int]) -> dict[int, str | None]:
         meta, found = self.state.meta, {}
-        for row in rows:
-            if meta is not None and row < self.base:
-                found[row] = meta.title(row)
+        if meta is not None:
+            known = [r for r in rows if r < self.base]
+            found = dict(zip(known, meta.titles(known), strict=True))
         missing = [r for r in rows if r not in found]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"titles of {len(missing)} items newer than the snapshot")

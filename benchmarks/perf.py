@@ -96,9 +96,8 @@ def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) ->
     users = vectors[picks].mean(axis=1)  # a user vector is a blend of the items they liked
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     timings, recalls = [], []
-    exact = (
-        VectorIndex.build([str(i) for i in range(len(vectors))], vectors, "Flat") if index.factory != "Flat" else index
-    )
+    # exact search over the snapshot's own rows (reindex stores them in its own order: cluster by cluster)
+    exact = VectorIndex.build(index.ids, np.asarray(index.vectors), "Flat") if index.factory != "Flat" else index
     for user in users:
         started = time.perf_counter()
         _, found = index.search(user[None, :], 100)

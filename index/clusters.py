@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from index.ann import as_matrix
-from index.ranked import Ranked
+from index.ranked import Ranked, top_order
 
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
 
@@ -114,7 +114,7 @@ def cluster_recall(
         scores = weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0))
         # an item in the first k overall is in the first k of its best trigger's list, so each trigger
         # contributes at most k (the sort below stays small when clusters are large)
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = top_order(scores, k)
         members_of.append(members[order])
         scores_of.append(scores[order])
         trigger_of.append(np.full(len(order), row, np.int64))

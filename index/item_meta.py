@@ -51,10 +51,13 @@ class ItemMeta:
         return cls(blob, spans, tag_offsets, codes, list(vocabulary))
 
     def title(self, pos: int) -> str | None:
-        start, end = self.title_spans[pos].tolist()
-        if start < 0:
-            return None
-        return bytes(self.blob[start:end]).decode()
+        return self.titles([pos])[0]
+
+    def titles(self, rows: Sequence[int]) -> list[str | None]:
+        """The rows' titles, with one gather of their spans."""
+        view = memoryview(self.blob)
+        spans = self.title_spans[np.asarray(rows, np.int64)].tolist()
+        return [str(view[start:end], "utf-8") if start >= 0 else None for start, end in spans]
 
     def _codes(self, pos: int) -> list[int]:
         return self.tag_codes[int(self.tag_offsets[pos]) : int(self.tag_offsets[pos + 1])].tolist()

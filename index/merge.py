@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,25 +39,8 @@ class Pool:
         mask = int(self.mask[index])
         return sorted(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
 
-    def sources(self, index: int, id_of: Callable[[int], str]) -> list[dict]:
-        """[{"channel", "score", "trigger"?, "interest"?}] for one candidate, in channel order."""
-        out = []
-        for channel, results, where in zip(self.channels, self.results, self.where, strict=True):
-            at = int(where[index])
-            if at < 0:
-                continue
-            source = {"channel": channel, "score": float(results.scores[at])}
-            if results.trigger is not None:
-                trigger = int(results.trigger[at])
-                source["trigger"] = id_of(trigger) if trigger >= 0 else None
-            if results.interest is not None:
-                source["interest"] = int(results.interest[at])
-            out.append(source)
-        return out
 
-
-@dataclass(frozen=True)
-class Pick:
+class Pick(NamedTuple):
     index: int  # into the pool
     score: float
     diversity_gain: float
@@ -147,41 +131,37 @@ def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Colle
     """
     tag_sets = [c if isinstance(c, frozenset) else frozenset(c) for c in categories]
     base = (weights.similarity * pool.similarity + weights.alpha * pool.channel_count()).tolist()
-    covered: set[str] = set()
+    beta, covered, out = weights.beta, set(), []
 
-    def gain(index: int) -> float:
-        tags = tag_sets[index]
-        return len(tags - covered) / len(tags) if tags else 0.0
-
-    out: list[Pick] = []
-
-    def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool]) -> list[tuple[float, int]]:
+    def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool] | None = None) -> list:
         """Greedy picks of allowed candidates until the list holds `limit`; returns the heap of the rest."""
         heapq.heapify(heap)
         aside = []  # not allowed now; their bounds stay valid (gains only shrink)
         while heap and len(out) < limit:
             bound, index = heapq.heappop(heap)
-            if not allowed(index):
+            if allowed is not None and not allowed(index):
                 aside.append((bound, index))
                 continue
-            fresh_gain = gain(index)
-            score = base[index] + weights.beta * fresh_gain
+            tags = tag_sets[index]
+            fresh_gain = len(tags - covered) / len(tags) if tags else 0.0
+            score = base[index] + beta * fresh_gain
             if heap and (-score, index) > heap[0]:  # stale: another candidate may be better now
                 heapq.heappush(heap, (-score, index))
                 continue
-            covered.update(tag_sets[index])
-            out.append(Pick(index, float(score), float(fresh_gain)))
+            covered.update(tags)
+            out.append(Pick(index, score, fresh_gain))
         return heap + aside
 
-    rest = [(-(base[i] + weights.beta * gain(i)), i) for i in range(len(pool))]
-    rest = take(rest, k - weights.explore, lambda i: True)
+    # nothing is covered yet: every candidate with tags gains 1
+    rest = [(-(b + beta * (1.0 if tags else 0.0)), i) for i, (b, tags) in enumerate(zip(base, tag_sets, strict=True))]
+    rest = take(rest, k - weights.explore)
     if weights.explore and weights.lead in pool.channels:  # exploration slots first, then anyone
         lead_bit = 1 << pool.channels.index(weights.lead)
         masks = pool.mask.tolist()
         rest = take(rest, k, lambda i: not masks[i] & lead_bit)
-        take(rest, k, lambda i: True)
+        take(rest, k)
     elif weights.explore:
-        take(rest, k, lambda i: True)
+        take(rest, k)
     return out
 
 
@@ -200,7 +180,25 @@ def merge(
 
 
 def describe(pool: Pool, picks: list[Pick], id_of: Callable[[int], str]) -> list[dict]:
-    """The picks as result dicts: {"id", "score", "similarity", "channels", "diversity_gain", "sources"}."""
-    return [{"id": id_of(int(pool.rows[p.index])), "score": p.score, "similarity": float(pool.similarity[p.index]),
-             "channels": pool.channel_names(p.index), "diversity_gain": p.diversity_gain,
-             "sources": pool.sources(p.index, id_of)} for p in picks]  # fmt: skip
+    """The picks as result dicts: {"id", "score", "similarity", "channels", "diversity_gain", "sources"}, where
+    sources = [{"channel", "score", "trigger"?, "interest"?}] in channel order."""
+    index = np.array([p.index for p in picks], np.int64)
+    sources: list[list[dict]] = [[] for _ in picks]
+    for channel, results, where in zip(pool.channels, pool.results, pool.where, strict=True):
+        at = where[index]
+        hit = np.flatnonzero(at >= 0)
+        at = at[hit]
+        scores = results.scores[at].tolist()
+        triggers = results.trigger[at].tolist() if results.trigger is not None else None
+        interests = results.interest[at].tolist() if results.interest is not None else None
+        for n, pick in enumerate(hit.tolist()):
+            source = {"channel": channel, "score": scores[n]}
+            if triggers is not None:
+                source["trigger"] = id_of(triggers[n]) if triggers[n] >= 0 else None
+            if interests is not None:
+                source["interest"] = interests[n]
+            sources[pick].append(source)
+    rows, similarity = pool.rows[index].tolist(), pool.similarity[index].tolist()
+    return [{"id": id_of(row), "score": p.score, "similarity": sim, "channels": pool.channel_names(p.index),
+             "diversity_gain": p.diversity_gain, "sources": found}
+            for p, row, sim, found in zip(picks, rows, similarity, sources, strict=True)]  # fmt: skip

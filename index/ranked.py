@@ -30,13 +30,12 @@ class Ranked:
 
     @classmethod
     def of(cls, rows, scores, trigger=None, interest=None) -> Ranked:
-        as_int = (lambda a: None if a is None else np.asarray(a, np.int64).reshape(-1))  # noqa: E731
-        return cls(as_int(rows), np.asarray(scores, np.float64).reshape(-1), as_int(trigger), as_int(interest))
+        """From anything array-like (lists, other dtypes)."""
+        return cls(_ints(rows), np.asarray(scores, np.float64).reshape(-1), _ints(trigger), _ints(interest))
 
     def take(self, index) -> Ranked:
         """A selection (an index array, a boolean mask or a slice) of every column."""
-        pick = (lambda a: None if a is None else a[index])  # noqa: E731
-        return Ranked(self.rows[index], self.scores[index], pick(self.trigger), pick(self.interest))
+        return Ranked(self.rows[index], self.scores[index], _pick(self.trigger, index), _pick(self.interest, index))
 
     def normalized(self) -> Ranked:
         """Scores scaled to (0, 1] by the best one, so channels weigh alike in the merge."""
@@ -46,12 +45,26 @@ class Ranked:
         return Ranked(self.rows, self.scores / top, self.trigger, self.interest)
 
 
-def top_rows(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n best (row, score) pairs, best first; ties keep their input order."""
-    n = min(n, len(rows))
-    if n < len(rows):
+def _ints(values) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, np.int64).reshape(-1)
+
+
+def _pick(column: np.ndarray | None, index) -> np.ndarray | None:
+    return None if column is None else column[index]
+
+
+def top_order(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n best scores, best first; ties keep their input order (a partition first, so
+    only the candidates for the first n are sorted)."""
+    n = min(n, len(scores))
+    if n < len(scores):
         cut = np.partition(-scores, n - 1)[n - 1]
         keep = np.flatnonzero(-scores <= cut)  # every tie at the cut, so the stable sort decides among them
-        rows, scores = rows[keep], scores[keep]
-    order = np.argsort(-scores, kind="stable")[:n]
+        return keep[np.argsort(-scores[keep], kind="stable")[:n]]
+    return np.argsort(-scores, kind="stable")
+
+
+def top_rows(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best (row, score) pairs, best first; ties keep their input order."""
+    order = top_order(scores, n)
     return rows[order], scores[order]
