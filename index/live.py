@@ -1,7 +1,8 @@
 """The serving index: an immutable snapshot plus a small exact delta of vectors written since.
 
-The snapshot is swapped whole on reindex; items encoded after it go to the delta at once, so they are
-queryable without a reindex. A delta vector supersedes the snapshot's vector of the same id.
+A reindex brings a new LiveIndex (the serving state is replaced whole, so the rows a request holds stay
+valid); items encoded after it go to the delta at once, so they are queryable without a reindex. A delta
+vector supersedes the snapshot's vector of the same id; delta rows are only appended.
 """
 
 from __future__ import annotations
@@ -48,15 +49,6 @@ class LiveIndex:
 
     def _snapshot_ids(self) -> dict[str, int]:
         return self.snapshot.position if self.snapshot is not None else {}
-
-    def swap_snapshot(self, snapshot: VectorIndex, *, keep: Sequence[str] = ()) -> None:
-        """Install a new snapshot; delta vectors listed in `keep` (written after it) stay."""
-        with self._lock:
-            kept = [(i, self.delta_vectors[self.delta_pos[i]]) for i in keep if i in self.delta_pos]
-            self.snapshot, self._dim = snapshot, snapshot.dim
-            self._reset_delta()
-        if kept:
-            self.add([i for i, _ in kept], np.stack([v for _, v in kept]))
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add or replace vectors (re-encoded items replace their old vector)."""
