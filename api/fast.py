@@ -18,13 +18,12 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import refusal
-from api.routes.similar import NoKnownHistory, history_recall
+from api.routes.similar import SIMILAR_CHANNELS, SIMILAR_K, SIMILAR_K_MAX, NoKnownHistory, history_recall
 from api.schemas import RecallIn
 from api.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
 
-SIMILAR = "/v1/similar/"
-RECALL = "/v1/recall"
-CHANNELS = ("v2v", "cluster")
+SIMILAR_PREFIX = "/v1/similar/"
+RECALL_PATH = "/v1/recall"
 
 
 class FastPaths:
@@ -34,12 +33,12 @@ class FastPaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
-            if method == "GET" and path.startswith(SIMILAR):
+            if method == "GET" and path.startswith(SIMILAR_PREFIX):
                 answer = similar_answer(scope)
                 if answer is not None:
                     await send_json(send, answer)
                     return
-            elif method == "POST" and path == RECALL:
+            elif method == "POST" and path == RECALL_PATH:
                 body, disconnect = await read_body(receive)
                 answer = recall_answer(scope, body) if disconnect is None else None
                 if answer is not None:
@@ -60,15 +59,16 @@ def _allowed(scope: Scope) -> bool:
 
 def similar_answer(scope: Scope) -> bytes | None:
     """The /v1/similar body, or None: the FastAPI route answers instead."""
-    item_id = scope["path"][len(SIMILAR) :]
+    item_id = scope["path"][len(SIMILAR_PREFIX) :]
     if not item_id or "/" in item_id or not _allowed(scope):
         return None
     params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     given = dict(params)
     if len(given) != len(params) or not given.keys() <= {"k", "channel"}:
         return None
-    k_text, channel = given.get("k", "50"), given.get("channel", "v2v")
-    if not (k_text.isascii() and k_text.isdigit() and 1 <= int(k_text) <= 1000) or channel not in CHANNELS:
+    k_text, channel = given.get("k", str(SIMILAR_K)), given.get("channel", SIMILAR_CHANNELS[0])
+    valid_k = k_text.isascii() and k_text.isdigit() and 1 <= int(k_text) <= SIMILAR_K_MAX
+    if not valid_k or channel not in SIMILAR_CHANNELS:
         return None
     try:
         return orjson.dumps(similar_to(scope["app"].state.serving, item_id, int(k_text), channel, in_memory_only=True))

@@ -50,11 +50,8 @@ def search_items(settings: Settings, serving: ServingIndex, text: str, k: int) -
         from encoders import ContentInput
 
         vector = encoder.encode([ContentInput(title=text, tags=[])])[0]
-        rows, scores = (part.tolist() for part in sources.search(vector, k))
-        titles = sources.titles(rows)
         return {"query": text, "mode": "encoder", "encoder": encoder.version,
-                "results": [{"id": sources.item(r), "score": float(s), "title": titles.get(r)}
-                            for r, s in zip(rows, scores, strict=True)]}  # fmt: skip
+                "results": sources.listing(*sources.search(vector, k))}  # fmt: skip
     with session_scope(url) as session:
         rows = catalogue.search_titles(session, text, limit=k)
     return {"query": text, "mode": "title", "results": [{"id": i, "score": None, "title": t} for i, t in rows]}

@@ -203,16 +203,10 @@ class ServiceSources:
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
         self.live = state.live
         self.base = self.live.base  # rows from here on are newer than the snapshot's tables
-        self._ids = self.live.snapshot.ids if self.live.snapshot is not None else []
+        self.row, self.item = self.live.row, self.live.item  # item id <-> row
         self.blocked = self.live.blocked_rows()  # deleted, or re-encoded since the snapshot
         self._db_tags: dict[str, list[str]] = {}
         self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
-
-    def row(self, item: str) -> int | None:
-        return self.live.row(item)
-
-    def item(self, row: int) -> str:
-        return self._ids[row] if row < self.base else self.live.item(row)
 
     def _moved(self) -> dict[int, int]:
         """Snapshot row -> delta row of the items re-encoded since the snapshot."""
@@ -344,6 +338,12 @@ class ServiceSources:
     def _db_categories(self, row: int) -> list[str]:
         return [t.split("/")[0] for t in self._db_tags.get(self.item(row)) or []]
 
+    def listing(self, rows: np.ndarray, scores: np.ndarray) -> list[dict]:
+        """[{"id", "score", "title"}] for ranked rows (what /v1/similar and /v1/search list)."""
+        rows, scores = np.asarray(rows).tolist(), np.asarray(scores).tolist()
+        titles = self.titles(rows)
+        return [{"id": self.item(r), "score": s, "title": titles.get(r)} for r, s in zip(rows, scores, strict=True)]
+
     def titles(self, rows: Sequence[int]) -> dict[int, str | None]:
         meta, found = self.state.meta, {}
         if meta is not None:
@@ -391,13 +391,7 @@ def similar_to(
     row = sources.row(item_id)
     if channel == "cluster":
         found = sources.cluster_mates([(row, 1.0)], k)
-        rows, scores = found.rows.tolist(), found.scores.tolist()
+        rows, scores = found.rows, found.scores
     else:
-        rows, scores = (part.tolist() for part in sources.neighbors(row, k))
-    titles = sources.titles(rows)
-    return {
-        "item_id": item_id,
-        "channel": channel,
-        "results": [{"id": sources.item(r), "score": float(s), "title": titles.get(r)} for r, s in zip(rows, scores,
-                                                                                                   strict=True)],
-    }
+        rows, scores = sources.neighbors(row, k)
+    return {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}

@@ -17,7 +17,7 @@ from encoders.content_g import gap_buckets
 from evaluation.channels import Channel, EvalContext, trained_g
 from evaluation.data import Split, category_tags
 from index.clusters import ClusterTable, cluster_recall
-from index.merge import MergeWeights, Pick, Pool, merge
+from index.merge import MergeWeights, merge
 from index.ranked import Ranked
 from index.recall_set import CHANNELS, RecallConfig, channel_candidates, recall_set
 
@@ -88,10 +88,6 @@ def dense_from_rows(rows: np.ndarray, n_items: int) -> np.ndarray:
     scores = np.full(n_items, -np.inf, np.float32)
     scores[rows] = np.arange(len(rows), 0, -1)
     return scores
-
-
-def merged_rows(pool: Pool, picks: list[Pick]) -> list[int]:
-    return [int(pool.rows[p.index]) for p in picks]
 
 
 def held_out_score(tops: list[list[int]], targets: list[int], n_items: int) -> tuple[float, float]:
@@ -179,8 +175,9 @@ class RecallSetChannel(Channel):
                    for channel in CHANNELS}  # fmt: skip
         scored = []
         for weights in grid:
-            tops = [merged_rows(*merge(results, k=50, seen=seen, categories=self.sources.categories, weights=weights))
-                    for results, seen, _ in queries]  # fmt: skip
+            merged = (merge(results, k=50, seen=seen, categories=self.sources.categories, weights=weights)
+                      for results, seen, _ in queries)  # fmt: skip
+            tops = [pool.picked_rows(picks).tolist() for pool, picks in merged]
             scored.append((*held_out_score(tops, targets, n_items), weights))
         hits, coverage, weights, rule = pick_merge(scored, singles, tie=2 / len(queries))
         best = replace(self.config, merge=weights)
@@ -200,7 +197,7 @@ class RecallSetChannel(Channel):
             if self.kind == "merged":
                 pool, picks, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel,
                                             config=self.config)  # fmt: skip
-                listed = np.array(merged_rows(pool, picks), np.int64)
+                listed = pool.picked_rows(picks)
             else:
                 listed = channel_candidates(self.sources, hist, user_id, [self.kind], self.config)[self.kind].rows
             out[row] = dense_from_rows(listed, self.sources.n_items)

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from index.ann import as_matrix
-from index.ranked import Ranked, top_order
+from index.ranked import Ranked, best_entries, top_order
 
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
 
@@ -106,7 +106,7 @@ def cluster_recall(
         query = queries[i] if queries is not None and queries[i] is not None else None
         if query is None:
             query = vectors[row] if 0 <= row < len(table.assignment) else table.centroids[cluster]
-        if table.contiguous and len(members):  # one block of rows: a slice, not a gather
+        if table.contiguous:  # one block of rows: a slice, not a gather
             sims = (vectors[members[0] : members[-1] + 1] @ query)[keep]
         else:
             sims = vectors[members[keep]] @ query
@@ -121,8 +121,5 @@ def cluster_recall(
     if not members_of:
         return Ranked.empty()
     members, scores, trigger = (np.concatenate(parts) for parts in (members_of, scores_of, trigger_of))
-    order = np.lexsort((np.arange(len(scores)), -scores))  # best score first; earlier trigger wins ties
-    members, scores, trigger = members[order], scores[order], trigger[order]
-    _, first = np.unique(members, return_index=True)  # an item keeps its best trigger
-    first = np.sort(first)[:k]
-    return Ranked.of(members[first], scores[first], trigger[first])
+    best = best_entries(members, scores)[:k]  # an item keeps its best trigger (the earlier on ties)
+    return Ranked.of(members[best], scores[best], trigger[best])

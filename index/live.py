@@ -27,7 +27,8 @@ class Neighbor:
 class LiveIndex:
     def __init__(self, snapshot: VectorIndex | None = None, *, dim: int | None = None) -> None:
         self._lock = threading.Lock()
-        self.snapshot = snapshot
+        self.snapshot = snapshot  # fixed for the index's life (a reindex brings a new LiveIndex)
+        self.base = len(snapshot) if snapshot is not None else 0  # rows from here on are the delta's
         self._dim = snapshot.dim if snapshot is not None else dim
         self.deleted: set[str] = set()  # never returned by any search or lookup
         self._reset_delta()
@@ -44,8 +45,7 @@ class LiveIndex:
         return self._dim
 
     def __len__(self) -> int:
-        base = len(self.snapshot) if self.snapshot is not None else 0
-        return base + sum(1 for item_id in self.delta_ids if item_id not in self._snapshot_ids())
+        return self.base + sum(1 for item_id in self.delta_ids if item_id not in self._snapshot_ids())
 
     def _snapshot_ids(self) -> dict[str, int]:
         return self.snapshot.position if self.snapshot is not None else {}
@@ -92,11 +92,6 @@ class LiveIndex:
         return self.snapshot.vector(item_id) if self.snapshot is not None else None
 
     # --- rows: snapshot positions 0..n-1, then n + position in the delta --------------------------
-    @property
-    def base(self) -> int:
-        """Rows below this are the snapshot's; from it on, the delta's."""
-        return len(self.snapshot) if self.snapshot is not None else 0
-
     def row(self, item_id: str) -> int | None:
         """The item's current row (its delta row once re-encoded); None when unknown or deleted."""
         if item_id in self.deleted:
@@ -107,8 +102,7 @@ class LiveIndex:
         return self.snapshot.position.get(item_id) if self.snapshot is not None else None
 
     def item(self, row: int) -> str:
-        base = self.base
-        return self.snapshot.ids[row] if row < base else self.delta_ids[row - base]
+        return self.snapshot.ids[row] if row < self.base else self.delta_ids[row - self.base]
 
     def row_vector(self, row: int) -> np.ndarray:
         base = self.base
@@ -135,8 +129,7 @@ class LiveIndex:
         with self._lock:
             snapshot, delta_index = self.snapshot, self.delta_index
             skip = self.blocked_rows() | set(exclude)
-        base = len(snapshot) if snapshot is not None else 0
-        rows, scores = [], []
+        base, rows, scores = self.base, [], []
         if snapshot is not None and base:
             found_scores, positions = snapshot.search(query, k + len(skip))
             rows.append(positions[0])

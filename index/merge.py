@@ -22,22 +22,23 @@ from index.ranked import NO_ROWS, Ranked
 class Pool:
     """The union of the channels' candidates: one entry per row, in order of first appearance."""
 
-    channels: list[str]  # the channels merged, in order (bit i of `mask` is channels[i])
+    channels: list[str]  # the channels merged, in order
     results: list[Ranked]  # each channel's candidates as merged (quota applied, seen items dropped)
     rows: np.ndarray  # (m,) int64
     similarity: np.ndarray  # (m,) the best trusted score any channel gave it (or the fused rank score)
-    mask: np.ndarray  # (m,) int64 bit set of the channels that recalled it
     where: list[np.ndarray]  # per channel: (m,) index into its results, -1 where it did not recall the row
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def channel_count(self) -> np.ndarray:
-        return np.array([bin(m).count("1") for m in self.mask.tolist()], np.int64)
+        return sum((where >= 0).astype(np.int64) for where in self.where) if self.where else np.zeros(0, np.int64)
 
     def channel_names(self, index: int) -> list[str]:
-        mask = int(self.mask[index])
-        return sorted(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
+        return sorted(c for c, where in zip(self.channels, self.where, strict=True) if where[index] >= 0)
+
+    def picked_rows(self, picks: Sequence[Pick]) -> np.ndarray:
+        return self.rows[np.array([p.index for p in picks], np.int64)]
 
 
 class Pick(NamedTuple):
@@ -108,16 +109,13 @@ def union(
     else:
         similarity = np.full(m, -np.inf)
         np.maximum.at(similarity, entry, all_similarity)
-    mask = np.zeros(m, np.int64)
     where, start = [], 0
-    for bit, ranked in enumerate(results):
-        at = entry[start : start + len(ranked)]
-        start += len(ranked)
-        mask[at] |= 1 << bit
+    for ranked in results:
         index = np.full(m, -1, np.int64)
-        index[at] = np.arange(len(ranked))
+        index[entry[start : start + len(ranked)]] = np.arange(len(ranked))
+        start += len(ranked)
         where.append(index)
-    return Pool(channels, results, rows, similarity, mask, where)
+    return Pool(channels, results, rows, similarity, where)
 
 
 def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Collection[str]]) -> list[Pick]:
@@ -156,12 +154,9 @@ def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Colle
     rest = [(-(b + beta * (1.0 if tags else 0.0)), i) for i, (b, tags) in enumerate(zip(base, tag_sets, strict=True))]
     rest = take(rest, k - weights.explore)
     if weights.explore and weights.lead in pool.channels:  # exploration slots first, then anyone
-        lead_bit = 1 << pool.channels.index(weights.lead)
-        masks = pool.mask.tolist()
-        rest = take(rest, k, lambda i: not masks[i] & lead_bit)
-        take(rest, k)
-    elif weights.explore:
-        take(rest, k)
+        lead = pool.where[pool.channels.index(weights.lead)].tolist()
+        rest = take(rest, k, lambda i: lead[i] < 0)
+    take(rest, k)
     return out
 
 
@@ -183,7 +178,7 @@ def describe(pool: Pool, picks: list[Pick], id_of: Callable[[int], str]) -> list
     """The picks as result dicts: {"id", "score", "similarity", "channels", "diversity_gain", "sources"}, where
     sources = [{"channel", "score", "trigger"?, "interest"?}] in channel order."""
     index = np.array([p.index for p in picks], np.int64)
-    sources: list[list[dict]] = [[] for _ in picks]
+    sources: list[list[dict]] = [[] for _ in picks]  # per pick, in channel order
     for channel, results, where in zip(pool.channels, pool.results, pool.where, strict=True):
         at = where[index]
         hit = np.flatnonzero(at >= 0)

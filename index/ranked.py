@@ -64,6 +64,14 @@ def top_order(scores: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
+def best_entries(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Positions of each distinct row's best entry (the highest score, the earliest on ties), best first:
+    how a row found by several triggers keeps the one that found it best."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    _, first = np.unique(rows[order], return_index=True)
+    return order[np.sort(first)]
+
+
 def top_rows(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The n best (row, score) pairs, best first; ties keep their input order."""
     order = top_order(scores, n)

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex
-from index.ranked import NO_ROWS, Ranked
+from index.ranked import NO_ROWS, Ranked, best_entries
 
 
 def neighbor_table(
@@ -57,22 +57,23 @@ def recall_from_triggers(
     """triggers: rows, latest first; neighbors_of(row) -> (rows, similarities), best first. Score = sum over
     triggers of w_t * similarity; provenance = the trigger that contributed most (the latest on ties).
     Ties in score keep the order in which items were first met."""
-    parts = [neighbors_of(t) for t in triggers]
-    parts = [(t, w, rows, sims) for (rows, sims), t, w in zip(parts, triggers, trigger_weights(len(triggers), decay),
-                                                               strict=True) if len(rows)]  # fmt: skip
-    if not parts:
+    found, contributions, found_by = [], [], []
+    for trigger, weight in zip(triggers, trigger_weights(len(triggers), decay), strict=True):
+        rows, similarities = neighbors_of(trigger)
+        found.append(np.asarray(rows, np.int64))
+        contributions.append(weight * np.asarray(similarities, np.float64))
+        found_by.append(np.full(len(rows), trigger, np.int64))
+    if not found:
         return Ranked.empty()
-    rows = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
-    contribution = np.concatenate([w * np.asarray(sims, np.float64) for _, w, _, sims in parts])
-    trigger = np.concatenate([np.full(len(p[2]), p[0], np.int64) for p in parts])
+    rows, contribution, trigger = (np.concatenate(part) for part in (found, contributions, found_by))
     keep = ~np.isin(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
     rows, contribution, trigger = rows[keep], contribution[keep], trigger[keep]
     if not len(rows):
         return Ranked.empty()
     unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
     totals = np.bincount(inverse, weights=contribution, minlength=len(unique))  # summed in trigger order
-    # best trigger: the largest contribution, the earliest one on ties
-    order = np.lexsort((np.arange(len(rows)), -contribution))
-    _, best = np.unique(inverse[order], return_index=True)
-    ranked = np.lexsort((first, -totals))[:k]
-    return Ranked(unique[ranked], totals[ranked], trigger[order[best]][ranked])
+    best_trigger = np.empty(len(unique), np.int64)
+    best = best_entries(rows, contribution)
+    best_trigger[inverse[best]] = trigger[best]
+    ranked = np.lexsort((first, -totals))[:k]  # ties: in the order items were first met
+    return Ranked(unique[ranked], totals[ranked], best_trigger[ranked])

@@ -229,7 +229,7 @@ def reindex(
                 catalogue.update_job(session, job_id, message=f"{version}: v2v table {done}/{total}")
 
         extras = write_recall_tables(settings, built, spec, target, table=table, report=report)
-        extras["cluster_s"] = round(cluster_s, 2)
+        extras["cluster_s"] = round(cluster_s, 2)  # k-means ran above, before the rows were ordered
         meta = {
             "encoder_version": version,
             "count": len(ids),
@@ -279,10 +279,13 @@ def write_recall_tables(
     (the k-means table is built here unless given)."""
     from finetune.common import EtaLogger
 
-    started = time.time()
-    table = table or ClusterTable.build(np.asarray(built.vectors), settings.cluster_k or None)
+    extras = {}
+    if table is None:
+        started = time.time()
+        table = ClusterTable.build(np.asarray(built.vectors), settings.cluster_k or None)
+        extras["cluster_s"] = round(time.time() - started, 2)
     table.save(target / "clusters")
-    cluster_s = time.time() - started
+    started = time.time()
     eta = EtaLogger("v2v table", len(built), on_progress=report, every_s=15.0)
     # one search per item: at the breadth that reaches the target recall for item queries (an item's own
     # neighbourhood needs less breadth than a user's blend of items), unless set
@@ -293,9 +296,8 @@ def write_recall_tables(
                                   progress=lambda done, _total: eta(done, {}))  # fmt: skip
     np.save(target / "v2v-rows.npy", rows)
     np.save(target / "v2v-scores.npy", scores)
-    extras = {"clusters": len(table.centroids), "v2v_table": int(rows.shape[1]), "v2v_table_ef_search": ef_search,
-              "cluster_s": round(cluster_s, 2),
-              "v2v_table_s": round(time.time() - started - cluster_s, 2)}  # fmt: skip
+    extras |= {"clusters": len(table.centroids), "v2v_table": int(rows.shape[1]), "v2v_table_ef_search": ef_search,
+               "v2v_table_s": round(time.time() - started, 2)}  # fmt: skip
     directory = checkpoint_dir(spec)
     if directory is not None and (directory / "g.json").is_file():
         export_user_tower(load_g(directory), target / "user_tower.npz", load_active_interests(directory))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query
@@ -20,6 +20,9 @@ from storage.db import Item, session_scope
 
 router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
 HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
+SimilarChannel = Literal["v2v", "cluster"]
+SIMILAR_CHANNELS = get_args(SimilarChannel)
+SIMILAR_K, SIMILAR_K_MAX = 50, 1000  # /v1/similar's default and largest k (api.fast checks the same)
 
 
 # The two hot routes are `async def`: their work is in-memory CPU, so each request runs to completion on
@@ -29,8 +32,8 @@ HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
 async def similar(
     item_id: str,
     serving: ServingDep,
-    k: Annotated[int, Query(ge=1, le=1000)] = 50,
-    channel: Annotated[Literal["v2v", "cluster"], Query()] = "v2v",
+    k: Annotated[int, Query(ge=1, le=SIMILAR_K_MAX)] = SIMILAR_K,
+    channel: Annotated[SimilarChannel, Query()] = "v2v",
 ) -> dict:
     """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself."""
     try:
@@ -91,10 +94,11 @@ def recall_response(sources: ServiceSources, body: RecallIn, known: np.ndarray, 
     config = RecallConfig(per_channel=max(body.k, 100), merge=MergeWeights(**merge))
     pool, picks, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
                                          config=config)  # fmt: skip
-    titles = sources.titles([int(pool.rows[p.index]) for p in picks])
+    rows = pool.picked_rows(picks).tolist()
+    titles = sources.titles(rows)
     results = describe(pool, picks, sources.item)
-    for result, pick in zip(results, picks, strict=True):
-        result["title"] = titles.get(int(pool.rows[pick.index]))
+    for result, row in zip(results, rows, strict=True):
+        result["title"] = titles.get(row)
     return {
         "user_id": body.user_id,
         "history_used": len(known),
