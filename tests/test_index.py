@@ -60,8 +60,8 @@ def test_search_breadth_is_tuned_to_the_target_recall_and_stored(tmp_path: Path)
 
 
 def test_item_query_breadth_reaches_its_target_on_the_items_neighbourhoods() -> None:
-    """The v2v table's breadth is tuned on item queries (each item's own top 100): what it reports is
-    what the table gets, and a breadth below it falls short of the target."""
+    """The v2v table's breadth is tuned on item queries (each item's own top 100): what it reports holds
+    on other items, and the rung below it on the ladder does worse."""
     from index.ann import EF_LADDER
 
     base = low_rank_unit(20_000, seed=2)
