@@ -12,6 +12,7 @@ import numpy as np
 from index.ann import as_matrix
 from index.ranked import Ranked, best_entries, top_order
 
+SIMILARITY_SLACK = 1e-4  # float32 dot products of unit vectors may pass 1 by rounding
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
 
 
@@ -87,12 +88,24 @@ def cluster_recall(
     For triggers newer than the table, `trigger_clusters` gives their clusters and `queries` their vectors
     (a trigger row of -1 with no query vector is scored against its cluster's centroid).
     exclude: rows never returned; allowed: a boolean mask over rows, the only ones returned.
+
+    Vectors are unit length, so a trigger's scores are at most weight * (1 + prior_weight * max prior):
+    once k items score above what every remaining trigger could reach, those triggers are skipped (the
+    answer is the same; with recency weights the latest one or two triggers usually fill the list).
     """
     members_of, scores_of, trigger_of = [], [], []
     excluded = np.asarray(exclude if exclude is not None else [], np.int64)
     excluded = excluded[(excluded >= 0) & (excluded < len(table.assignment))]
     excluded_cluster = table.assignment[excluded]  # each cluster only checks its own excluded rows
+    boost = max(float(np.max(prior_weight * prior)), 0.0) if prior is not None and len(prior) else 0.0
+    ceiling = 1.0 + SIMILARITY_SLACK + boost
+    weights = np.array([w for _, w in triggers], np.float64)
+    # the best score triggers i onwards could give (no bound with a negative weight)
+    reachable = np.maximum.accumulate(weights[::-1])[::-1] * ceiling if (weights >= 0).all() else weights + np.inf
+    kth_best = -np.inf  # a lower bound on the k-th best distinct score so far (one trigger's own k-th)
     for i, (row, weight) in enumerate(triggers):
+        if kth_best > reachable[i]:
+            break
         cluster = trigger_clusters[i] if trigger_clusters is not None else int(table.assignment[row])
         members = table.members[cluster]
         keep = members != row
@@ -115,6 +128,8 @@ def cluster_recall(
         # an item in the first k overall is in the first k of its best trigger's list, so each trigger
         # contributes at most k (the sort below stays small when clusters are large)
         order = top_order(scores, k)
+        if len(order) == k:
+            kth_best = max(kth_best, float(scores[order[-1]]))
         members_of.append(members[order])
         scores_of.append(scores[order])
         trigger_of.append(np.full(len(order), row, np.int64))

@@ -284,3 +284,37 @@ def test_item_meta_decodes_first_level_tags_of_many_rows_at_once(tmp_path) -> No
     assert decoded == [{"travel"}, {"food", "travel"}, set(), {"sports"}, set(), {"food", "travel"}]
     assert meta.title(3) == "drei" and meta.title(1) is None and meta.tags(0) == ["food/pizza", "food/pasta", "travel"]
     assert meta.top_level_sets(np.zeros(0, np.int64)) == []
+
+
+class CountingRows(np.ndarray):
+    """The item matrix, counting how many times cluster recall reads rows from it."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice | np.ndarray):
+            CountingRows.reads += 1
+        return np.asarray(super().__getitem__(index))
+
+
+def test_cluster_recall_skips_triggers_that_cannot_reach_the_list_and_answers_the_same() -> None:
+    """Recency-weighted triggers: once k items outscore what the remaining triggers could reach, the rest
+    are not scanned, and the answer equals the full one (same rows, scores and triggers)."""
+    rng = np.random.default_rng(4)
+    x = low_rank_unit(4000)
+    table = ClusterTable.build(x, k=40)
+    counted = x.view(CountingRows)
+    prior = rng.random(len(x))
+    for decay in (0.5, 0.9, 1.0):
+        triggers = [(int(r), decay**i) for i, r in enumerate(rng.choice(len(x), size=10, replace=False))]
+        full = cluster_recall(table, x, triggers, k=len(x), prior=prior)
+        CountingRows.reads = 0
+        cut = cluster_recall(table, counted, triggers, k=20, prior=prior)
+        assert cut.rows.tolist() == full.rows[:20].tolist() and cut.trigger.tolist() == full.trigger[:20].tolist()
+        assert np.allclose(cut.scores, full.scores[:20])
+        if decay == 0.5:  # the first triggers fill the list: most are skipped
+            assert 1 <= CountingRows.reads <= 4
+    # with a negative weight nothing bounds the scores: every trigger is read
+    CountingRows.reads = 0
+    cluster_recall(table, counted, [(0, 1.0), (5, -1.0), (9, 0.1)], k=5)
+    assert CountingRows.reads == 3
