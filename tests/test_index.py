@@ -38,6 +38,27 @@ def test_hnsw_recall_against_exact() -> None:
     assert recall >= 0.95, recall
 
 
+def test_quantised_hnsw_reaches_the_recall_and_answers_exact_scores(tmp_path: Path) -> None:
+    """The large-catalogue default links 8-bit codes: its recall holds against exact search, and the scores
+    it answers are the float vectors' inner products, best first (also after a save and load)."""
+    base = low_rank_unit(20_000, seed=1)
+    queries = low_rank_unit(200, seed=2)
+    factory = choose_factory(len(base), exact_below=10_000)
+    index = VectorIndex.build([str(i) for i in range(len(base))], base, factory)
+    assert "SQ8" in factory and not index.exact_scores
+    scores, positions = index.search(queries, 100)
+    truth = exact_topk(base, queries, 100)
+    assert np.mean([len(set(p) & set(t)) / 100 for p, t in zip(positions, truth, strict=True)]) >= 0.95
+    assert np.allclose(scores, np.take_along_axis(queries @ base.T, positions, axis=1), atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    codes_scores, _ = index.index.search(queries, 100)  # what the codes alone give: close, not exact
+    assert 0 < np.abs(np.sort(codes_scores, axis=1) - np.sort(scores, axis=1)).max() < 0.02
+    index.save(tmp_path / "snap")
+    loaded = VectorIndex.load(tmp_path / "snap")
+    assert not loaded.exact_scores and np.array_equal(loaded.search(queries[:5], 10)[1], positions[:5, :10])
+    assert VectorIndex.build(["a", "b"], base[:2], "HNSW32,Flat").exact_scores
+
+
 def test_search_breadth_is_tuned_to_the_target_recall_and_stored(tmp_path: Path) -> None:
     """Reindex sets HNSW's efSearch to the smallest that reaches the target recall@100 on user-like
     queries; a higher target never gets a smaller breadth, the reached recall holds on fresh queries,
