@@ -34,8 +34,15 @@ class Pool:
     def channel_count(self) -> np.ndarray:
         return sum((where >= 0).astype(np.int64) for where in self.where) if self.where else np.zeros(0, np.int64)
 
-    def channel_names(self, index: int) -> list[str]:
-        return sorted(c for c, where in zip(self.channels, self.where, strict=True) if where[index] >= 0)
+    def channel_names(self, indices: np.ndarray) -> list[list[str]]:
+        """The channels that recalled each of the entries, sorted by name."""
+        masks = np.zeros(len(indices), np.int64)
+        for bit, where in enumerate(self.where):
+            masks |= (where[indices] >= 0).astype(np.int64) << bit
+        names: dict[int, list[str]] = {}  # a few distinct channel sets per request
+        for mask in set(masks.tolist()):
+            names[mask] = sorted(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
+        return [list(names[mask]) for mask in masks.tolist()]
 
     def picked_rows(self, picks: Sequence[Pick]) -> np.ndarray:
         return self.rows[np.array([p.index for p in picks], np.int64)]
@@ -83,18 +90,20 @@ def union(
     quotas, trust = quotas or {}, trust or {}
     channels, results, similarities = [], [], []
     for channel, ranked in channel_results.items():
-        limit = quotas.get(channel, len(ranked))
-        ranked = ranked.take(slice(0, limit))
-        keep = ~np.isin(ranked.rows, seen) if len(seen) else np.ones(len(ranked), bool)
+        ranked = ranked.take(slice(0, quotas.get(channel, len(ranked))))
         factor = trust.get(channel, 1.0)
         if mode == "rank":
-            similarity = factor / (rrf_k + np.arange(1, len(ranked) + 1, dtype=np.float64))
+            similarities.append(factor / (rrf_k + np.arange(1, len(ranked) + 1, dtype=np.float64)))
         else:
-            similarity = factor * ranked.scores
+            similarities.append(factor * ranked.scores)
         channels.append(channel)
-        results.append(ranked.take(keep))
-        similarities.append(similarity[keep])
+        results.append(ranked)
     all_rows = np.concatenate([r.rows for r in results]) if results else NO_ROWS
+    if len(seen) and len(all_rows):  # one membership test for every channel's entries
+        keep = np.split(~np.isin(all_rows, seen), np.cumsum([len(r) for r in results])[:-1])
+        results = [r.take(k) for r, k in zip(results, keep, strict=True)]
+        similarities = [s[k] for s, k in zip(similarities, keep, strict=True)]
+        all_rows = np.concatenate([r.rows for r in results])
     unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
     order = np.argsort(first)  # candidates in order of first appearance (the rerank's tie order)
     position = np.empty(len(unique), np.int64)
@@ -194,6 +203,7 @@ def describe(pool: Pool, picks: list[Pick], id_of: Callable[[int], str]) -> list
                 source["interest"] = interests[n]
             sources[pick].append(source)
     rows, similarity = pool.rows[index].tolist(), pool.similarity[index].tolist()
-    return [{"id": id_of(row), "score": p.score, "similarity": sim, "channels": pool.channel_names(p.index),
+    return [{"id": id_of(row), "score": p.score, "similarity": sim, "channels": names,
              "diversity_gain": p.diversity_gain, "sources": found}
-            for p, row, sim, found in zip(picks, rows, similarity, sources, strict=True)]  # fmt: skip
+            for p, row, sim, names, found in zip(picks, rows, similarity, pool.channel_names(index), sources,
+                                                 strict=True)]  # fmt: skip
