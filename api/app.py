@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "snapshot": serving.snapshot_name,
             "encoder_version": serving.version,
             "indexed": len(serving.live),
+            "process": os.getpid(),  # which API process answered (several may serve one port)
         }
 
     return app

@@ -211,7 +211,10 @@ def serve(
     workers = workers or settings.api_workers
     options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
     if workers > 1:  # each process maps the same snapshot files: the index is in memory once
-        uvicorn.run("api.app:create_app", factory=True, workers=workers, **options)
+        from api.balanced import serve_balanced
+
+        options.pop("host"), options.pop("port")
+        raise typer.Exit(serve_balanced("api.app:create_app", workers, host=host, port=port, options=options))
     else:
         uvicorn.run(create_app(settings), **options)
 

@@ -1,0 +1,96 @@
+"""`mmrecall serve --workers N`: one port, N real API processes, keep-alive connections spread evenly."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mmrecall.runner import free_port, settings_env, wait_for_api
+from mmrecall.settings import Settings
+
+
+def answering_process(client: httpx.Client) -> int:
+    return client.get("/healthz").json()["process"]
+
+
+def processes_answering(url: str, connections: int) -> set[int]:
+    """The API processes that answer `connections` connections open together (closed afterwards)."""
+    clients = [httpx.Client(base_url=url) for _ in range(connections)]
+    try:
+        return {answering_process(c) for c in clients}
+    finally:
+        for client in clients:
+            client.close()
+
+
+def wait_until(check, timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = check()
+            if found:
+                return found
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(check)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "2",
+                               "--no-access-log"], env=settings_env(settings), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_api(url, timeout=90)
+        # both processes ready: connections opened together land on two different ones
+        wait_until(lambda: len(processes_answering(url, 2)) == 2, 90)
+        time.sleep(0.5)  # the processes report those connections closed
+        yield url, server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(30)
+
+
+def test_keep_alive_connections_are_spread_evenly_and_a_dead_process_is_replaced(served) -> None:
+    url, server = served
+    clients = [httpx.Client(base_url=url) for _ in range(6)]  # one keep-alive connection each
+    owners = [answering_process(c) for c in clients]
+    assert sorted(collections.Counter(owners).values()) == [3, 3]
+    assert all(answering_process(c) == owner for c, owner in zip(clients, owners, strict=True))  # kept alive
+    # two connections of one process close: the next two connections go to it
+    busy = owners[0]
+    for client in [c for c, owner in zip(clients, owners, strict=True) if owner == busy][:2]:
+        client.close()
+    time.sleep(0.5)  # the process reports the closes
+    newcomers = [httpx.Client(base_url=url) for _ in range(2)]
+    assert [answering_process(c) for c in newcomers] == [busy, busy]
+    # a process killed outright: its clients see errors, the port keeps answering, another process starts
+    os.kill(busy, signal.SIGKILL)
+    replacement = wait_until(lambda: processes_answering(url, 4) - set(owners))
+    assert len(replacement) == 1 and server.poll() is None
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    for client in clients + newcomers:
+        client.close()
+
+
+def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    code = ("from api.balanced import serve_balanced; raise SystemExit(serve_balanced('no_such_module:app', 2, "
+            f"host='127.0.0.1', port={free_port()}, options={{}}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    assert done.returncode == 1 and "failed to start" in done.stderr
