@@ -83,6 +83,7 @@ def prefault(array: np.ndarray | None, page: int = 4096) -> None:
 class ServingIndex:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.database_url = settings.resolved_database_url  # once: resolving the home path costs a syscall per call
         self.state = ServingState(LiveIndex())
         self.watermark = 0
         self._seen_rows: set[int] = set()
@@ -118,7 +119,7 @@ class ServingIndex:
         state = ServingState.load(current, meta)
         state.live.deleted = set(self.state.live.deleted)
         max_row = int(meta["max_row"])
-        with session_scope(self.settings.resolved_database_url) as session:
+        with session_scope(self.database_url) as session:
             # rows at or below the snapshot's watermark are in it already
             in_snapshot = catalogue.vector_rows_after(session, meta["encoder_version"], max_row - FEED_WINDOW)
         self.state = state  # one reference swap: requests in flight finish on the old state
@@ -133,7 +134,7 @@ class ServingIndex:
 
     def _follow_feed(self) -> None:
         state = self.state
-        with session_scope(self.settings.resolved_database_url) as session:
+        with session_scope(self.database_url) as session:
             if state.version is None:  # no snapshot yet: follow the newest encoder's vectors
                 state.version = session.scalar(select(ItemVector.version).order_by(ItemVector.id.desc()).limit(1))
                 if state.version is None:
@@ -151,7 +152,7 @@ class ServingIndex:
             self._seen_rows = {row for row in self._seen_rows if row > floor}
 
     def _follow_deletions(self) -> None:
-        with session_scope(self.settings.resolved_database_url) as session:
+        with session_scope(self.database_url) as session:
             deleted = catalogue.deleted_since(session, self._deleted_since)
         if deleted:
             self.mark_deleted([item for item, _ in deleted])
@@ -373,7 +374,7 @@ def similar_to(
 
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     state = serving.state
-    url = serving.settings.resolved_database_url
+    url = serving.database_url
     vector = state.live.vector(item_id)
     if vector is None or item_id in state.live.deleted:
         if in_memory_only:

@@ -51,7 +51,7 @@ async def similar(
 async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     if body.user_id is not None:
-        rows = await run_in_threadpool(user_history, serving.settings.resolved_database_url, body.user_id)
+        rows = await run_in_threadpool(user_history, serving.database_url, body.user_id)
         if not rows:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
         history, times = [item for item, _ in rows], dict(rows)
@@ -75,7 +75,7 @@ def history_recall(serving: ServingIndex, body: RecallIn, history: list[str], ti
                    in_memory_only: bool) -> dict:  # fmt: skip
     """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
-    sources = ServiceSources(serving.state, serving.settings.resolved_database_url, in_memory_only=in_memory_only,
+    sources = ServiceSources(serving.state, serving.database_url, in_memory_only=in_memory_only,
                              history_times=times)  # fmt: skip
     known = history_rows(sources, history)
     if not len(known):
