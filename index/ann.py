@@ -17,7 +17,7 @@ IVF_NPROBE = 32
 NUMPY_FLAT_MAX_QUERIES = 8
 
 
-def choose_factory(n: int, spec: str = "auto", *, exact_below: int = 200_000) -> str:
+def choose_factory(n: int, spec: str = "auto", *, exact_below: int = 20_000) -> str:
     """'auto': exact search while it is fast enough, HNSW above that; any other string is used as given.
 
     The HNSW graph links 8-bit codes, not float vectors: a search walks a quarter of the memory (1M x 256,

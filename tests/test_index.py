@@ -101,8 +101,9 @@ def test_item_query_breadth_reaches_its_target_on_the_items_neighbourhoods() -> 
 
 
 def test_choose_factory_by_size() -> None:
-    assert choose_factory(1000) == "Flat"
-    assert choose_factory(1_000_000).startswith("HNSW")
+    assert choose_factory(1000) == choose_factory(19_999) == "Flat"
+    assert choose_factory(20_000).startswith("HNSW") and choose_factory(1_000_000).startswith("HNSW")
+    assert choose_factory(100_000, exact_below=200_000) == "Flat"
     assert choose_factory(10, "IVF16,PQ8") == "IVF16,PQ8"
 
 
