@@ -151,6 +151,7 @@ class HandedServer(uvicorn.Server):
         if self.should_exit:
             return
         loop, channel, server = asyncio.get_running_loop(), self.channel, self
+        adopting: set[asyncio.Task] = set()
 
         class Reporting(self.config.http_protocol_class):  # tells the parent when a connection ends
             def connection_lost(self, exc: Exception | None) -> None:
@@ -173,7 +174,17 @@ class HandedServer(uvicorn.Server):
                 server.should_exit = True
                 return
             for fd in fds:
-                loop.create_task(loop.connect_accepted_socket(protocol, socket.socket(fileno=fd)))
+                task = loop.create_task(loop.connect_accepted_socket(protocol, socket.socket(fileno=fd)))
+                adopting.add(task)  # the loop keeps only a weak reference to a task
+                task.add_done_callback(adopted)
+
+        def adopted(task: asyncio.Task) -> None:
+            adopting.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # e.g. the client left meanwhile
+                try:
+                    channel.send(CLOSED)
+                except OSError:
+                    pass
 
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), receive)
