@@ -49,14 +49,19 @@ def served(tmp_path: Path):
     settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "2",
-                               "--no-access-log"], env=settings_env(settings), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers",
+                                   "2", "--no-access-log"], env=settings_env(settings), stdout=output,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_api(url, timeout=90)
-        # both processes ready: connections opened together land on two different ones
-        wait_until(lambda: len(processes_answering(url, 2)) == 2, 90)
+        try:
+            wait_for_api(url, timeout=90)
+            # both processes ready: connections opened together land on two different ones
+            wait_until(lambda: len(processes_answering(url, 2)) == 2, 90)
+        except (TimeoutError, RuntimeError) as exc:
+            raise AssertionError(f"the API did not come up with 2 processes:\n{log.read_text()[-3000:]}") from exc
         time.sleep(0.5)  # the processes report those connections closed
         yield url, server
     finally:
