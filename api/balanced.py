@@ -153,13 +153,16 @@ class HandedServer(uvicorn.Server):
         loop, channel, server = asyncio.get_running_loop(), self.channel, self
         adopting: set[asyncio.Task] = set()
 
+        def report_closed() -> None:
+            try:
+                channel.send(CLOSED)
+            except OSError:  # the parent is gone; this process is on its way out
+                pass
+
         class Reporting(self.config.http_protocol_class):  # tells the parent when a connection ends
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
-                try:
-                    channel.send(CLOSED)
-                except OSError:
-                    pass
+                report_closed()
 
         def protocol() -> asyncio.Protocol:
             return Reporting(config=server.config, server_state=server.server_state, app_state=server.lifespan.state)
@@ -181,10 +184,7 @@ class HandedServer(uvicorn.Server):
         def adopted(task: asyncio.Task) -> None:
             adopting.discard(task)
             if not task.cancelled() and task.exception() is not None:  # e.g. the client left meanwhile
-                try:
-                    channel.send(CLOSED)
-                except OSError:
-                    pass
+                report_closed()
 
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), receive)

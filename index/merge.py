@@ -100,10 +100,11 @@ def union(
         results.append(ranked)
     all_rows = np.concatenate([r.rows for r in results]) if results else NO_ROWS
     if len(seen) and len(all_rows):  # one membership test for every channel's entries
-        keep = np.split(~np.isin(all_rows, seen), np.cumsum([len(r) for r in results])[:-1])
+        unseen = ~np.isin(all_rows, seen)
+        keep = np.split(unseen, np.cumsum([len(r) for r in results])[:-1])
         results = [r.take(k) for r, k in zip(results, keep, strict=True)]
         similarities = [s[k] for s, k in zip(similarities, keep, strict=True)]
-        all_rows = np.concatenate([r.rows for r in results])
+        all_rows = all_rows[unseen]
     unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
     order = np.argsort(first)  # candidates in order of first appearance (the rerank's tie order)
     position = np.empty(len(unique), np.int64)
