@@ -7,24 +7,30 @@ on 2 processes, splits from 4/4 to 8/0 between runs gave /v1/recall p99 of 32 ms
 and 70 ms (8/0, at half the throughput).
 
 Here the parent process accepts, and hands each connection (its file descriptor, over a Unix socket
-pair) to the ready process holding the fewest open connections; each process reports back when it is
-ready and when a connection closes. A process that dies is replaced.
+pair) to the ready process holding the fewest open connections. The parent keeps its own copy of each
+descriptor, never reading from it, to see the connection end the moment it ends (epoll's RDHUP): a
+process busy with queued requests reports closes late, and a client that reconnects at once (a pool
+renewing its connections) was handed to the process that only seemed busier; back-to-back wrk runs
+split 8 connections 7/1 that way. The processes shut a connection down (not only close their copy) so
+the client sees it end. A process that dies is replaced; its connections are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import select
 import selectors
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 
-READY, CLOSED = b"r", b"x"  # what a process tells the parent
+READY = b"r"  # what a process tells the parent once it serves
+ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR  # a connection's end, seen without reading it
 
 
 @dataclass
@@ -33,8 +39,12 @@ class Process:
     popen: subprocess.Popen
     channel: socket.socket  # the parent's end of the pair
     ready: bool = False
-    open: int = 0  # connections handed to it and not closed yet
     started: bool = False  # it was ready once (a process that dies before that fails the whole server)
+    connections: dict[int, socket.socket] = field(default_factory=dict)  # the parent's copies of its open ones
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
 
 
 def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dict) -> int:
@@ -44,6 +54,9 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
     listener = socket.create_server((host, port), backlog=2048)
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
+    ends = select.epoll()  # the handed connections, watched for their end only
+    selector.register(ends.fileno(), selectors.EVENT_READ, "ends")
+    owner: dict[int, Process] = {}  # the parent's descriptor of a connection -> the process serving it
     processes: dict[int, Process] = {}
     stopping, status = False, 0
 
@@ -77,7 +90,10 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
             accepting = bool(ready)
             for key, _ in selector.select(timeout=0.5):
                 if key.data is None:
-                    hand_over(listener, ready)
+                    hand_over(listener, ready, ends, owner)
+                elif key.data == "ends":
+                    for fd, _ in ends.poll(0):
+                        forget(fd, ends, owner)
                 elif not listen_to(processes[key.data]):  # its end closed: it is exiting
                     selector.unregister(key.fileobj)
             for process in list(processes.values()):
@@ -93,10 +109,15 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
                     if process.channel.fileno() in selector.get_map():
                         selector.unregister(process.channel)
                     process.channel.close()
+                    for fd in list(process.connections):  # its clients see the end, not a silent hang
+                        forget(fd, ends, owner, end_it=True)
                     spawn(process.number)
     finally:
         selector.close()
         listener.close()
+        for fd in list(owner):
+            forget(fd, ends, owner)
+        ends.close()
         for process in processes.values():
             if process.popen.poll() is None:
                 process.popen.terminate()
@@ -108,21 +129,37 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
     return status
 
 
-def hand_over(listener: socket.socket, ready: list[Process]) -> None:
+def hand_over(listener: socket.socket, ready: list[Process], ends: select.epoll, owner: dict[int, Process]) -> None:
     """Accept what is waiting; each connection goes to the ready process with the fewest open ones."""
     while True:
         try:
             connection, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        with connection:  # the parent's copy closes once handed over
-            for target in sorted(ready, key=lambda p: (p.open, p.number)):
-                try:
-                    socket.send_fds(target.channel, [b"c"], [connection.fileno()])
-                except OSError:  # that process is gone; the supervising loop replaces it
-                    continue
-                target.open += 1
-                break
+        for target in sorted(ready, key=lambda p: (p.open, p.number)):
+            try:
+                socket.send_fds(target.channel, [b"c"], [connection.fileno()])
+            except OSError:  # that process is gone; the supervising loop replaces it
+                continue
+            target.connections[connection.fileno()] = connection
+            owner[connection.fileno()] = target
+            ends.register(connection.fileno(), ENDED)
+            break
+        else:
+            connection.close()
+
+
+def forget(fd: int, ends: select.epoll, owner: dict[int, Process], *, end_it: bool = False) -> None:
+    """A handed connection ended: stop counting it and close the parent's copy. end_it: shut it down too
+    (its process died, so the client sees the end instead of waiting)."""
+    process = owner.pop(fd, None)
+    if process is None:
+        return
+    ends.unregister(fd)
+    connection = process.connections.pop(fd)
+    if end_it:
+        end(connection)
+    connection.close()
 
 
 def listen_to(process: Process) -> bool:
@@ -135,7 +172,6 @@ def listen_to(process: Process) -> bool:
         data = b""
     process.ready = bool(data) and (process.ready or READY in data)
     process.started = process.started or process.ready
-    process.open = max(0, process.open - data.count(CLOSED))
     return bool(data)
 
 
@@ -153,19 +189,20 @@ class HandedServer(uvicorn.Server):
         loop, channel, server = asyncio.get_running_loop(), self.channel, self
         adopting: set[asyncio.Task] = set()
 
-        def report_closed() -> None:
-            try:
-                channel.send(CLOSED)
-            except OSError:  # the parent is gone; this process is on its way out
-                pass
+        class Ending(self.config.http_protocol_class):
+            """Shuts the connection down when it ends here: the parent holds a copy of the descriptor, so
+            closing this one alone would leave the client waiting (and the parent counting it)."""
 
-        class Reporting(self.config.http_protocol_class):  # tells the parent when a connection ends
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                self.raw = transport.get_extra_info("socket")
+                super().connection_made(transport)
+
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
-                report_closed()
+                end(self.raw)  # asyncio closes the socket right after this
 
         def protocol() -> asyncio.Protocol:
-            return Reporting(config=server.config, server_state=server.server_state, app_state=server.lifespan.state)
+            return Ending(config=server.config, server_state=server.server_state, app_state=server.lifespan.state)
 
         def receive() -> None:
             try:
@@ -177,14 +214,16 @@ class HandedServer(uvicorn.Server):
                 server.should_exit = True
                 return
             for fd in fds:
-                task = loop.create_task(loop.connect_accepted_socket(protocol, socket.socket(fileno=fd)))
+                connection = socket.socket(fileno=fd)
+                task = loop.create_task(loop.connect_accepted_socket(protocol, connection))
                 adopting.add(task)  # the loop keeps only a weak reference to a task
-                task.add_done_callback(adopted)
+                task.add_done_callback(lambda task, connection=connection: adopted(task, connection))
 
-        def adopted(task: asyncio.Task) -> None:
+        def adopted(task: asyncio.Task, connection: socket.socket) -> None:
             adopting.discard(task)
-            if not task.cancelled() and task.exception() is not None:  # e.g. the client left meanwhile
-                report_closed()
+            if task.cancelled() or task.exception() is not None:  # e.g. the client left meanwhile
+                end(connection)
+                connection.close()
 
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), receive)
@@ -196,6 +235,14 @@ class HandedServer(uvicorn.Server):
         except (ValueError, OSError):
             pass
         await super().shutdown(sockets)
+
+
+def end(connection) -> None:
+    """Shut a connection down for everyone holding its descriptor (the client sees it end)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already ended
+        pass
 
 
 def worker_main(argv: list[str]) -> None:

@@ -276,9 +276,12 @@ class ServiceSources:
 
     def content_vectors(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of the rows, in order."""
+        rows = np.asarray(rows, np.int64)
         if not len(rows):
             return np.zeros((0, self.live.dim or 1), np.float32)
-        return np.stack([self.live.row_vector(r) for r in np.asarray(rows).tolist()])
+        if self.live.snapshot is not None and int(rows.max()) < self.base:  # one gather, not a copy per row
+            return np.asarray(self.live.snapshot.vectors[rows], np.float32)
+        return np.stack([self.live.row_vector(r) for r in rows.tolist()])
 
     def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
         vectors = self.content_vectors(history)
@@ -311,7 +314,10 @@ class ServiceSources:
 
     def prepare(self, rows: np.ndarray) -> None:
         """Fetch, in one query, the tags of candidates the snapshot cannot answer for (rows newer than it)."""
-        items = {self.item(r) for r in np.asarray(rows).tolist() if r >= self.base or self.state.meta is None}
+        rows = np.asarray(rows, np.int64)
+        if self.state.meta is not None:  # the snapshot's own rows are answered from memory
+            rows = rows[rows >= self.base]
+        items = {self.item(r) for r in rows.tolist()}
         missing = [i for i in items if i not in self._db_tags]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"tags of {len(missing)} items newer than the snapshot")

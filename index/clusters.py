@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from index.ann import as_matrix
-from index.ranked import Ranked, best_entries, top_order
+from index.ranked import Ranked, best_entries, member_mask, top_order
 
 SIMILARITY_SLACK = 1e-4  # float32 dot products of unit vectors may pass 1 by rounding
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
@@ -111,7 +111,7 @@ def cluster_recall(
         keep = members != row
         drop = excluded[excluded_cluster == cluster]
         if len(drop):
-            keep &= ~np.isin(members, drop)
+            keep &= ~member_mask(members, drop)
         if allowed is not None:
             keep &= allowed[members]
         if not keep.any():

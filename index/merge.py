@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from index.ranked import NO_ROWS, Ranked
+from index.ranked import NO_ROWS, Ranked, member_mask
 
 
 @dataclass
@@ -100,7 +100,7 @@ def union(
         results.append(ranked)
     all_rows = np.concatenate([r.rows for r in results]) if results else NO_ROWS
     if len(seen) and len(all_rows):  # one membership test for every channel's entries
-        unseen = ~np.isin(all_rows, seen)
+        unseen = ~member_mask(all_rows, seen)
         keep = np.split(unseen, np.cumsum([len(r) for r in results])[:-1])
         results = [r.take(k) for r, k in zip(results, keep, strict=True)]
         similarities = [s[k] for s, k in zip(similarities, keep, strict=True)]
@@ -140,6 +140,7 @@ def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Colle
     tag_sets = [c if isinstance(c, frozenset) else frozenset(c) for c in categories]
     base = (weights.similarity * pool.similarity + weights.alpha * pool.channel_count()).tolist()
     beta, covered, out = weights.beta, set(), []
+    every_tag = frozenset().union(*tag_sets)
 
     def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool] | None = None) -> list:
         """Greedy picks of allowed candidates until the list holds `limit`; returns the heap of the rest."""
@@ -156,8 +157,12 @@ def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Colle
             if heap and (-score, index) > heap[0]:  # stale: another candidate may be better now
                 heapq.heappush(heap, (-score, index))
                 continue
-            covered.update(tags)
             out.append(Pick(index, score, fresh_gain))
+            if fresh_gain:
+                covered.update(tags)
+                if len(covered) == len(every_tag):  # nobody gains any more: make every bound exact, once
+                    heap = [(-base[i], i) for _, i in heap]  # (not each stale one popped and pushed back)
+                    heapq.heapify(heap)
         return heap + aside
 
     # nothing is covered yet: every candidate with tags gains 1
@@ -196,10 +201,12 @@ def describe(pool: Pool, picks: list[Pick], id_of: Callable[[int], str]) -> list
         scores = results.scores[at].tolist()
         triggers = results.trigger[at].tolist() if results.trigger is not None else None
         interests = results.interest[at].tolist() if results.interest is not None else None
+        # a few trigger items recall most entries: look each one's id up once
+        trigger_ids = {t: id_of(t) if t >= 0 else None for t in set(triggers)} if triggers is not None else {}
         for n, pick in enumerate(hit.tolist()):
             source = {"channel": channel, "score": scores[n]}
             if triggers is not None:
-                source["trigger"] = id_of(triggers[n]) if triggers[n] >= 0 else None
+                source["trigger"] = trigger_ids[triggers[n]]
             if interests is not None:
                 source["interest"] = interests[n]
             sources[pick].append(source)

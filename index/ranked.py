@@ -53,6 +53,16 @@ def _pick(column: np.ndarray | None, index) -> np.ndarray | None:
     return None if column is None else column[index]
 
 
+def member_mask(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """np.isin(values, of) for the request path's sizes (hundreds of candidates against a history): a
+    binary search in the sorted `of`, several times faster than np.isin's general machinery there."""
+    values, of = np.asarray(values), np.sort(np.asarray(of).reshape(-1))
+    if not len(of) or not len(values):
+        return np.zeros(values.shape, bool)
+    at = np.minimum(np.searchsorted(of, values), len(of) - 1)
+    return of[at] == values
+
+
 def top_order(scores: np.ndarray, n: int) -> np.ndarray:
     """Positions of the n best scores, best first; ties keep their input order (a partition first, so
     only the candidates for the first n are sorted)."""

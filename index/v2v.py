@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex
-from index.ranked import NO_ROWS, Ranked, best_entries
+from index.ranked import NO_ROWS, Ranked, best_entries, member_mask
 
 
 def neighbor_table(
@@ -66,7 +66,7 @@ def recall_from_triggers(
     if not found:
         return Ranked.empty()
     rows, contribution, trigger = (np.concatenate(part) for part in (found, contributions, found_by))
-    keep = ~np.isin(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
+    keep = ~member_mask(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
     rows, contribution, trigger = rows[keep], contribution[keep], trigger[keep]
     if not len(rows):
         return Ranked.empty()

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         "0 = tuned at reindex to the target recall on item queries.",
     )
     ann_target_recall: float = Field(
-        default=0.97, gt=0, le=1,
+        default=0.96, gt=0, le=1,
         description="Reindex tunes the HNSW search breadth to the smallest that reaches this recall@100.",
     )
     api_faiss_threads: int = Field(

@@ -9,10 +9,10 @@ import torch
 
 from index.ann import VectorIndex
 from index.clusters import ClusterTable, cluster_recall, default_k
-from index.merge import MergeWeights, describe, merge
+from index.merge import MergeWeights, describe, merge, rerank, union
 from index.multi_interest import interests, quotas
 from index.personal import UserTowerNumpy, export_user_tower
-from index.ranked import Ranked
+from index.ranked import Ranked, member_mask
 from index.v2v import neighbor_table, recall_from_triggers
 from tests.test_index import low_rank_unit
 
@@ -160,6 +160,13 @@ def test_rank_fusion_weighs_ranks_not_raw_scores() -> None:
     assert by_score[0]["id"] == "v1"  # raw scores let the larger scale win
 
 
+def test_member_mask_is_isin() -> None:
+    rng = np.random.default_rng(3)
+    for values, of in [(rng.integers(0, 50, 300), rng.integers(0, 50, 20)), (np.arange(5), np.zeros(0, np.int64)),
+                       (np.zeros(0, np.int64), np.arange(3)), (np.array([-1, 7, 99]), np.array([99, -1]))]:
+        assert np.array_equal(member_mask(values, of), np.isin(values, of))
+
+
 def test_exploration_slots_go_to_items_the_lead_channel_did_not_recall() -> None:
     results = {
         "personal": [{"id": f"p{i}", "score": 1.0 - i / 100} for i in range(10)],
@@ -172,6 +179,51 @@ def test_exploration_slots_go_to_items_the_lead_channel_did_not_recall() -> None
     assert base == ["p0", "p1", "p2", "p3", "p4", "p5"]
     # three slots reserved, two non-personal candidates: they fill two, the lead's next best the third
     assert out == ["p0", "p1", "p2", "c1", "c2", "p3"]
+
+
+def exhaustive_rerank(pool, k: int, weights: MergeWeights, categories) -> list[tuple[int, float, float]]:
+    """The greedy rerank by definition: every step rescores every candidate (ties: the lower index)."""
+    base = (weights.similarity * pool.similarity + weights.alpha * pool.channel_count()).tolist()
+    lead = pool.where[pool.channels.index(weights.lead)] if weights.lead in pool.channels else None
+    covered, out, left = set(), [], set(range(len(pool)))
+    phases = [(k - weights.explore, None)]
+    if weights.explore and lead is not None:
+        phases.append((k, lambda i: lead[i] < 0))
+    for limit, allowed in [*phases, (k, None)]:
+        while len(out) < limit:
+            best = None
+            for i in sorted(left):
+                if allowed is not None and not allowed(i):
+                    continue
+                tags = frozenset(categories[i])
+                gain = len(tags - covered) / len(tags) if tags else 0.0
+                score = base[i] + weights.beta * gain
+                if best is None or score > best[1]:
+                    best = (i, score, gain)
+            if best is None:
+                break
+            out.append(best)
+            left.discard(best[0])
+            covered |= frozenset(categories[best[0]])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lazy_rerank_picks_what_rescoring_everyone_picks(seed: int) -> None:
+    """The rerank's shortcuts (stale bounds, exact bounds once every tag is covered) change no pick, score
+    or tie order: scores on a coarse grid make many ties; some candidates have no tags, some several."""
+    rng = np.random.default_rng(seed)
+    channels = {}
+    for channel in ("personal", "v2v", "cluster"):
+        rows = rng.choice(120, size=60, replace=False)
+        channels[channel] = Ranked.of(rows, np.sort(rng.integers(1, 9, size=60) / 8.0)[::-1])
+    pool = union(channels)
+    categories = [frozenset(rng.choice(6, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(len(pool))]
+    for weights in (MergeWeights(), MergeWeights(beta=0.5, explore=10), MergeWeights(alpha=0.0, beta=1.0)):
+        for k in (5, 40, len(pool)):
+            picks = rerank(pool, k, weights, categories)
+            assert [(p.index, p.score, p.diversity_gain) for p in picks] == exhaustive_rerank(pool, k, weights,
+                                                                                             categories)
 
 
 def test_merge_weights_come_from_the_settings_and_bad_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,32 @@ def test_keep_alive_connections_are_spread_evenly_and_a_dead_process_is_replaced
     assert len(replacement) == 1 and server.poll() is None
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
+    for client in clients + newcomers:
+        client.close()
+
+
+def test_a_busy_process_gets_new_connections_as_soon_as_its_old_ones_end(served) -> None:
+    """A process that cannot report anything (stopped, as a process busy with queued requests is late to)
+    still counts as free once its clients leave: the parent sees the connections end itself. Counting
+    only what the processes report, the newcomers went to the other process (2/4 instead of 3/3)."""
+    url, _server = served
+    clients = [httpx.Client(base_url=url) for _ in range(6)]
+    owners = [answering_process(c) for c in clients]
+    busy = owners[0]
+    os.kill(busy, signal.SIGSTOP)
+    try:
+        for client, owner in zip(clients, owners, strict=True):
+            if owner == busy:
+                client.close()
+        time.sleep(0.5)
+        newcomers = [httpx.Client(base_url=url, timeout=30) for _ in range(3)]
+        with ThreadPoolExecutor(3) as pool:  # connected now; answered once the process runs again
+            answers = [pool.submit(answering_process, c) for c in newcomers]
+            time.sleep(0.5)
+            os.kill(busy, signal.SIGCONT)
+            assert [a.result() for a in answers] == [busy] * 3
+    finally:
+        os.kill(busy, signal.SIGCONT)
     for client in clients + newcomers:
         client.close()
 
