@@ -23,7 +23,7 @@ from index.clusters import ClusterTable, cluster_recall
 from index.item_meta import ItemMeta
 from index.live import LiveIndex
 from index.personal import SeqTowerNumpy, UserTowerNumpy, gap_buckets_np, load_user_tower
-from index.ranked import NO_ROWS, Ranked, top_rows
+from index.ranked import NO_ROWS, Ranked, member_mask, top_rows
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import ItemVector, session_scope
@@ -207,6 +207,7 @@ class ServiceSources:
         self.row, self.item = self.live.row, self.live.item  # item id <-> row
         self.blocked = self.live.blocked_rows()  # deleted, or re-encoded since the snapshot
         self._db_tags: dict[str, list[str]] = {}
+        self._history_vectors: tuple[bytes, np.ndarray] | None = None  # the last rows asked, their vectors
         self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
 
     def _moved(self) -> dict[int, int]:
@@ -225,17 +226,19 @@ class ServiceSources:
         state = self.state
         if row >= self.base or state.v2v_rows is None:
             return None
-        rows, scores = state.v2v_rows[row], state.v2v_scores[row]
+        rows, scores = state.v2v_rows[row].astype(np.int64), state.v2v_scores[row]
         keep = rows >= 0
-        skip = self.blocked.union(exclude.tolist()) if len(exclude) else self.blocked
-        if skip:  # usually a short history; a set lookup per table entry beats np.isin's sort for one row
-            keep &= np.fromiter((r not in skip for r in rows.tolist()), bool, len(rows))
-        rows, scores = rows[keep].astype(np.int64), scores[keep].astype(np.float64)
+        if len(exclude):
+            keep &= ~member_mask(rows, exclude)
+        if self.blocked:  # deleted or re-encoded since the snapshot: usually none
+            keep &= np.fromiter((r not in self.blocked for r in rows.tolist()), bool, len(rows))
+        rows, scores = rows[keep], scores[keep].astype(np.float64)
         if complete and len(rows) < n and state.v2v_rows.shape[1] < self.base - 1:
             return None  # the table row is too short for this request
         if not self.live.has_delta:  # table rows are sorted already; no newer items to fold in
             return rows[:n], scores[:n]
-        fresh, fresh_scores = self.live.search_delta(self.live.row_vector(row), n, exclude=skip | {row})
+        skip = self.blocked.union(exclude.tolist(), [row])
+        fresh, fresh_scores = self.live.search_delta(self.live.row_vector(row), n, exclude=skip)
         return top_rows(np.concatenate([rows, fresh]), np.concatenate([scores, fresh_scores]), n)
 
     def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,9 +282,16 @@ class ServiceSources:
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return np.zeros((0, self.live.dim or 1), np.float32)
+        key = rows.tobytes()  # the user tower and multi-interest both read the history's vectors
+        if self._history_vectors is not None and self._history_vectors[0] == key:
+            return self._history_vectors[1]
         if self.live.snapshot is not None and int(rows.max()) < self.base:  # one gather, not a copy per row
-            return np.asarray(self.live.snapshot.vectors[rows], np.float32)
-        return np.stack([self.live.row_vector(r) for r in rows.tolist()])
+            vectors = np.asarray(self.live.snapshot.vectors[rows], np.float32)
+        else:
+            vectors = np.stack([self.live.row_vector(r) for r in rows.tolist()])
+        vectors.flags.writeable = False  # shared by the callers
+        self._history_vectors = (key, vectors)
+        return vectors
 
     def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
         vectors = self.content_vectors(history)

@@ -40,9 +40,12 @@ def interests(
     found = []
     for label in np.argsort(-importance, kind="stable")[:max_interests]:  # medoids of the top interests only
         members = np.flatnonzero(labels == label)
-        vectors = history[members]
-        distances = 1.0 - vectors @ vectors.T  # cosine distances within the cluster
-        medoid = members[int(np.argmin(distances.sum(axis=1)))]
+        if len(members) > 1:
+            vectors = history[members]
+            distances = 1.0 - vectors @ vectors.T  # cosine distances within the cluster
+            medoid = members[int(np.argmin(distances.sum(axis=1)))]
+        else:  # a single item is its own medoid (often: a short or varied history)
+            medoid = members[0]
         found.append(Interest(history[medoid], int(medoid), float(importance[label]), members.tolist()))
     return found
 

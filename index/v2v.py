@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex
-from index.ranked import NO_ROWS, Ranked, best_entries, member_mask
+from index.ranked import NO_ROWS, Ranked, member_mask
 
 
 def neighbor_table(
@@ -70,10 +70,21 @@ def recall_from_triggers(
     rows, contribution, trigger = rows[keep], contribution[keep], trigger[keep]
     if not len(rows):
         return Ranked.empty()
-    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    # one stable sort groups each row's entries in the order they were met
+    order = np.argsort(rows, kind="stable")
+    grouped = rows[order]
+    starts_here = np.empty(len(rows), bool)
+    starts_here[0] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=starts_here[1:])
+    starts = np.flatnonzero(starts_here)
+    unique, first = grouped[starts], order[starts]  # first: where each row was first met
+    group = np.cumsum(starts_here) - 1
+    inverse = np.empty(len(rows), np.int64)
+    inverse[order] = group
     totals = np.bincount(inverse, weights=contribution, minlength=len(unique))  # summed in trigger order
-    best_trigger = np.empty(len(unique), np.int64)
-    best = best_entries(rows, contribution)
-    best_trigger[inverse[best]] = trigger[best]
+    # provenance: the entry that contributed most, the earliest on ties
+    in_group = contribution[order]
+    top = np.maximum.reduceat(in_group, starts)
+    best_trigger = trigger[np.minimum.reduceat(np.where(in_group == top[group], order, len(rows)), starts)]
     ranked = np.lexsort((first, -totals))[:k]  # ties: in the order items were first met
     return Ranked(unique[ranked], totals[ranked], best_trigger[ranked])
