@@ -8,16 +8,18 @@ and 70 ms (8/0, at half the throughput).
 
 Here the parent process accepts, and hands each connection (its file descriptor, over a Unix socket
 pair) to the ready process holding the fewest open connections. The parent keeps its own copy of each
-descriptor, never reading from it, to see the connection end the moment it ends (epoll's RDHUP): a
-process busy with queued requests reports closes late, and a client that reconnects at once (a pool
+descriptor, never reading from it, to see the client leave the moment it leaves (epoll's RDHUP): a
+process busy with queued requests is late to notice, and a client that reconnects at once (a pool
 renewing its connections) was handed to the process that only seemed busier; back-to-back wrk runs
-split 8 connections 7/1 that way. The processes shut a connection down (not only close their copy) so
-the client sees it end. A process that dies is replaced; its connections are closed.
+split 8 connections 7/1 that way. A process reports the connections it ends itself (a keep-alive
+timeout, an error), by the number the parent gave each one; the parent then closes its copy, which
+ends the connection for the client. A process that dies is replaced; its connections are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import select
 import selectors
@@ -29,7 +31,9 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-READY = b"r"  # what a process tells the parent once it serves
+# Between parent and process, fixed-size records: a kind byte and a connection number.
+RECORD = 9
+HANDED, READY, ENDED_HERE = b"c", b"r", b"x"  # a connection for you; ready to serve; I ended this connection
 ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR  # a connection's end, seen without reading it
 
 
@@ -40,7 +44,10 @@ class Process:
     channel: socket.socket  # the parent's end of the pair
     ready: bool = False
     started: bool = False  # it was ready once (a process that dies before that fails the whole server)
-    connections: dict[int, socket.socket] = field(default_factory=dict)  # the parent's copies of its open ones
+    # its open connections: the parent's descriptor -> (the parent's copy, the connection's number), and back
+    connections: dict[int, tuple[socket.socket, int]] = field(default_factory=dict)
+    numbers: dict[int, int] = field(default_factory=dict)
+    unread: bytes = b""  # the start of a record not received whole yet
 
     @property
     def open(self) -> int:
@@ -94,8 +101,14 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
                 elif key.data == "ends":
                     for fd, _ in ends.poll(0):
                         forget(fd, ends, owner)
-                elif not listen_to(processes[key.data]):  # its end closed: it is exiting
-                    selector.unregister(key.fileobj)
+                else:
+                    process = processes[key.data]
+                    ended = listen_to(process)
+                    if ended is None:  # its end closed: it is exiting
+                        selector.unregister(key.fileobj)
+                    for number in ended or ():
+                        if number in process.numbers:
+                            forget(process.numbers[number], ends, owner)
             for process in list(processes.values()):
                 if process.popen.poll() is None or stopping:
                     continue
@@ -136,17 +149,30 @@ def hand_over(listener: socket.socket, ready: list[Process], ends: select.epoll,
             connection, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        number = next(CONNECTION_NUMBERS)
         for target in sorted(ready, key=lambda p: (p.open, p.number)):
             try:
-                socket.send_fds(target.channel, [b"c"], [connection.fileno()])
+                socket.send_fds(target.channel, [record(HANDED, number)], [connection.fileno()])
             except OSError:  # that process is gone; the supervising loop replaces it
                 continue
-            target.connections[connection.fileno()] = connection
+            target.connections[connection.fileno()] = (connection, number)
+            target.numbers[number] = connection.fileno()
             owner[connection.fileno()] = target
             ends.register(connection.fileno(), ENDED)
             break
         else:
             connection.close()
+
+
+CONNECTION_NUMBERS = itertools.count(1)
+
+
+def record(kind: bytes, number: int = 0) -> bytes:
+    return kind + number.to_bytes(RECORD - 1, "little")
+
+
+def records(data: bytes) -> list[tuple[bytes, int]]:
+    return [(data[i : i + 1], int.from_bytes(data[i + 1 : i + RECORD], "little")) for i in range(0, len(data), RECORD)]
 
 
 def forget(fd: int, ends: select.epoll, owner: dict[int, Process], *, end_it: bool = False) -> None:
@@ -156,23 +182,31 @@ def forget(fd: int, ends: select.epoll, owner: dict[int, Process], *, end_it: bo
     if process is None:
         return
     ends.unregister(fd)
-    connection = process.connections.pop(fd)
+    connection, number = process.connections.pop(fd)
+    del process.numbers[number]
     if end_it:
         end(connection)
     connection.close()
 
 
-def listen_to(process: Process) -> bool:
-    """Read what the process reported; False once its end is closed."""
+def listen_to(process: Process) -> list[int] | None:
+    """Read what the process reported: the numbers of the connections it ended, or None once its end of
+    the channel is closed."""
     try:
         data = process.channel.recv(4096)
     except (BlockingIOError, InterruptedError):
-        return True
+        return []
     except OSError:
         data = b""
-    process.ready = bool(data) and (process.ready or READY in data)
+    if not data:
+        process.ready = False
+        return None
+    whole = len(process.unread + data) // RECORD * RECORD
+    data, process.unread = (process.unread + data)[:whole], (process.unread + data)[whole:]
+    reported = records(data)
+    process.ready = process.ready or any(kind == READY for kind, _ in reported)
     process.started = process.started or process.ready
-    return bool(data)
+    return [number for kind, number in reported if kind == ENDED_HERE]
 
 
 class HandedServer(uvicorn.Server):
@@ -189,20 +223,21 @@ class HandedServer(uvicorn.Server):
         loop, channel, server = asyncio.get_running_loop(), self.channel, self
         adopting: set[asyncio.Task] = set()
 
-        class Ending(self.config.http_protocol_class):
-            """Shuts the connection down when it ends here: the parent holds a copy of the descriptor, so
-            closing this one alone would leave the client waiting (and the parent counting it)."""
+        def report_ended(number: int) -> None:
+            try:
+                channel.send(record(ENDED_HERE, number))
+            except OSError:  # the parent is gone; this process is on its way out
+                pass
 
-            def connection_made(self, transport: asyncio.Transport) -> None:
-                self.raw = transport.get_extra_info("socket")
-                super().connection_made(transport)
+        class Numbered(self.config.http_protocol_class):
+            """Reports the connection's number when it ends: the parent holds a copy of the descriptor, so
+            the client sees the end once the parent closes that copy too."""
+
+            number = 0
 
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
-                end(self.raw)  # asyncio closes the socket right after this
-
-        def protocol() -> asyncio.Protocol:
-            return Ending(config=server.config, server_state=server.server_state, app_state=server.lifespan.state)
+                report_ended(self.number)
 
         def receive() -> None:
             try:
@@ -213,21 +248,22 @@ class HandedServer(uvicorn.Server):
                 loop.remove_reader(channel.fileno())
                 server.should_exit = True
                 return
-            for fd in fds:
-                connection = socket.socket(fileno=fd)
-                task = loop.create_task(loop.connect_accepted_socket(protocol, connection))
+            for fd, (_, number) in zip(fds, records(message), strict=False):  # one record per descriptor
+                protocol = Numbered(config=server.config, server_state=server.server_state,
+                                    app_state=server.lifespan.state)  # fmt: skip
+                protocol.number = number
+                task = loop.create_task(loop.connect_accepted_socket(lambda p=protocol: p, socket.socket(fileno=fd)))
                 adopting.add(task)  # the loop keeps only a weak reference to a task
-                task.add_done_callback(lambda task, connection=connection: adopted(task, connection))
+                task.add_done_callback(lambda task, number=number: adopted(task, number))
 
-        def adopted(task: asyncio.Task, connection: socket.socket) -> None:
+        def adopted(task: asyncio.Task, number: int) -> None:
             adopting.discard(task)
             if task.cancelled() or task.exception() is not None:  # e.g. the client left meanwhile
-                end(connection)
-                connection.close()
+                report_ended(number)
 
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), receive)
-        channel.send(READY)
+        channel.send(record(READY))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -237,7 +273,7 @@ class HandedServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def end(connection) -> None:
+def end(connection: socket.socket) -> None:
     """Shut a connection down for everyone holding its descriptor (the client sees it end)."""
     try:
         connection.shutdown(socket.SHUT_RDWR)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # Row ids are assigned at insert but may commit out of order (PostgreSQL): re-read a trailing
 # window of rows behind the watermark so a late commit is not skipped.
 FEED_WINDOW = 1000
+# Between reads of that window, a refresh only asks for the newest row id (one index lookup): reading the
+# window every tick cost the API 3.5% of its throughput at 1M items. A late commit below the newest row
+# is picked up by the next read, at most this long after.
+FEED_WINDOW_EVERY_S = 2.0
 
 
 @dataclass
@@ -88,6 +93,8 @@ class ServingIndex:
         self.watermark = 0
         self._seen_rows: set[int] = set()
         self._deleted_since = 0.0
+        self._newest_row = -1  # the newest vector row when the feed's window was last read, and when
+        self._window_read_at = -FEED_WINDOW_EVERY_S
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
@@ -130,6 +137,7 @@ class ServingIndex:
         gc.freeze()
         self.watermark = max_row
         self._seen_rows = {row for row in in_snapshot if row <= max_row}
+        self._newest_row = -1  # read the feed's window now: rows after the snapshot go to its delta
         log.info("serving snapshot %s (%d vectors, %s)", current.name, len(state.live), state.version)
 
     def _follow_feed(self) -> None:
@@ -139,6 +147,10 @@ class ServingIndex:
                 state.version = session.scalar(select(ItemVector.version).order_by(ItemVector.id.desc()).limit(1))
                 if state.version is None:
                     return
+            newest, now = catalogue.max_vector_row(session, state.version), time.monotonic()
+            if newest == self._newest_row and now - self._window_read_at < FEED_WINDOW_EVERY_S:
+                return  # nothing newer
+            self._newest_row, self._window_read_at = newest, now
             rows = catalogue.vector_rows_after(session, state.version, max(0, self.watermark - FEED_WINDOW))
             fresh = [row for row in rows if row not in self._seen_rows]
             for start in range(0, len(fresh), 10_000):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 ITEM_STATUSES = ("pending", "encoding", "ready", "failed", "deleted")
@@ -128,15 +130,36 @@ def get_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL: the API reads while a worker writes
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            for attempt in range(100):  # switching a new file to WAL answers "locked" to a second process
+                try:  # at once, without waiting out the busy timeout
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if attempt == 99 or "locked" not in str(exc):
+                        raise
+                    time.sleep(0.05)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
-    add_missing_columns(engine)
+    create_schema(engine)
     return engine
+
+
+def create_schema(engine: Engine, attempts: int = 5) -> None:
+    """The tables, indexes and added columns. Processes starting together on a new database (the API's
+    processes, workers) race to create them: the loser finds them made meanwhile, and checks again."""
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            add_missing_columns(engine)
+            return
+        except DBAPIError as exc:
+            message = str(exc.orig).lower()
+            if attempt == attempts - 1 or not ("already exists" in message or "duplicate" in message):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def add_missing_columns(engine: Engine) -> list[str]:

@@ -1,9 +1,13 @@
 """Catalogue operations against SQLite and, when it answers, PostgreSQL."""
 
+import multiprocessing
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy
 
 from mmrecall.interchange import InteractionRecord, ItemRecord
 from storage import catalogue
@@ -82,3 +86,46 @@ def test_jobs(db_url: str) -> None:
         stored = catalogue.get_job(s, job.id)
         assert (stored.state, stored.done, stored.total, stored.params) == ("running", 3, 10, {"x": 1})
         assert catalogue.get_job(s, "nope") is None
+
+
+def _open_at(url: str, at: float) -> None:
+    time.sleep(max(0.0, at - time.time()))
+    from storage.db import get_engine
+
+    get_engine(url).dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_processes_starting_together_on_a_new_database_all_get_the_schema(backend: str, tmp_path: Path) -> None:
+    """The API's processes (and workers) start together on a new database: each creates the schema if it
+    is missing, and the ones that lose the race must not fail (one API process used to exit with
+    'table items already exists')."""
+    if backend == "sqlite":
+        url, cleanup = f"sqlite:///{tmp_path / 'new.db'}", None
+    else:
+        from tests.conftest import POSTGRES_URL
+
+        schema = f"mmrecall_race_{uuid.uuid4().hex[:8]}"
+        admin = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        try:
+            with admin.begin() as conn:
+                conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        except Exception as exc:
+            pytest.skip(f"PostgreSQL not available: {exc}")
+        url, cleanup = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", (admin, schema)
+    try:
+        at = time.time() + 3.0  # after every process has started
+        processes = [multiprocessing.get_context("spawn").Process(target=_open_at, args=(url, at)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        assert [p.exitcode for p in processes] == [0] * len(processes)
+        with session_scope(url) as s:
+            assert catalogue.upsert_items(s, [ItemRecord(id="a", title="A")]) == ["a"]
+    finally:
+        if cleanup is not None:
+            admin, schema = cleanup
+            with admin.begin() as conn:
+                conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+            admin.dispose()
