@@ -113,7 +113,8 @@ def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
     features = category_features(demo_data)
     vocab, item_tags = tag_matrix(demo_data)
     top_share = {}
-    for balance in (0.0, 1.0):
+    # weight 3: at 1 the drop was 0.09-0.20 across seeds and machines (0.73 -> 0.65 here), at 3 0.25-0.34
+    for balance in (0.0, 3.0):
         config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=3,
                              seq_layers=1, tag_vocab=vocab)  # fmt: skip
         # the all-action loss off: it spreads the rows by itself, and this measures the balance term alone
@@ -123,7 +124,7 @@ def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
                            item_tags=item_tags)  # fmt: skip
         trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
         top_share[balance] = trainer.activations.sum(axis=0).max() / trainer.activations.sum()
-    assert top_share[1.0] < top_share[0.0] - 0.1, top_share
+    assert top_share[3.0] < top_share[0.0] - 0.1, top_share
 
 
 def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -> None:
