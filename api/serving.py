@@ -93,8 +93,8 @@ class ServingIndex:
         self.watermark = 0
         self._seen_rows: set[int] = set()
         self._deleted_since = 0.0
-        self._newest_row = -1  # the newest vector row when the feed's window was last read, and when
-        self._window_read_at = -FEED_WINDOW_EVERY_S
+        self._newest_row = -1  # the newest vector row at the feed window's last read
+        self._window_read_at = -FEED_WINDOW_EVERY_S  # and when that read was (time.monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()

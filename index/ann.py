@@ -61,7 +61,7 @@ class VectorIndex:
         index.add(matrix)
         return cls(ids, matrix, index, factory)
 
-    def tune_search(self, target_recall: float = 0.96, *, queries: int = 200, k: int = 100, seed: int = 0) -> dict:
+    def tune_search(self, target_recall: float, *, queries: int = 200, k: int = 100, seed: int = 0) -> dict:
         """HNSW: set the serving breadth to the smallest efSearch (EF_LADDER) whose recall@k against exact
         search reaches the target on user-like queries (the mean of 20 random items: a user vector blends
         the items they liked). The breadth an index needs depends on its size and data; a fixed one is

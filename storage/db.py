@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -130,14 +130,9 @@ def get_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL: the API reads while a worker writes
             cursor = dbapi_conn.cursor()
-            for attempt in range(100):  # switching a new file to WAL answers "locked" to a second process
-                try:  # at once, without waiting out the busy timeout
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if attempt == 99 or "locked" not in str(exc):
-                        raise
-                    time.sleep(0.05)
+            # switching a new file to WAL answers "locked" to a second process at once, without the busy timeout
+            retry_while(lambda: cursor.execute("PRAGMA journal_mode=WAL"), sqlite3.OperationalError, ("locked",),
+                        attempts=100)  # fmt: skip
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -147,19 +142,30 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine, attempts: int = 5) -> None:
+def create_schema(engine: Engine) -> None:
     """The tables, indexes and added columns. Processes starting together on a new database (the API's
     processes, workers) race to create them: the loser finds them made meanwhile, and checks again."""
+
+    def create() -> None:
+        Base.metadata.create_all(engine)
+        add_missing_columns(engine)
+
+    retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
+
+
+def retry_while(work: Callable[[], object], error: type[Exception], messages: tuple[str, ...], *,
+                attempts: int, pause_s: float = 0.05) -> None:  # fmt: skip
+    """Run `work`, again after a pause while it fails with `error` saying one of `messages` (a race with
+    another process that resolves itself); any other failure, or the last attempt's, is raised."""
     for attempt in range(attempts):
         try:
-            Base.metadata.create_all(engine)
-            add_missing_columns(engine)
+            work()
             return
-        except DBAPIError as exc:
-            message = str(exc.orig).lower()
-            if attempt == attempts - 1 or not ("already exists" in message or "duplicate" in message):
+        except error as exc:
+            said = str(getattr(exc, "orig", exc)).lower()
+            if attempt == attempts - 1 or not any(m in said for m in messages):
                 raise
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(pause_s)
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
