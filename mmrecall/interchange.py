@@ -58,7 +58,7 @@ class ItemRecord(BaseModel):
     def _clean_tags(cls, value: list[str]) -> list[str]:
         seen: dict[str, None] = {}
         for tag in value:
-            tag = tag.strip().strip("/")
+            tag = _strip_tag(tag)
             if tag:
                 seen.setdefault(tag, None)
         return list(seen)
@@ -94,6 +94,16 @@ class InteractionRecord(BaseModel):
     timestamp: float = Field(allow_inf_nan=False)
     event: str | None = Field(default=None, max_length=64)
     weight: float | None = Field(default=None, allow_inf_nan=False)
+
+
+def _strip_tag(tag: str) -> str:
+    """Whitespace and slashes off both ends, until none is left: one pass of each would leave the space in
+    "/ a", so cleaning a cleaned tag again would change it."""
+    while True:
+        stripped = tag.strip().strip("/")
+        if stripped == tag:
+            return tag
+        tag = stripped
 
 
 def tag_at_level(tag: str, level: int) -> str:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -45,6 +45,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @FAST
 @given(st.lists(items, max_size=8))
+@example([ItemRecord(id="a", tags=["/ 0", "0", " /b/ "])])  # one strip of each left " 0": not idempotent
 def test_items_round_trip(records: list[ItemRecord]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_items(Path(tmp), records)
