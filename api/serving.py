@@ -25,6 +25,7 @@ from index.item_meta import ItemMeta
 from index.live import LiveIndex
 from index.personal import SeqTowerNumpy, UserTowerNumpy, gap_buckets_np, load_user_tower
 from index.ranked import NO_ROWS, Ranked, member_mask, top_rows
+from index.v2v import stack_neighbors
 from mmrecall.settings import Settings
 from storage import catalogue, snapshots
 from storage.db import ItemVector, session_scope
@@ -259,6 +260,16 @@ class ServiceSources:
         if found is not None:
             return found
         return self.live.search_rows(self.live.row_vector(row), n, exclude={row})
+
+    def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Several rows' neighbours (index.v2v.stack_neighbors' shape): in one gather from the v2v table
+        when it alone answers for all of them (snapshot rows, nothing added or removed since)."""
+        state = self.state
+        if (state.v2v_rows is not None and not self.blocked and not self.live.has_delta and len(rows)
+                and max(rows) < self.base):  # fmt: skip
+            at = np.asarray(rows, np.int64)
+            return state.v2v_rows[at, :n], state.v2v_scores[at, :n]
+        return stack_neighbors([self.neighbors(row, n) for row in rows])
 
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""

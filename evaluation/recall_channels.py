@@ -20,6 +20,7 @@ from index.clusters import ClusterTable, cluster_recall
 from index.merge import MergeWeights, merge
 from index.ranked import Ranked
 from index.recall_set import CHANNELS, RecallConfig, channel_candidates, recall_set
+from index.v2v import stack_neighbors
 
 
 class DenseSources:
@@ -56,6 +57,9 @@ class DenseSources:
 
     def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self._top(self.space @ self.space[row], n, np.array([row]))
+
+    def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        return stack_neighbors([self.neighbors(row, n) for row in rows])
 
     def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray) -> Ranked:
         return cluster_recall(self.table, self.space, list(triggers), prior=self.prior, k=n, exclude=exclude,

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex, as_matrix
-from index.ranked import NO_ROWS, top_rows
+from index.ranked import NO_ROWS, member_mask, top_rows
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class LiveIndex:
         rows, scores = np.concatenate(rows).astype(np.int64), np.concatenate(scores)
         keep = rows >= 0
         if skip:
-            keep &= np.fromiter((r not in skip for r in rows.tolist()), bool, len(rows))
+            keep &= ~member_mask(rows, np.fromiter(skip, np.int64, len(skip)))
         return top_rows(rows[keep], scores[keep], k)
 
     def search(self, query: np.ndarray, k: int, *, exclude: set[str] | frozenset = frozenset()) -> list[Neighbor]:

@@ -132,45 +132,64 @@ def rerank(pool: Pool, k: int, weights: MergeWeights, categories: Sequence[Colle
     """Greedy: at each step take the candidate with the best score given the categories already covered.
 
     categories: the candidates' first-level tags, in pool order.
-    Lazy greedy: a candidate's diversity gain only shrinks as categories get covered, so a score
+    Candidates with the same tags gain alike at every step, so within such a group only the best one
+    left (the lowest index on ties) can be next: the greedy runs over the groups' leaders, a few dozen,
+    not over every candidate. Lazy greedy: a gain only shrinks as categories get covered, so a score
     computed earlier is an upper bound. Pop the best bound, refresh it, and take it if it still beats
     every other bound. Same picks (and tie order: lower index first) as rescoring everyone at each step,
     at a fraction of the work.
     """
     tag_sets = [c if isinstance(c, frozenset) else frozenset(c) for c in categories]
-    base = (weights.similarity * pool.similarity + weights.alpha * pool.channel_count()).tolist()
-    beta, covered, out = weights.beta, set(), []
+    base_array = weights.similarity * pool.similarity + weights.alpha * pool.channel_count()
+    base, beta, covered, out = base_array.tolist(), weights.beta, set(), []
     every_tag = frozenset().union(*tag_sets)
+    explore = weights.explore and weights.lead in pool.channels
+    # candidates the exploration slots may take (not recalled by the lead channel) form their own groups
+    outside_lead = (pool.where[pool.channels.index(weights.lead)] < 0).tolist() if explore else [False] * len(base)
+    grouped: dict[tuple[frozenset, bool], list[int]] = {}
+    for index in np.lexsort((np.arange(len(base)), -base_array)).tolist():  # best first, lower index on ties
+        grouped.setdefault((tag_sets[index], outside_lead[index]), []).append(index)
+    members, group_tags = list(grouped.values()), [tags for tags, _ in grouped]
+    taken = [0] * len(members)  # how many of each group's members are picked
 
-    def take(heap: list[tuple[float, int]], limit: int, allowed: Callable[[int], bool] | None = None) -> list:
-        """Greedy picks of allowed candidates until the list holds `limit`; returns the heap of the rest."""
+    def gain(group: int) -> float:
+        tags = group_tags[group]
+        return len(tags - covered) / len(tags) if tags else 0.0
+
+    def take(heap: list[tuple[float, int, int]], limit: int, explore_only: bool = False) -> list:
+        """Greedy picks until the list holds `limit` (only from groups outside the lead channel with
+        `explore_only`); returns the heap of the rest. Entries: (-bound, leader, group)."""
         heapq.heapify(heap)
         aside = []  # not allowed now; their bounds stay valid (gains only shrink)
         while heap and len(out) < limit:
-            bound, index = heapq.heappop(heap)
-            if allowed is not None and not allowed(index):
-                aside.append((bound, index))
+            entry = heapq.heappop(heap)
+            _, index, group = entry
+            if explore_only and not outside_lead[index]:
+                aside.append(entry)
                 continue
-            tags = tag_sets[index]
-            fresh_gain = len(tags - covered) / len(tags) if tags else 0.0
+            fresh_gain = gain(group)
             score = base[index] + beta * fresh_gain
-            if heap and (-score, index) > heap[0]:  # stale: another candidate may be better now
-                heapq.heappush(heap, (-score, index))
+            if heap and (-score, index, group) > heap[0]:  # stale: another leader may be better now
+                heapq.heappush(heap, (-score, index, group))
                 continue
             out.append(Pick(index, score, fresh_gain))
             if fresh_gain:
-                covered.update(tags)
-                if len(covered) == len(every_tag):  # nobody gains any more: make every bound exact, once
-                    heap = [(-base[i], i) for _, i in heap]  # (not each stale one popped and pushed back)
-                    heapq.heapify(heap)
+                covered.update(group_tags[group])
+            taken[group] += 1
+            if taken[group] < len(members[group]):  # the group's next member leads it now
+                follower = members[group][taken[group]]
+                heapq.heappush(heap, (-(base[follower] + beta * gain(group)), follower, group))
+            if fresh_gain and len(covered) == len(every_tag):  # nobody gains any more: exact bounds, once
+                heap = [(-base[i], i, g) for _, i, g in heap]  # (not each stale one popped and pushed back)
+                heapq.heapify(heap)
         return heap + aside
 
-    # nothing is covered yet: every candidate with tags gains 1
-    rest = [(-(b + beta * (1.0 if tags else 0.0)), i) for i, (b, tags) in enumerate(zip(base, tag_sets, strict=True))]
+    # nothing is covered yet: every group with tags gains 1
+    rest = [(-(base[group[0]] + beta * (1.0 if tags else 0.0)), group[0], number)
+            for number, (group, tags) in enumerate(zip(members, group_tags, strict=True))]  # fmt: skip
     rest = take(rest, k - weights.explore)
-    if weights.explore and weights.lead in pool.channels:  # exploration slots first, then anyone
-        lead = pool.where[pool.channels.index(weights.lead)].tolist()
-        rest = take(rest, k, lambda i: lead[i] < 0)
+    if explore:  # exploration slots first, then anyone
+        rest = take(rest, k, explore_only=True)
     take(rest, k)
     return out
 

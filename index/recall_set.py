@@ -32,6 +32,8 @@ class RecallSources(Protocol):
     def row(self, item: str) -> int | None: ...  # None: unknown, deleted or without a vector
     def item(self, row: int) -> str: ...
     def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]: ...  # (rows, similarities)
+    # several rows' neighbours as two (len(rows), m) arrays, rows padded with -1 (index.v2v.stack_neighbors)
+    def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]: ...
     def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray) -> Ranked: ...
     def content_vectors(self, rows: np.ndarray) -> np.ndarray: ...  # (h, d) unit, G space
     def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None: ...
@@ -83,7 +85,7 @@ def channel_candidates(
     weights = np.power(config.decay, np.arange(len(triggers)))
     out: dict[str, Ranked] = {}
     if "v2v" in channels:
-        out["v2v"] = recall_from_triggers(triggers, lambda t: sources.neighbors(t, n), k=n, decay=config.decay,
+        out["v2v"] = recall_from_triggers(triggers, lambda t: sources.neighbor_lists(t, n), k=n, decay=config.decay,
                                           exclude=seen)  # fmt: skip
     if "cluster" in channels:
         out["cluster"] = sources.cluster_mates(list(zip(triggers, weights.tolist(), strict=True)), n, seen)

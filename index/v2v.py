@@ -46,27 +46,39 @@ def trigger_weights(n: int, decay: float = 0.8) -> np.ndarray:
     return np.power(decay, np.arange(n))
 
 
+def stack_neighbors(found: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (rows, similarities) lists as two (len(found), m) arrays, rows padded with -1."""
+    width = max((len(rows) for rows, _ in found), default=0)
+    rows = np.full((len(found), width), -1, np.int64)
+    similarities = np.zeros((len(found), width), np.float64)
+    for at, (found_rows, found_similarities) in enumerate(found):
+        rows[at, : len(found_rows)] = found_rows
+        similarities[at, : len(found_rows)] = found_similarities
+    return rows, similarities
+
+
 def recall_from_triggers(
     triggers: Sequence[int],
-    neighbors_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    neighbors_of: Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]],
     *,
     k: int,
     decay: float = 0.8,
     exclude: np.ndarray = NO_ROWS,
 ) -> Ranked:
-    """triggers: rows, latest first; neighbors_of(row) -> (rows, similarities), best first. Score = sum over
-    triggers of w_t * similarity; provenance = the trigger that contributed most (the latest on ties).
-    Ties in score keep the order in which items were first met."""
-    found, contributions, found_by = [], [], []
-    for trigger, weight in zip(triggers, trigger_weights(len(triggers), decay), strict=True):
-        rows, similarities = neighbors_of(trigger)
-        found.append(np.asarray(rows, np.int64))
-        contributions.append(weight * np.asarray(similarities, np.float64))
-        found_by.append(np.full(len(rows), trigger, np.int64))
-    if not found:
+    """triggers: rows, latest first; neighbors_of(triggers) -> (rows, similarities), each (len(triggers), m):
+    every trigger's neighbours, best first, rows padded with -1 (`stack_neighbors`; one gather from the
+    v2v table answers for all the triggers at once). Score = sum over triggers of w_t * similarity;
+    provenance = the trigger that contributed most (the latest on ties). Ties in score keep the order in
+    which items were first met."""
+    if not len(triggers):
         return Ranked.empty()
-    rows, contribution, trigger = (np.concatenate(part) for part in (found, contributions, found_by))
-    keep = ~member_mask(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
+    found, similarities = neighbors_of(triggers)
+    found = np.asarray(found, np.int64)
+    weights = trigger_weights(len(triggers), decay)[:, None]
+    rows, contribution = found.reshape(-1), (weights * np.asarray(similarities, np.float64)).reshape(-1)
+    trigger = np.repeat(np.asarray(triggers, np.int64), found.shape[1])
+    keep = rows >= 0
+    keep &= ~member_mask(rows, np.concatenate([np.asarray(exclude, np.int64), np.asarray(triggers, np.int64)]))
     rows, contribution, trigger = rows[keep], contribution[keep], trigger[keep]
     if not len(rows):
         return Ranked.empty()

@@ -13,7 +13,7 @@ from index.merge import MergeWeights, describe, merge, rerank, union
 from index.multi_interest import interests, quotas
 from index.personal import UserTowerNumpy, export_user_tower
 from index.ranked import Ranked, member_mask
-from index.v2v import neighbor_table, recall_from_triggers
+from index.v2v import neighbor_table, recall_from_triggers, stack_neighbors
 from tests.test_index import low_rank_unit
 
 
@@ -73,15 +73,16 @@ def test_neighbor_table_matches_exact_search() -> None:
 def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
     a, b, x, y, seen = range(5)
     table = {a: ([x, y, seen], [0.9, 0.5, 0.95]), b: ([y, a], [0.8, 0.7])}
-    out = recall_from_triggers([a, b], lambda t: tuple(map(np.array, table[t])), k=5, decay=0.5,
+    out = recall_from_triggers([a, b], lambda ts: stack_neighbors([table[t] for t in ts]), k=5, decay=0.5,
                                exclude=np.array([seen]))  # fmt: skip
     assert out.rows.tolist() == [x, y]  # a itself is a trigger, never recalled; seen is excluded
     assert out.scores[1] == pytest.approx(0.5 + 0.5 * 0.8) and out.trigger.tolist() == [a, a]
     # ties in the total keep the order items were first met; the best single contribution names the trigger
     tied = {a: ([x, y], [0.5, 0.5]), b: ([y, x], [1.0, 1.0])}
-    out = recall_from_triggers([a, b], lambda t: tuple(map(np.array, tied[t])), k=5, decay=0.5)
+    out = recall_from_triggers([a, b], lambda ts: stack_neighbors([tied[t] for t in ts]), k=5, decay=0.5)
     assert out.rows.tolist() == [x, y] and out.trigger.tolist() == [a, a]
-    assert recall_from_triggers([a], lambda t: (np.zeros(0, int), np.zeros(0)), k=5).rows.tolist() == []
+    nothing = stack_neighbors([(np.zeros(0, int), np.zeros(0))])
+    assert recall_from_triggers([a], lambda ts: nothing, k=5).rows.tolist() == []
 
 
 def test_cut_forms_the_clusters_of_scipys_fcluster() -> None:
