@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 
 FILES = ("meta-titles.bin", "meta-title-spans.npy", "meta-tag-offsets.npy", "meta-tag-codes.npy", "meta-tags.json")
+# each row's set of first-level tags as a number into a list of the distinct sets (snapshots since session 9;
+# computed at load for older ones)
+TOP_SET_FILES = ("meta-top-sets.npy", "meta-top-sets.json")
 
 
 class ItemMeta:
     def __init__(self, blob: np.ndarray, title_spans: np.ndarray, tag_offsets: np.ndarray, tag_codes: np.ndarray,
-                 vocabulary: Sequence[str]) -> None:  # fmt: skip
+                 vocabulary: Sequence[str], top_sets: tuple[np.ndarray, list[list[int]]] | None = None,
+                 ) -> None:  # fmt: skip
         self.blob = blob  # uint8: every title's UTF-8 bytes, back to back
         self.title_spans = title_spans  # (n, 2) int64 start, end in blob; start -1: no title
         self.tag_offsets = tag_offsets  # (n + 1,) int64 into tag_codes
@@ -28,6 +32,27 @@ class ItemMeta:
         self.top_level_names = list(dict.fromkeys(tag.split("/")[0] for tag in self.vocabulary))
         self.top_level_index = {name: i for i, name in enumerate(self.top_level_names)}
         self.code_top = np.array([self.top_level_index[t.split("/")[0]] for t in self.vocabulary], np.int64)
+        # the rerank groups candidates by these sets: one shared frozenset per distinct set, looked up by row
+        self.top_set_ids, distinct = top_sets if top_sets is not None else self._top_level_set_ids()
+        self.top_sets = [frozenset(tops) for tops in distinct]
+
+    def _top_level_set_ids(self) -> tuple[np.ndarray, list[list[int]]]:
+        """(each row's number into the distinct sets, the distinct sets of first-level tags, sorted)."""
+        lengths = np.diff(self.tag_offsets)
+        tops = self.code_top[self.tag_codes]
+        numbers: dict[tuple[int, ...], int] = {(): 0}
+        ids = np.zeros(len(lengths), np.int32)
+        one = np.flatnonzero(lengths == 1)  # most items: one tag, so a singleton, numbered without a row loop
+        if len(one):
+            top_of_one = tops[self.tag_offsets[one]]
+            distinct = np.unique(top_of_one)
+            lookup = np.array([numbers.setdefault((t,), len(numbers)) for t in distinct.tolist()], np.int32)
+            ids[one] = lookup[np.searchsorted(distinct, top_of_one)]
+        offsets = self.tag_offsets.tolist()
+        for pos in np.flatnonzero(lengths > 1).tolist():
+            key = tuple(sorted(set(tops[offsets[pos] : offsets[pos + 1]].tolist())))
+            ids[pos] = numbers.setdefault(key, len(numbers))
+        return ids, [list(key) for key in numbers]
 
     def __len__(self) -> int:
         return len(self.title_spans)
@@ -66,18 +91,10 @@ class ItemMeta:
         return [self.vocabulary[c] for c in self._codes(pos)]
 
     def top_level_sets(self, rows: np.ndarray) -> list[frozenset[int]]:
-        """Each row's first-level tags as a set of ints (`top_level_names` has their names), decoded for
-        all the rows at once."""
-        rows = np.asarray(rows, np.int64)
-        starts, ends = self.tag_offsets[rows], self.tag_offsets[rows + 1]
-        lengths = ends - starts
-        total = int(lengths.sum())
-        if not total:
-            return [frozenset()] * len(rows)
-        first = np.cumsum(lengths) - lengths  # where each row's codes begin in the flat list
-        flat = self.tag_codes[np.repeat(starts - first, lengths) + np.arange(total)]
-        tops, bounds = self.code_top[flat].tolist(), (first + lengths).tolist()
-        return [frozenset(tops[a:b]) for a, b in zip(first.tolist(), bounds, strict=True)]
+        """Each row's first-level tags as a set of ints (`top_level_names` has their names); rows with the
+        same set share one frozenset object."""
+        sets = self.top_sets
+        return [sets[number] for number in self.top_set_ids[np.asarray(rows, np.int64)].tolist()]
 
     def save(self, directory: Path) -> None:
         (directory / FILES[0]).write_bytes(self.blob.tobytes())
@@ -85,6 +102,8 @@ class ItemMeta:
         np.save(directory / FILES[2], self.tag_offsets)
         np.save(directory / FILES[3], self.tag_codes)
         (directory / FILES[4]).write_text(json.dumps(self.vocabulary))
+        np.save(directory / TOP_SET_FILES[0], self.top_set_ids)
+        (directory / TOP_SET_FILES[1]).write_text(json.dumps([sorted(tops) for tops in self.top_sets]))
 
     @classmethod
     def load(cls, directory: Path) -> ItemMeta | None:
@@ -96,4 +115,8 @@ class ItemMeta:
         blob = np.zeros(0, np.uint8) if empty else np.asarray(np.memmap(blob_path, np.uint8, mode="r"))
         # plain ndarray views of the maps: indexing a np.memmap subclass costs several times more per call
         spans, tag_offsets, codes = (np.asarray(np.load(directory / name, mmap_mode="r")) for name in FILES[1:4])
-        return cls(blob, spans, tag_offsets, codes, json.loads((directory / FILES[4]).read_text()))
+        top_sets = None
+        if all((directory / name).is_file() for name in TOP_SET_FILES):
+            top_sets = (np.asarray(np.load(directory / TOP_SET_FILES[0], mmap_mode="r")),
+                        json.loads((directory / TOP_SET_FILES[1]).read_text()))  # fmt: skip
+        return cls(blob, spans, tag_offsets, codes, json.loads((directory / FILES[4]).read_text()), top_sets)

@@ -325,18 +325,25 @@ def test_rows_stored_cluster_by_cluster_recall_the_same_items() -> None:
 
 
 def test_item_meta_decodes_first_level_tags_of_many_rows_at_once(tmp_path) -> None:
-    from index.item_meta import ItemMeta
+    from index.item_meta import TOP_SET_FILES, ItemMeta
 
     rows = [(0, "zero", ["food/pizza", "food/pasta", "travel"]), (2, "two", None), (3, "drei", ["travel/rail"]),
-            (1, None, ["sports/ski"])]  # fmt: skip
-    built = ItemMeta.build(5, rows)
+            (1, None, ["sports/ski"]), (5, "five", ["food/x", "food/y"]), (6, "six", ["travel", "food"])]  # fmt: skip
+    built = ItemMeta.build(7, rows)
     built.save(tmp_path)
     meta = ItemMeta.load(tmp_path)
     names = meta.top_level_names
-    decoded = [{names[i] for i in tags} for tags in meta.top_level_sets(np.array([3, 0, 4, 1, 2, 0]))]
-    assert decoded == [{"travel"}, {"food", "travel"}, set(), {"sports"}, set(), {"food", "travel"}]
+    asked = np.array([3, 0, 4, 1, 2, 0, 5, 6])
+    decoded = [{names[i] for i in tags} for tags in meta.top_level_sets(asked)]
+    assert decoded == [{"travel"}, {"food", "travel"}, set(), {"sports"}, set(), {"food", "travel"}, {"food"},
+                       {"food", "travel"}]  # fmt: skip
     assert meta.title(3) == "drei" and meta.title(1) is None and meta.tags(0) == ["food/pizza", "food/pasta", "travel"]
     assert meta.top_level_sets(np.zeros(0, np.int64)) == []
+    found = meta.top_level_sets(asked)
+    assert found[1] is found[5] is found[7]  # one object per distinct set: the rerank groups by them
+    for name in TOP_SET_FILES:  # a snapshot written before the set numbers were stored: worked out at load
+        (tmp_path / name).unlink()
+    assert ItemMeta.load(tmp_path).top_level_sets(asked) == found
 
 
 class CountingRows(np.ndarray):
