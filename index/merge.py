@@ -99,8 +99,8 @@ def union(
         channels.append(channel)
         results.append(ranked)
     all_rows = np.concatenate([r.rows for r in results]) if results else NO_ROWS
-    if len(seen) and len(all_rows):  # one membership test for every channel's entries
-        unseen = ~member_mask(all_rows, seen)
+    unseen = ~member_mask(all_rows, seen) if len(seen) and len(all_rows) else None  # one test for every entry
+    if unseen is not None and not unseen.all():  # (the recall set's channels leave seen rows out already)
         keep = np.split(unseen, np.cumsum([len(r) for r in results])[:-1])
         results = [r.take(k) for r, k in zip(results, keep, strict=True)]
         similarities = [s[k] for s, k in zip(similarities, keep, strict=True)]
