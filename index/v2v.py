@@ -98,5 +98,9 @@ def recall_from_triggers(
     in_group = contribution[order]
     top = np.maximum.reduceat(in_group, starts)
     best_trigger = trigger[np.minimum.reduceat(np.where(in_group == top[group], order, len(rows)), starts)]
-    ranked = np.lexsort((first, -totals))[:k]  # ties: in the order items were first met
+    candidates = np.arange(len(totals))
+    if len(totals) > k:  # only the k best (and every tie at the cut) need ordering
+        cut = np.partition(-totals, k - 1)[k - 1]
+        candidates = np.flatnonzero(-totals <= cut)
+    ranked = candidates[np.lexsort((first[candidates], -totals[candidates]))][:k]  # ties: in the order first met
     return Ranked(unique[ranked], totals[ranked], best_trigger[ranked])

@@ -85,6 +85,34 @@ def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
     assert recall_from_triggers([a], lambda ts: nothing, k=5).rows.tolist() == []
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_recall_from_triggers_matches_its_definition_with_many_ties(seed: int) -> None:
+    """Against a plain Python reading of the docstring: scores summed over triggers, ties in the order
+    items were first met, provenance the trigger that contributed most (the latest on ties)."""
+    rng = np.random.default_rng(seed)
+    triggers = rng.choice(50, size=6, replace=False).tolist()
+    table = {t: (rng.choice(60, size=25, replace=False), rng.integers(1, 5, size=25) / 4.0) for t in triggers}
+    exclude = rng.choice(60, size=5, replace=False)
+    totals, first, best = {}, {}, {}
+    for weight, trigger in zip(0.5 ** np.arange(len(triggers)), triggers, strict=True):
+        for row, similarity in zip(*table[trigger], strict=True):
+            row = int(row)
+            if row in triggers or row in exclude:
+                continue
+            contribution = weight * similarity
+            first.setdefault(row, len(first))
+            totals[row] = totals.get(row, 0.0) + contribution
+            if contribution > best.get(row, (-np.inf, None))[0]:
+                best[row] = (contribution, trigger)
+    expected = sorted(totals, key=lambda r: (-totals[r], first[r]))
+    for k in (1, 7, 30, 200):
+        out = recall_from_triggers(triggers, lambda ts: stack_neighbors([table[t] for t in ts]), k=k, decay=0.5,
+                                   exclude=exclude)  # fmt: skip
+        assert out.rows.tolist() == expected[:k]
+        assert out.trigger.tolist() == [best[r][1] for r in expected[:k]]
+        assert np.allclose(out.scores, [totals[r] for r in expected[:k]])
+
+
 def test_cut_forms_the_clusters_of_scipys_fcluster() -> None:
     from scipy.cluster.hierarchy import fcluster, linkage
 
