@@ -201,9 +201,9 @@ def listen_to(process: Process) -> list[int] | None:
     if not data:
         process.ready = False
         return None
-    whole = len(process.unread + data) // RECORD * RECORD
-    data, process.unread = (process.unread + data)[:whole], (process.unread + data)[whole:]
-    reported = records(data)
+    buffered = process.unread + data
+    whole = len(buffered) // RECORD * RECORD
+    reported, process.unread = records(buffered[:whole]), buffered[whole:]
     process.ready = process.ready or any(kind == READY for kind, _ in reported)
     process.started = process.started or process.ready
     return [number for kind, number in reported if kind == ENDED_HERE]

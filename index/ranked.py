@@ -63,15 +63,17 @@ def member_mask(values: np.ndarray, of: np.ndarray) -> np.ndarray:
     return of[at] == values
 
 
-def top_order(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the n best scores, best first; ties keep their input order (a partition first, so
-    only the candidates for the first n are sorted)."""
+def top_order(scores: np.ndarray, n: int, ties: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the n best scores, best first; ties keep their input order, or go by `ties` ascending
+    when given (a partition first, so only the candidates for the first n are sorted)."""
     n = min(n, len(scores))
+    keep = np.arange(len(scores))
     if n < len(scores):
         cut = np.partition(-scores, n - 1)[n - 1]
-        keep = np.flatnonzero(-scores <= cut)  # every tie at the cut, so the stable sort decides among them
+        keep = np.flatnonzero(-scores <= cut)  # every tie at the cut, so the sort decides among them
+    if ties is None:
         return keep[np.argsort(-scores[keep], kind="stable")[:n]]
-    return np.argsort(-scores, kind="stable")
+    return keep[np.lexsort((ties[keep], -scores[keep]))[:n]]
 
 
 def best_entries(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 
 from index.ann import VectorIndex
-from index.ranked import NO_ROWS, Ranked, member_mask
+from index.ranked import NO_ROWS, Ranked, member_mask, top_order
 
 
 def neighbor_table(
@@ -98,9 +98,5 @@ def recall_from_triggers(
     in_group = contribution[order]
     top = np.maximum.reduceat(in_group, starts)
     best_trigger = trigger[np.minimum.reduceat(np.where(in_group == top[group], order, len(rows)), starts)]
-    candidates = np.arange(len(totals))
-    if len(totals) > k:  # only the k best (and every tie at the cut) need ordering
-        cut = np.partition(-totals, k - 1)[k - 1]
-        candidates = np.flatnonzero(-totals <= cut)
-    ranked = candidates[np.lexsort((first[candidates], -totals[candidates]))][:k]  # ties: in the order first met
+    ranked = top_order(totals, k, ties=first)  # ties: in the order items were first met
     return Ranked(unique[ranked], totals[ranked], best_trigger[ranked])
