@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
 import mmrecall
-from api.auth import parse_keys
-from api.fast import FastPaths
-from api.limits import BodyLimit
-from api.routes import inspect, interactions, items, jobs, similar, ui
-from api.serving import ServingIndex
-from mmrecall.settings import Settings, get_settings
-from storage.db import get_engine
+from mmrecall.api.auth import parse_keys
+from mmrecall.api.fast import FastPaths
+from mmrecall.api.limits import BodyLimit
+from mmrecall.api.routes import inspect, interactions, items, jobs, similar, ui
+from mmrecall.core.settings import Settings, get_settings
+from mmrecall.recall.serving import ServingIndex
+from mmrecall.storage.db import get_engine
 
 log = logging.getLogger(__name__)
 

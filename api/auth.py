@@ -57,8 +57,9 @@ def refusal(keys: dict[str, Scope], client: str | None, authorization: str, need
         return None
     kind, _, presented = authorization.partition(" ")
     if kind.lower() != "bearer" or not presented:
-        return HTTPException(401, "missing API key: send Authorization: Bearer KEY",
-                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return HTTPException(
+            401, "missing API key: send Authorization: Bearer KEY", headers={"WWW-Authenticate": "Bearer"}
+        )
     scope = scope_of(presented.strip(), keys)
     if scope is None:
         return HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})

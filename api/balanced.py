@@ -76,8 +76,10 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
 
     def spawn(number: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        popen = subprocess.Popen([sys.executable, "-m", "api.balanced", str(child_end.fileno()), app,
-                                  json.dumps(options)], pass_fds=[child_end.fileno()])  # fmt: skip
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "mmrecall.api.balanced", str(child_end.fileno()), app, json.dumps(options)],
+            pass_fds=[child_end.fileno()],
+        )
         child_end.close()
         parent_end.setblocking(False)
         processes[number] = Process(number, popen, parent_end)
@@ -113,12 +115,16 @@ def serve_balanced(app: str, workers: int, *, host: str, port: int, options: dic
                 if process.popen.poll() is None or stopping:
                     continue
                 if not process.started:  # it could not start (settings, the snapshot): neither will another
-                    print(f"API process {process.popen.pid} failed to start (code {process.popen.returncode})",
-                          file=sys.stderr)  # fmt: skip
+                    print(
+                        f"API process {process.popen.pid} failed to start (code {process.popen.returncode})",
+                        file=sys.stderr,
+                    )
                     stopping, status = True, 1
                 else:
-                    print(f"API process {process.popen.pid} exited (code {process.popen.returncode}); starting "
-                          "another", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"API process {process.popen.pid} exited (code {process.popen.returncode}); starting another",
+                        file=sys.stderr,
+                    )
                     if process.channel.fileno() in selector.get_map():
                         selector.unregister(process.channel)
                     process.channel.close()
@@ -249,8 +255,9 @@ class HandedServer(uvicorn.Server):
                 server.should_exit = True
                 return
             for fd, (_, number) in zip(fds, records(message), strict=False):  # one record per descriptor
-                protocol = Numbered(config=server.config, server_state=server.server_state,
-                                    app_state=server.lifespan.state)  # fmt: skip
+                protocol = Numbered(
+                    config=server.config, server_state=server.server_state, app_state=server.lifespan.state
+                )
                 protocol.number = number
                 task = loop.create_task(loop.connect_accepted_socket(lambda p=protocol: p, socket.socket(fileno=fd)))
                 adopting.add(task)  # the loop keeps only a weak reference to a task

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from api.serving import ServingIndex
-from mmrecall.settings import Settings
-from storage.db import session_scope
+from mmrecall.core.settings import Settings
+from mmrecall.recall.serving import ServingIndex
+from mmrecall.storage.db import session_scope
 
 
 async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup

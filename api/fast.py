@@ -5,8 +5,8 @@ validation and the middleware layers cost several times that per request (profil
 `FastPaths` answers GET /v1/similar/{id} and POST /v1/recall itself when the request is well formed,
 authorised, and its answer needs no database read. Any other request (a parameter out of range, no
 key, a user id, an item newer than the snapshot, an unknown item) goes on to the FastAPI routes, which
-answer it the documented way. Both call the same functions (api.serving.similar_to,
-api.routes.similar.history_recall), so the bodies are the same; the tests compare them.
+answer it the documented way. Both call the same functions (recall.serving.similar_to,
+recall.service.history_recall), so the bodies are the same; the tests compare them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import refusal
-from api.routes.similar import SIMILAR_CHANNELS, SIMILAR_K, SIMILAR_K_MAX, NoKnownHistory, history_recall
-from api.schemas import RecallIn
-from api.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
+from mmrecall.api.auth import refusal
+from mmrecall.api.routes.similar import SIMILAR_K, SIMILAR_K_MAX, recall_options
+from mmrecall.api.schemas import RecallIn
+from mmrecall.recall.channels import SIMILAR_CHANNELS
+from mmrecall.recall.service import NoKnownHistory, history_recall
+from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
 
 SIMILAR_PREFIX = "/v1/similar/"
 RECALL_PATH = "/v1/recall"
@@ -90,7 +92,8 @@ def recall_answer(scope: Scope, body: bytes) -> bytes | None:
     history = list(request.history or [])
     times = dict(zip(history, request.times, strict=True)) if request.times else {}
     try:
-        return orjson.dumps(history_recall(scope["app"].state.serving, request, history, times, in_memory_only=True))
+        serving = scope["app"].state.serving
+        return orjson.dumps(history_recall(serving, history, times, in_memory_only=True, **recall_options(request)))
     except (NeedsDatabase, NoKnownHistory):
         return None
 

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, UploadFile
 from PIL import Image
 
-from mmrecall.fetch import url_allowed
-from mmrecall.interchange import ItemRecord
-from mmrecall.settings import Settings
+from mmrecall.core.fetch import url_allowed
+from mmrecall.core.interchange import ItemRecord
+from mmrecall.core.settings import Settings
 
 MAX_UPLOAD_PIXELS = 50_000_000
 

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from mmrecall.interchange import InteractionRecord, ItemRecord
+from mmrecall.core.interchange import InteractionRecord, ItemRecord
+from mmrecall.recall.channels import CHANNELS
 
 MAX_BATCH = 1000
 
@@ -77,12 +78,13 @@ class SimilarOut(BaseModel):
 class RecallIn(BaseModel):
     user_id: str | None = Field(default=None, max_length=128, description="recall from this user's stored history")
     history: list[str] | None = Field(default=None, max_length=1000, description="or from these item ids, oldest first")
-    times: list[float] | None = Field(default=None, max_length=1000, description="unix seconds of each history item "
-                                      "(the sequence tower reads the gaps between them)")  # fmt: skip
-    k: int = Field(default=100, ge=1, le=1000)
-    channels: list[Literal["v2v", "cluster", "personal", "multi_interest"]] = Field(
-        default=["v2v", "cluster", "personal", "multi_interest"], min_length=1
+    times: list[float] | None = Field(
+        default=None,
+        max_length=1000,
+        description="unix seconds of each history item (the sequence tower reads the gaps between them)",
     )
+    k: int = Field(default=100, ge=1, le=1000)
+    channels: list[Literal[CHANNELS]] = Field(default=list(CHANNELS), min_length=1)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _one_source(self) -> RecallIn:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from api.serving import ServiceSources, ServingIndex
-from mmrecall.settings import Settings
-from storage import catalogue
-from storage.db import session_scope
+from mmrecall.core.settings import Settings
+from mmrecall.recall.serving import ServiceSources, ServingIndex
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -26,7 +26,7 @@ def query_encoder(settings: Settings, serving_version: str | None):
     with _lock:
         if spec not in _encoders:
             try:
-                from encoders import get_encoder
+                from mmrecall.encoders import get_encoder
 
                 checkpoint = str(settings.image_checkpoint) if settings.image_checkpoint else None
                 text_dir = str(settings.text_model_dir) if settings.text_model_dir else None
@@ -47,11 +47,15 @@ def search_items(settings: Settings, serving: ServingIndex, text: str, k: int) -
         return {"query": text, "mode": "id", "results": [{"id": text, "score": 1.0, **_title(sources, text)}]}
     encoder = query_encoder(settings, state.version) if len(state.live) else None
     if encoder is not None:
-        from encoders import ContentInput
+        from mmrecall.encoders import ContentInput
 
         vector = encoder.encode([ContentInput(title=text, tags=[])])[0]
-        return {"query": text, "mode": "encoder", "encoder": encoder.version,
-                "results": sources.listing(*sources.search(vector, k))}  # fmt: skip
+        return {
+            "query": text,
+            "mode": "encoder",
+            "encoder": encoder.version,
+            "results": sources.listing(*sources.search(vector, k)),
+        }
     with session_scope(url) as session:
         rows = catalogue.search_titles(session, text, limit=k)
     return {"query": text, "mode": "title", "results": [{"id": i, "score": None, "title": t} for i, t in rows]}

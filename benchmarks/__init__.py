@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-NAMES = ("encode", "index", "api", "perf", "faults", "scaling")
+NAMES = ("encode", "index", "api", "perf", "faults", "scaling", "answers")
 
 
 def get_benchmark(name: str) -> Callable[..., dict]:
     if name not in NAMES:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
-    return import_module(f"benchmarks.{name}").run
+    return import_module(f"mmrecall.benchmarks.{name}").run

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert
 
-from benchmarks.common import http_load, low_rank_vectors, table, write_result
-from index.ann import VectorIndex, choose_factory
-from mmrecall.runner import settings_env
-from mmrecall.settings import Settings
-from storage import snapshots
-from storage.db import Item, get_engine
+from mmrecall.benchmarks.common import http_load, low_rank_vectors, table, write_result
+from mmrecall.core.settings import Settings
+from mmrecall.index.ann import VectorIndex, choose_factory
+from mmrecall.pipeline.runner import settings_env
+from mmrecall.storage import snapshots
+from mmrecall.storage.db import Item, get_engine
 
 VERSION = "bench@synthetic"
 
@@ -31,14 +31,15 @@ def build_catalogue(settings: Settings, n: int, dim: int) -> list[str]:
     engine = get_engine(settings.resolved_database_url)
     with engine.begin() as conn:
         for start in range(0, n, 20_000):
-            conn.execute(insert(Item), [{"id": i, "title": f"title {i}", "tags": [], "status": "ready"}
-                                        for i in ids[start : start + 20_000]])  # fmt: skip
+            conn.execute(
+                insert(Item),
+                [{"id": i, "title": f"title {i}", "tags": [], "status": "ready"} for i in ids[start : start + 20_000]],
+            )
     vectors = low_rank_vectors(n, dim, seed=3)
     factory = choose_factory(n, settings.index_factory, exact_below=settings.exact_search_below)
-    target = snapshots.new_snapshot_dir(settings.snapshots_dir, "bench")
-    VectorIndex.build(ids, vectors, factory).save(target)
-    snapshots.publish(settings.snapshots_dir, target, {"encoder_version": VERSION, "count": n, "factory": factory,
-                                                       "max_row": 0})  # fmt: skip
+    writer = snapshots.SnapshotWriter(settings.snapshots_dir, "bench")
+    writer.index(VectorIndex.build(ids, vectors, factory))
+    writer.publish({"encoder_version": VERSION, "count": n, "factory": factory, "max_row": 0})
     return ids
 
 
@@ -49,8 +50,12 @@ def run(out: Path, items: int = 100_000, dim: int = 256, clients: int = 8, secon
         ids = build_catalogue(settings, items, dim)
         port = 18000 + os.getpid() % 1000
         env = settings_env(settings)
-        server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -68,8 +73,14 @@ def run(out: Path, items: int = 100_000, dim: int = 256, clients: int = 8, secon
                 return http.get(f"/v1/similar/{ids[int(rng.integers(len(ids)))]}", params={"k": 50})
 
             http_load(url, request, clients=clients, seconds=2.0)  # warm-up
-            rows = [{"endpoint": "/v1/similar?k=50", "items": items, "clients": clients,
-                     **http_load(url, request, clients=clients, seconds=seconds)}]  # fmt: skip
+            rows = [
+                {
+                    "endpoint": "/v1/similar?k=50",
+                    "items": items,
+                    "clients": clients,
+                    **http_load(url, request, clients=clients, seconds=seconds),
+                }
+            ]
         finally:
             server.terminate()
             server.wait(30)

@@ -19,6 +19,8 @@ from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
+from mmrecall.core.provenance import provenance
+
 
 def low_rank_vectors(n: int, d: int = 256, rank: int = 24, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
     """Unit vectors with a low intrinsic dimension plus a little noise, like real embeddings."""
@@ -64,6 +66,7 @@ def table(rows: list[dict], columns: Sequence[str]) -> str:
 def write_result(out_dir: Path, name: str, result: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
+        **provenance(),
         "benchmark": name,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpus()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -138,8 +141,13 @@ def http_load(url: str, make_request: Callable, *, clients: int = 8, seconds: fl
     for thread in threads:
         thread.join()
     flat = [t for per in timings for t in per]
-    return {"requests": len(flat), "errors": sum(errors), "qps": len(flat) / (time.perf_counter() - started),
-            **percentiles_ms(flat), "load_generator": "python"}  # fmt: skip
+    return {
+        "requests": len(flat),
+        "errors": sum(errors),
+        "qps": len(flat) / (time.perf_counter() - started),
+        **percentiles_ms(flat),
+        "load_generator": "python",
+    }
 
 
 # wrk (C, an event loop per thread) costs a fraction of the Python client's CPU per request, which matters
@@ -168,13 +176,22 @@ def wrk_load(url: str, request_lua: str, *, clients: int = 8, seconds: float = 1
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
-        done = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-                               "-s", handle.name, url], capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", handle.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         Path(handle.name).unlink()
     line = next(x for x in done.stdout.splitlines() if x.startswith("WRK-JSON "))
     measured = _json.loads(line.removeprefix("WRK-JSON "))
-    return {"requests": measured["requests"], "errors": measured["errors"],
-            "qps": measured["requests"] / (measured["duration_us"] / 1e6),
-            "p50_ms": measured["p50_us"] / 1000.0, "p99_ms": measured["p99_us"] / 1000.0,
-            "max_ms": measured["max_us"] / 1000.0, "load_generator": "wrk"}  # fmt: skip
+    return {
+        "requests": measured["requests"],
+        "errors": measured["errors"],
+        "qps": measured["requests"] / (measured["duration_us"] / 1e6),
+        "p50_ms": measured["p50_us"] / 1000.0,
+        "p99_ms": measured["p99_us"] / 1000.0,
+        "max_ms": measured["max_us"] / 1000.0,
+        "load_generator": "wrk",
+    }

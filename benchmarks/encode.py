@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import peak_rss_gb, table, write_result
-from encoders import get_encoder
-from encoders.media import load_content
-from mmrecall.demo_data import generate_demo
-from mmrecall.ingest import ingest_items
-from mmrecall.interchange import read_items
-from mmrecall.runner import start_worker, wait_for_items, wait_for_workers
-from mmrecall.settings import Settings
+from mmrecall.benchmarks.common import peak_rss_gb, table, write_result
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.interchange import read_items
+from mmrecall.core.settings import Settings
+from mmrecall.encoders import get_encoder
+from mmrecall.encoders.media import load_content
+from mmrecall.pipeline.ingest import ingest_items
+from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
 
 ENCODERS = ("skeleton-base", "text-minilm", "image-effnet", "dual-stream-base")
 
@@ -47,9 +47,12 @@ def pipeline_throughput(
     encoder_name: str, records, batch_size: int, home: Path, redis_url: str, concurrency: int
 ) -> float:
     settings = Settings(
-        home=home / encoder_name, redis_url=redis_url, queue=f"bench-{uuid.uuid4().hex[:8]}",
-        encoder=encoder_name, encode_batch_size=batch_size,
-    )  # fmt: skip
+        home=home / encoder_name,
+        redis_url=redis_url,
+        queue=f"bench-{uuid.uuid4().hex[:8]}",
+        encoder=encoder_name,
+        encode_batch_size=batch_size,
+    )
     settings.ensure_dirs()
     worker = start_worker(settings, concurrency=concurrency, log_path=str(settings.home / "worker.log"))
     try:
@@ -81,11 +84,23 @@ def run(out: Path, seconds: float = 8.0, batch_size: int = 32, concurrency: int 
             records = pool[:items]
             raw = raw_throughput(name, records, batch_size)
             pipe = pipeline_throughput(name, records, batch_size, Path(tmp), redis_url, concurrency)
-            rows.append({"encoder": name, "batch": batch_size, "items": len(records), "raw_items_per_s": raw,
-                         "pipeline_items_per_s": pipe, "ratio": pipe / raw})  # fmt: skip
+            rows.append(
+                {
+                    "encoder": name,
+                    "batch": batch_size,
+                    "items": len(records),
+                    "raw_items_per_s": raw,
+                    "pipeline_items_per_s": pipe,
+                    "ratio": pipe / raw,
+                }
+            )
             print(f"  {name}: raw {raw:.1f}/s, pipeline {pipe:.1f}/s")
     print(table(rows, ["encoder", "batch", "items", "raw_items_per_s", "pipeline_items_per_s", "ratio"]))
-    result = {"rows": rows, "worker_processes": concurrency, "torch_threads_raw": torch.get_num_threads(),
-              "peak_rss_gb": peak_rss_gb()}  # fmt: skip
+    result = {
+        "rows": rows,
+        "worker_processes": concurrency,
+        "torch_threads_raw": torch.get_num_threads(),
+        "peak_rss_gb": peak_rss_gb(),
+    }
     write_result(out, "encode", result)
     return result

@@ -26,13 +26,15 @@ import redis
 from PIL import Image
 from sqlalchemy import func, select
 
-from benchmarks.common import table, write_result
-from mmrecall.ingest import ingest_items
-from mmrecall.interchange import ItemRecord
-from mmrecall.runner import free_port, settings_env, start_worker, wait_for_api, wait_for_workers
-from mmrecall.settings import Settings
-from storage import catalogue, snapshots
-from storage.db import Item, ItemVector, Job, session_scope
+from mmrecall.benchmarks.common import table, write_result
+from mmrecall.core.interchange import ItemRecord
+from mmrecall.core.settings import Settings
+from mmrecall.pipeline.ingest import ingest_items
+from mmrecall.pipeline.queue import submit_job
+from mmrecall.pipeline.reindex import reindex
+from mmrecall.pipeline.runner import free_port, settings_env, start_worker, wait_for_api, wait_for_workers
+from mmrecall.storage import catalogue, snapshots
+from mmrecall.storage.db import Item, ItemVector, Job, session_scope
 
 # recovery settings for the scenarios: a sweep every half second, stale after two
 FAST_RECOVERY = {"reconcile_after_s": 2.0, "reconcile_every_s": 0.5, "job_stale_after_s": 3.0}
@@ -58,16 +60,29 @@ class Outcome:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def scenario_settings(home: Path, redis_url: str, **overrides) -> Settings:
+def isolated_settings(home: Path, redis_url: str, *, queue_prefix: str, **overrides) -> Settings:
+    """A `tiny-test` instance in `home` on a queue of its own (so runs sharing a broker never meet), with a
+    media root, small encode batches and a fast refresh."""
     media = home / "media"
     media.mkdir(parents=True, exist_ok=True)
-    values = dict(home=home, database_url=f"sqlite:///{home / 'catalogue.db'}", redis_url=redis_url,
-                  queue=f"mmrecall-faults-{uuid.uuid4().hex[:8]}", encoder="tiny-test", media_roots=[media],
-                  encode_batch_size=8, refresh_interval_s=0.1, **FAST_RECOVERY)  # fmt: skip
+    values = dict(
+        home=home,
+        database_url=f"sqlite:///{home / 'catalogue.db'}",
+        redis_url=redis_url,
+        queue=f"{queue_prefix}-{uuid.uuid4().hex[:8]}",
+        encoder="tiny-test",
+        media_roots=[media],
+        encode_batch_size=8,
+        refresh_interval_s=0.1,
+    )
     values.update(overrides)
     settings = Settings(**values)
     settings.ensure_dirs()
     return settings
+
+
+def scenario_settings(home: Path, redis_url: str, **overrides) -> Settings:
+    return isolated_settings(home, redis_url, queue_prefix="mmrecall-faults", **{**FAST_RECOVERY, **overrides})
 
 
 def make_items(settings: Settings, prefix: str, n: int, size: int = 96) -> list[ItemRecord]:
@@ -78,8 +93,7 @@ def make_items(settings: Settings, prefix: str, n: int, size: int = 96) -> list[
     for i in range(n):
         path = root / f"{prefix}{i}.png"
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
-        records.append(ItemRecord(id=f"{prefix}{i}", title=f"{prefix} item {i}", tags=[f"t{i % 4}/s"],
-                                  cover=str(path)))  # fmt: skip
+        records.append(ItemRecord(id=f"{prefix}{i}", title=f"{prefix} item {i}", tags=[f"t{i % 4}/s"], cover=str(path)))
     return records
 
 
@@ -113,8 +127,9 @@ def tally(outcome: Outcome, found: dict[str, tuple[str, str | None]], ids: list[
 
 def vector_rows_per_item(settings: Settings, ids: list[str]) -> dict[str, int]:
     with session_scope(settings.resolved_database_url) as session:
-        rows = session.execute(select(ItemVector.item_id, func.count()).where(ItemVector.item_id.in_(ids))
-                               .group_by(ItemVector.item_id)).all()  # fmt: skip
+        rows = session.execute(
+            select(ItemVector.item_id, func.count()).where(ItemVector.item_id.in_(ids)).group_by(ItemVector.item_id)
+        ).all()
     return dict(rows)
 
 
@@ -154,8 +169,10 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
-        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -186,9 +203,12 @@ class ApiProcess:
 
     def start(self, timeout: float = 60) -> ApiProcess:
         log = open(self.settings.home / "api.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(self.port),
-                                         "--no-access-log"], env=settings_env(self.settings), stdout=log,
-                                        stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(self.port), "--no-access-log"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_api(self.url, timeout=timeout)
         return self
 
@@ -256,49 +276,71 @@ def redis_restarted_mid_ingest(home: Path, n: int = 48) -> Outcome:
 def _catalogue_with_snapshot(settings: Settings, n_items: int, n_synthetic: int) -> tuple[list[str], str]:
     """Real items encoded by a worker, plus synthetic vectors under the same version (so a reindex takes
     a few seconds), then a first snapshot. Returns (real ids, first snapshot name)."""
-    from workers.pipeline import reindex
 
     ids = ingest_items(settings, make_items(settings, "s", n_items))
     found = wait_terminal(settings, ids)
     assert all(s == "ready" for s, _ in found.values()), found
+    _store_synthetic(settings, 0, n_synthetic)
     with session_scope(settings.resolved_database_url) as session:
-        version, dim = session.execute(select(ItemVector.version, ItemVector.dim).limit(1)).one()
-        synthetic = [ItemRecord(id=f"syn{i:06d}", title=f"synthetic {i}") for i in range(n_synthetic)]
-        catalogue.upsert_items(session, synthetic)
-        vectors = np.random.default_rng(0).normal(size=(n_synthetic, dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        catalogue.store_vectors(session, [r.id for r in synthetic], vectors, encoder="tiny-test", version=version)
         job = catalogue.create_job(session, "reindex").id
     result = reindex(settings, job)
     return ids, result["snapshot"]
 
 
-def api_restarted_during_reindex(home: Path, redis_url: str, n_synthetic: int = 30_000) -> Outcome:
-    """Kill the API while a worker reindexes: the restarted API serves a whole snapshot (old, then new)."""
-    from mmrecall.queue import submit_job
+def _store_synthetic(settings: Settings, start: int, count: int) -> None:
+    """Synthetic vectors under the encoder version of the real items (more rows: a longer reindex)."""
+    with session_scope(settings.resolved_database_url) as session:
+        version, dim = session.execute(select(ItemVector.version, ItemVector.dim).limit(1)).one()
+        synthetic = [ItemRecord(id=f"syn{i:06d}", title=f"synthetic {i}") for i in range(start, start + count)]
+        catalogue.upsert_items(session, synthetic)
+        vectors = np.random.default_rng(start).normal(size=(count, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        catalogue.store_vectors(session, [r.id for r in synthetic], vectors, encoder="tiny-test", version=version)
+
+
+def api_restarted_during_reindex(home: Path, redis_url: str, n_synthetic: int = 30_000, attempts: int = 3) -> Outcome:
+    """Kill the API while a worker reindexes: the restarted API serves a whole snapshot (old, then new).
+
+    The restarted API must answer while the reindex is still running, or nothing was tested: when the
+    reindex ends before the API is back, the catalogue doubles and another reindex is tried (up to
+    `attempts`); `window_requests` counts the requests answered inside the window."""
 
     settings = scenario_settings(home, redis_url)
     outcome = Outcome("API restart during reindex", faults=1)
     with worker(settings):
         ids, first = _catalogue_with_snapshot(settings, 16, n_synthetic)
+        stored = n_synthetic
         api = ApiProcess(settings).start()
         try:
-            job_id = submit_job(settings, "reindex")
-            _wait_job_state(settings, job_id, ("running", "succeeded", "failed"))
-            outcome.checks["job_state_at_kill"] = _job(settings, job_id).state
-            api.kill()
-            api.start()
-            served, similar_codes = set(), set()
-            while _job(settings, job_id).state in ("queued", "running"):
-                served.add(httpx.get(f"{api.url}/healthz", timeout=5).json()["snapshot"])
-                similar_codes.add(httpx.get(f"{api.url}/v1/similar/{ids[0]}", timeout=5).status_code)
-                time.sleep(0.05)
+            for attempt in range(attempts):
+                job_id = submit_job(settings, "reindex")
+                _wait_job_state(settings, job_id, ("running", "succeeded", "failed"))
+                outcome.checks["job_state_at_kill"] = _job(settings, job_id).state
+                api.kill()
+                api.start()
+                served, similar_codes, window_requests = set(), set(), 0
+                while _job(settings, job_id).state in ("queued", "running"):
+                    served.add(httpx.get(f"{api.url}/healthz", timeout=5).json()["snapshot"])
+                    similar_codes.add(httpx.get(f"{api.url}/v1/similar/{ids[0]}", timeout=5).status_code)
+                    window_requests += 1
+                    time.sleep(0.05)
+                if window_requests or attempt == attempts - 1:
+                    break
+                _store_synthetic(settings, stored, stored)  # the reindex ended before the API was back
+                stored *= 2
             job = _job(settings, job_id)
             final = _wait_served(api.url, job.result["snapshot"]) if job.state == "succeeded" else None
             served.add(final)
-            outcome.checks.update(job_state=job.state, first_snapshot=first, new_snapshot=final,
-                                  snapshots_served=sorted(s for s in served if s),
-                                  similar_codes=sorted(similar_codes))  # fmt: skip
+            outcome.checks.update(
+                job_state=job.state,
+                first_snapshot=first,
+                new_snapshot=final,
+                snapshots_served=sorted(s for s in served if s),
+                similar_codes=sorted(similar_codes),
+                window_requests=window_requests,
+                attempts=attempt + 1,
+                synthetic_items=stored,
+            )
         finally:
             api.stop()
     return tally(outcome, statuses(settings, ids), ids)
@@ -307,7 +349,6 @@ def api_restarted_during_reindex(home: Path, redis_url: str, n_synthetic: int = 
 def worker_killed_during_reindex(home: Path, redis_url: str, n_synthetic: int = 30_000) -> Outcome:
     """SIGKILL the worker mid-reindex: the old snapshot keeps serving, the job ends `failed`, a new
     reindex succeeds."""
-    from mmrecall.queue import submit_job
 
     settings = scenario_settings(home, redis_url)
     outcome = Outcome("worker SIGKILL during reindex", faults=1)
@@ -427,8 +468,11 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
         return BadInput(name, item(f"bad-{kind}-{file}", **{kind: str(root / file)}), 202, f"bad-{kind}-{file}")
 
     def upload(name: str, payload: bytes, expect: int) -> BadInput:
-        return BadInput(name, lambda http: http.post("/v1/items/upload", data={"id": "bad-upload"},
-                                                     files={"cover": ("x.png", payload)}), expect)  # fmt: skip
+        return BadInput(
+            name,
+            lambda http: http.post("/v1/items/upload", data={"id": "bad-upload"}, files={"cover": ("x.png", payload)}),
+            expect,
+        )
 
     bomb = (root / "bomb.png").read_bytes()
     return [
@@ -449,14 +493,14 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
                 headers={"content-type": "application/json"},
             ),
             400,
-        ),  # fmt: skip
+        ),
         BadInput(
             "duplicate ids",
             lambda http: http.post(
                 "/v1/items", json={"items": [{"id": "bad-dup", "title": "a"}, {"id": "bad-dup", "title": "b"}]}
             ),
             422,
-        ),  # fmt: skip
+        ),
         BadInput("unknown id (similar)", lambda http: http.get("/v1/similar/no-such-item"), 404),
         BadInput("unknown id (delete)", lambda http: http.delete("/v1/items/no-such-item"), 404),
         BadInput("unknown history (recall)", lambda http: http.post("/v1/recall", json={"history": ["nope"]}), 400),
@@ -466,7 +510,7 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
                 "/v1/items", content=b"x" * (settings.max_body_bytes + 1), headers={"content-type": "application/json"}
             ),
             413,
-        ),  # fmt: skip
+        ),
         BadInput("wrong types", lambda http: http.post("/v1/items", json={"items": [{"id": 5, "title": ["x"]}]}), 422),
         BadInput("wrong query type", lambda http: http.get("/v1/similar/x", params={"k": "many"}), 422),
         BadInput("path outside the roots", item("bad-outside", cover=str(outside)), 400),
@@ -475,8 +519,9 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
         BadInput("URL host not allowed", item("bad-url", cover="http://example.com/a.png"), 400),
         BadInput("non-http URL", item("bad-scheme", cover="file:///etc/passwd"), 400),
         BadInput("NUL byte in a path", item("bad-nul", cover=str(root) + "/a\x00.png"), 400),
-        BadInput("NUL byte in an eval dataset path",
-                 lambda http: http.post("/v1/eval", json={"dataset": "data\x00/ml"}), 400),  # fmt: skip
+        BadInput(
+            "NUL byte in an eval dataset path", lambda http: http.post("/v1/eval", json={"dataset": "data\x00/ml"}), 400
+        ),
         upload("upload: not an image", b"GIF89a but not really", 400),
         upload("upload: empty", b"", 400),
         upload("upload: decompression bomb", bomb, 400),
@@ -488,7 +533,7 @@ def bad_inputs(settings: Settings) -> list[BadInput]:
                 json={"interactions": [{"user_id": "u", "item_id": "i", "timestamp": "yesterday-ish"}]},
             ),
             422,
-        ),  # fmt: skip
+        ),
     ]
 
 

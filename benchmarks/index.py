@@ -8,8 +8,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.common import low_rank_vectors, peak_rss_gb, percentiles_ms, table, write_result
-from index.ann import VectorIndex, choose_factory
+from mmrecall.benchmarks.common import low_rank_vectors, peak_rss_gb, percentiles_ms, table, write_result
+from mmrecall.index.ann import VectorIndex, choose_factory
 
 K = 100
 QUERIES = 200
@@ -46,7 +46,12 @@ def run(out: Path, scale: str = "100k", dim: int = 256, **_kw) -> dict:
             del index
     columns = ["n", "factory", "build_s", "p50_ms", "p99_ms", f"recall@{K}"]
     print(table(rows, columns))
-    result = {"dim": dim, "queries": QUERIES, "threads": faiss.omp_get_max_threads(), "rows": rows,
-              "peak_rss_gb": peak_rss_gb()}  # fmt: skip
+    result = {
+        "dim": dim,
+        "queries": QUERIES,
+        "threads": faiss.omp_get_max_threads(),
+        "rows": rows,
+        "peak_rss_gb": peak_rss_gb(),
+    }
     write_result(out, "index", result)
     return result

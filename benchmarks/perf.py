@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 from sqlalchemy import insert
 
-from benchmarks.common import (
+from mmrecall.benchmarks.common import (
     http_load,
     low_rank_vectors,
     percentiles_ms,
@@ -37,11 +37,24 @@ from benchmarks.common import (
     wrk_available,
     wrk_load,
 )
-from index.ann import VectorIndex
-from mmrecall.runner import settings_env
-from mmrecall.settings import Settings
-from storage import catalogue
-from storage.db import Item, ItemVector, get_engine, session_scope
+from mmrecall.benchmarks.encode import ENCODERS
+from mmrecall.benchmarks.encode import run as encode_run
+from mmrecall.core.features import gap_buckets
+from mmrecall.core.interchange import ItemRecord
+from mmrecall.core.settings import Settings
+from mmrecall.encoders.content_g import GConfig, TwoTower
+from mmrecall.finetune.export import export_user_tower
+from mmrecall.index.ann import VectorIndex
+from mmrecall.pipeline.reindex import reindex
+from mmrecall.pipeline.runner import settings_env
+from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.merge import MergeWeights, merge
+from mmrecall.recall.service import channel_candidates, recall_answer
+from mmrecall.recall.serving import ServiceSources, ServingIndex
+from mmrecall.recall.sources import RecallConfig, history_rows
+from mmrecall.recall.towers import load_user_tower
+from mmrecall.storage import catalogue, snapshots
+from mmrecall.storage.db import Item, ItemVector, get_engine, session_scope
 
 SCALES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 VERSION = "bench@synthetic"
@@ -56,16 +69,28 @@ def store_catalogue(settings: Settings, vectors: np.ndarray) -> list[str]:
     with engine.begin() as conn:
         for start in range(0, len(ids), 20_000):
             block = range(start, min(start + 20_000, len(ids)))
-            conn.execute(insert(Item), [{"id": ids[i], "title": f"title {i}", "tags": [tags[i % 50]], "status": "ready"}
-                                        for i in block])  # fmt: skip
-            conn.execute(insert(ItemVector), [{"item_id": ids[i], "encoder": "bench", "version": VERSION, "dim": DIM,
-                                               "vector": vectors[i].astype("<f4").tobytes(), "created_at": 0.0}
-                                              for i in block])  # fmt: skip
+            conn.execute(
+                insert(Item),
+                [{"id": ids[i], "title": f"title {i}", "tags": [tags[i % 50]], "status": "ready"} for i in block],
+            )
+            conn.execute(
+                insert(ItemVector),
+                [
+                    {
+                        "item_id": ids[i],
+                        "encoder": "bench",
+                        "version": VERSION,
+                        "dim": DIM,
+                        "vector": vectors[i].astype("<f4").tobytes(),
+                        "created_at": 0.0,
+                    }
+                    for i in block
+                ],
+            )
     return ids
 
 
 def _reindex_child(settings_json: str, job_id: str) -> None:
-    from workers.pipeline import reindex
 
     reindex(Settings.model_validate_json(settings_json), job_id, spec="bench", version=VERSION)
 
@@ -90,7 +115,7 @@ def timed_reindex(settings: Settings) -> tuple[float, float, dict]:
 
 def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) -> tuple[float, float]:
     """p99 ms of single user-vector queries on the serving index, and recall@100 against exact search."""
-    index = VectorIndex.load(snapshot_dir)
+    index = snapshots.load_snapshot(snapshot_dir).index
     rng = np.random.default_rng(5)
     picks = rng.integers(len(vectors), size=(queries, 20))
     users = vectors[picks].mean(axis=1)  # a user vector is a blend of the items they liked
@@ -124,11 +149,6 @@ def recall_cpu(settings: Settings, n: int, requests: int = 200) -> dict:
 
 
 def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
-    from api.routes.similar import recall_response
-    from api.schemas import RecallIn
-    from api.serving import ServiceSources, ServingIndex
-    from index.merge import MergeWeights, merge
-    from index.recall_set import CHANNELS, RecallConfig, channel_candidates, history_rows
 
     serving = ServingIndex(settings)
     serving.refresh()
@@ -151,10 +171,16 @@ def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
     for history in histories:
         sources = ServiceSources(state, url, in_memory_only=True)
         found[tuple(history)] = channel_candidates(sources, history_rows(sources, history), None, CHANNELS, config)
-    out["merge"] = cpu_ms(lambda rows, s, h: merge({c: r.normalized() for c, r in found[tuple(h)].items()}, k=100,
-                                                   seen=np.unique(rows), categories=s.categories,
-                                                   weights=MergeWeights()))  # fmt: skip
-    out["request"] = cpu_ms(lambda rows, s, h: recall_response(s, RecallIn(history=h, k=100), rows, settings.merge))
+    out["merge"] = cpu_ms(
+        lambda rows, s, h: merge(
+            {c: r.normalized() for c, r in found[tuple(h)].items()},
+            k=100,
+            seen=np.unique(rows),
+            categories=s.categories,
+            weights=MergeWeights(),
+        )
+    )
+    out["request"] = cpu_ms(lambda rows, s, h: recall_answer(s, rows, k=100, merge_weights=settings.merge))
     return out
 
 
@@ -162,15 +188,14 @@ def user_tower_cost(calls: int = 500) -> dict:
     """p50/p99 ms of one user-vector computation in numpy, as the API does per /v1/recall, per tower kind."""
     import torch
 
-    from encoders.content_g import GConfig, TwoTower
-    from index.personal import export_user_tower, gap_buckets_np, load_user_tower
-
     out, rng = {}, np.random.default_rng(3)
     history = rng.normal(size=(50, 128)).astype(np.float32)
     times = np.cumsum(rng.exponential(3600, size=50))
     tags = [["drama"], ["comedy", "drama"]] * 25
-    for kind, extra in (("pool", {}), ("seq", {"interests": 4, "tag_vocab": tuple(f"t{i}" for i in range(19)) +
-                                                ("drama",)})):  # fmt: skip
+    for kind, extra in (
+        ("pool", {}),
+        ("seq", {"interests": 4, "tag_vocab": tuple(f"t{i}" for i in range(19)) + ("drama",)}),
+    ):
         torch.manual_seed(0)
         model = TwoTower(GConfig(feature_dim=8, user_tower=kind, **extra)).eval()
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +204,7 @@ def user_tower_cost(calls: int = 500) -> dict:
         for _ in range(calls):
             started = time.perf_counter()
             if kind == "seq":
-                tower(history, 12345, gaps=gap_buckets_np(times), tag_pref=tower.tag_preferences(tags))
+                tower(history, 12345, gaps=gap_buckets(times), tag_pref=tower.tag_preferences(tags))
             else:
                 tower(history, 12345)
             timings.append(time.perf_counter() - started)
@@ -208,7 +233,6 @@ def freshness(settings: Settings, url: str, vectors: np.ndarray, ids: list[str])
 
 
 def catalogue_record(item_id: str):
-    from mmrecall.interchange import ItemRecord
 
     return ItemRecord(id=item_id, title="a fresh item")
 
@@ -224,16 +248,28 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         ids = store_catalogue(settings, vectors)
         result["store_s"] = round(time.perf_counter() - started, 1)
         reindex_s, peak_gb, job = timed_reindex(settings)
-        result.update(reindex_s=round(reindex_s, 1), reindex_peak_gb=round(peak_gb, 2), factory=job["factory"],
-                      reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters",
-                                                                 "v2v_table_ef_search")})  # fmt: skip
+        result.update(
+            reindex_s=round(reindex_s, 1),
+            reindex_peak_gb=round(peak_gb, 2),
+            factory=job["factory"],
+            reindex_parts={k: job.get(k) for k in ("cluster_s", "v2v_table_s", "clusters", "v2v_table_ef_search")},
+        )
         snapshot_dir = settings.snapshots_dir / job["snapshot"]
         result["personal_ann_p99_ms"], result["personal_ann_recall_at_100"] = personal_ann(snapshot_dir, vectors)
         result["ef_search"] = job.get("ef_search")
         result["recall_cpu_ms"] = recall_cpu(settings, n)
         port = 18500 + os.getpid() % 500
-        command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS),
-                   "--no-access-log"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "mmrecall.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(API_WORKERS),
+            "--no-access-log",
+        ]
         result["api_workers"] = API_WORKERS
         server = subprocess.Popen(
             command, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -241,12 +277,18 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_serving(url, server, job["snapshot"])
-            similar = load(url, lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}",
-                                                            params={"k": 50}),
-                           f'return wrk.format("GET", string.format("/v1/similar/item%07d?k=50", '
-                           f"math.random(0, {n - 1})))")  # fmt: skip
-            recall = load(url, lambda http, rng: http.post("/v1/recall", json={
-                "history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}), RECALL_LUA % (n - 1))
+            similar = load(
+                url,
+                lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}", params={"k": 50}),
+                f'return wrk.format("GET", string.format("/v1/similar/item%07d?k=50", math.random(0, {n - 1})))',
+            )
+            recall = load(
+                url,
+                lambda http, rng: http.post(
+                    "/v1/recall", json={"history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}
+                ),
+                RECALL_LUA % (n - 1),
+            )
             result["load_generator"] = similar["load_generator"]
             for name, measured in (("similar", similar), ("recall", recall)):
                 result.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
@@ -255,8 +297,6 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         finally:
             server.terminate()
             server.wait(30)
-    from benchmarks.encode import ENCODERS
-    from benchmarks.encode import run as encode_run
 
     encoded = encode_run(out, encoders=ENCODERS[:1])
     result["encode_efficiency"] = encoded["rows"][0]["ratio"]

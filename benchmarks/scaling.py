@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.common import table, write_result
+from mmrecall.benchmarks.common import table, write_result
 
 SCALES = ("10k", "100k", "1m")
 COLUMNS = ("items", "similar_p99_ms", "recall_p99_ms", "personal_ann_p99_ms", "reindex_s", "reindex_peak_gb")
@@ -34,18 +34,36 @@ def plot(rows: list[dict], path: Path) -> Path:
 
     items = [r["items"] for r in rows]
     fig, (latency, reindex) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("similar_p99_ms", "/v1/similar p99"), ("recall_p99_ms", "/v1/recall p99 (all channels)"),
-                       ("personal_ann_p99_ms", "personal ANN p99 (one query)")):  # fmt: skip
+    for key, label in (
+        ("similar_p99_ms", "/v1/similar p99"),
+        ("recall_p99_ms", "/v1/recall p99 (all channels)"),
+        ("personal_ann_p99_ms", "personal ANN p99 (one query)"),
+    ):
         latency.plot(items, [r[key] for r in rows], marker="o", label=label)
-    latency.set(xscale="log", yscale="log", xlabel="items in the catalogue", ylabel="ms",
-                title="Query latency (8 clients on loopback, 2 cores)")  # fmt: skip
+    latency.set(
+        xscale="log",
+        yscale="log",
+        xlabel="items in the catalogue",
+        ylabel="ms",
+        title="Query latency (8 clients on loopback, 2 cores)",
+    )
     latency.legend(fontsize=8)
     reindex.plot(items, [r["reindex_s"] for r in rows], marker="o", color="tab:red", label="reindex s")
-    reindex.set(xscale="log", yscale="log", xlabel="items in the catalogue", ylabel="seconds",
-                title="Reindex (ANN + k-means + v2v top-100 table)")  # fmt: skip
+    reindex.set(
+        xscale="log",
+        yscale="log",
+        xlabel="items in the catalogue",
+        ylabel="seconds",
+        title="Reindex (ANN + k-means + v2v top-100 table)",
+    )
     for r in rows:
-        reindex.annotate(f"{r['reindex_peak_gb']:.1f} GB peak", (r["items"], r["reindex_s"]), fontsize=8,
-                         textcoords="offset points", xytext=(4, -12))  # fmt: skip
+        reindex.annotate(
+            f"{r['reindex_peak_gb']:.1f} GB peak",
+            (r["items"], r["reindex_s"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, -12),
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

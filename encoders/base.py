@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.config import EncoderConfig
+from mmrecall.encoders.config import EncoderConfig
 
 
 @dataclass

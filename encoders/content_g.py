@@ -13,7 +13,6 @@ which is why G must carry the signal.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -23,15 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import l2_normalize
+from mmrecall.core.features import AGE_BUCKETS, GAP_BUCKETS, hashed_buckets
+from mmrecall.encoders.base import l2_normalize
 
 CONFIG_FILE = "g.json"
 WEIGHTS_FILE = "model.pt"
 KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
 ACTIVE_INTERESTS_FILE = "active_interests.npz"  # sequence tower: users and the interests that serve them
-AGE_BUCKETS = 16  # recency buckets: log2(positions back from the latest item)
-TAG_HISTORY = 200  # seq: the latest items whose tags form the user's tag-preference vector
-GAP_BUCKETS = 16  # time-gap buckets: 0 = unknown, then log2(minutes since the previous item + 1)
 
 
 @dataclass(frozen=True)
@@ -66,19 +63,6 @@ class GConfig:
         return cls(**data)
 
 
-def id_key(value: str) -> int:
-    """A stable 63-bit integer for an id string (the same in every process and on every machine)."""
-    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def hashed_buckets(keys: torch.Tensor, buckets: int, hashes: int) -> torch.Tensor:
-    """(n,) int64 keys -> (n, hashes) bucket indices, one universal hash per column."""
-    primes = torch.tensor([1_000_003, 998_244_353, 1_000_000_007, 67_867_967][:hashes], dtype=torch.int64)
-    offsets = torch.tensor([17, 31, 101, 7][:hashes], dtype=torch.int64)
-    mixed = (keys[:, None] % 2_147_483_647) * primes[None, :] + offsets[None, :]  # (n, hashes)
-    return torch.remainder(mixed, buckets)
-
-
 class HashedEmbedding(nn.Module):
     def __init__(self, buckets: int, hashes: int, dim: int) -> None:
         super().__init__()
@@ -87,7 +71,8 @@ class HashedEmbedding(nn.Module):
         nn.init.normal_(self.table.weight, std=0.01)
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.table(hashed_buckets(keys, self.buckets, self.hashes)).sum(dim=1)  # (n, dim)
+        buckets = torch.from_numpy(hashed_buckets(keys.numpy(), self.buckets, self.hashes))  # (n, hashes)
+        return self.table(buckets).sum(dim=1)  # (n, dim)
 
 
 class ContentG(nn.Module):
@@ -98,10 +83,14 @@ class ContentG(nn.Module):
         h = config.hidden
         self.mlp = nn.Sequential(
             nn.LayerNorm(config.feature_dim),
-            nn.Linear(config.feature_dim, h), nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(h, h), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.feature_dim, h),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(h, h),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
             nn.Linear(h, config.dim),
-        )  # fmt: skip
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)
@@ -131,14 +120,6 @@ class UserTower(nn.Module):
         return pooled + self.out(pooled)
 
 
-def gap_buckets(times: np.ndarray) -> np.ndarray:
-    """Unix seconds of a user's items in time order -> (n,) gap bucket of each item; the first is unknown."""
-    gaps = np.diff(np.asarray(times, np.float64), prepend=np.nan) / 60.0
-    with np.errstate(invalid="ignore"):
-        buckets = 1 + np.minimum(np.log2(np.maximum(gaps, 0) + 1).astype(np.int64), GAP_BUCKETS - 2)
-    return np.where(np.isfinite(gaps), buckets, 0)
-
-
 class SeqUserTower(nn.Module):
     """ECu_1..K from the sequence: a causal transformer over G(item) + position + time-gap embeddings, then K
     interest queries (plus a projection of the user's tag-preference vector when cate-aware) attend over
@@ -151,8 +132,9 @@ class SeqUserTower(nn.Module):
         self.positions = nn.Embedding(config.history, d)  # row 0 = the latest slot
         self.gaps = nn.Embedding(GAP_BUCKETS, d)
         self.mask_token = nn.Parameter(torch.zeros(d))  # replaces a masked item (masked-item task)
-        layer = nn.TransformerEncoderLayer(d, config.seq_heads, dim_feedforward=2 * d, dropout=config.seq_dropout,
-                                           batch_first=True, norm_first=True)  # fmt: skip
+        layer = nn.TransformerEncoderLayer(
+            d, config.seq_heads, dim_feedforward=2 * d, dropout=config.seq_dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, config.seq_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.queries = nn.Parameter(torch.randn(config.interests, d) / math.sqrt(d))
@@ -163,8 +145,9 @@ class SeqUserTower(nn.Module):
         nn.init.normal_(self.positions.weight, std=0.02)
         nn.init.normal_(self.gaps.weight, std=0.02)
 
-    def states(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None,
-               masked: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def states(
+        self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """history (b, L, d) G vectors, oldest first, left-padded; gaps (b, L) buckets; masked (b, L) True where
         the item is hidden (masked-item task) -> states (b, L, d)."""
         b, length, _ = history.shape
@@ -178,18 +161,29 @@ class SeqUserTower(nn.Module):
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
         return self.norm(self.encoder(x, mask=causal))  # (b, L, d)
 
-    def forward(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None = None,
-                tag_pref: torch.Tensor | None = None, masked: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def forward(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+        tag_pref: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The user after the latest item: tag_pref (b, T) -> interests (b, K, d), states (b, L, d)."""
         length = history.shape[1]
         prefs = tag_pref.unsqueeze(1) if tag_pref is not None else None
         interests, h = self.every_position(history, mask, gaps, prefs, masked, at=torch.tensor([length - 1]))
         return interests[:, 0], h
 
-    def every_position(self, history: torch.Tensor, mask: torch.Tensor, gaps: torch.Tensor | None = None,
-                       tag_prefs: torch.Tensor | None = None, masked: torch.Tensor | None = None,
-                       at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def every_position(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+        tag_prefs: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The user after each slot in `at` (default: every slot), reading only the slots up to it, so one
         pass trains on every next item of a window (as SASRec does). tag_prefs (b, Q, T): the tag
         preferences as they stood at each of those slots -> interests (b, Q, K, d), states (b, L, d)."""
@@ -229,17 +223,31 @@ class TwoTower(nn.Module):
             bias = bias * known.unsqueeze(-1).to(bias.dtype)
         return l2_normalize(content + bias)
 
-    def users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None, *,
-              gaps: torch.Tensor | None = None, tag_pref: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def users(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor | None,
+        *,
+        gaps: torch.Tensor | None = None,
+        tag_pref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """normalize(ECu + EPu) from G of the history (b, L, dim); EPu only for known users (keys given).
         (b, dim) for the pooling tower, (b, K, dim) interests for the sequence tower."""
         if self.config.user_tower == "seq":
             return self._with_bias(self.user_tower(history, mask, gaps, tag_pref)[0], keys)  # (b, K, dim)
         return self._with_bias(self.user_tower(history, mask), keys)  # (b, dim)
 
-    def seq_users(self, history: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None, *,
-                  gaps: torch.Tensor | None = None, tag_prefs: torch.Tensor | None = None,
-                  masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def seq_users(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor | None,
+        *,
+        gaps: torch.Tensor | None = None,
+        tag_prefs: torch.Tensor | None = None,
+        masked: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The sequence tower after every slot (training): (normalized interests (b, L, K, dim), states)."""
         interests, states = self.user_tower.every_position(history, mask, gaps, tag_prefs, masked)
         return self._with_bias(interests, keys), states
@@ -279,7 +287,3 @@ def load_active_interests(directory: str | Path) -> dict[str, np.ndarray]:
         return {}
     with np.load(path) as data:
         return dict(zip(data["users"].tolist(), data["mask"], strict=True))
-
-
-def keys_of(ids: list[str]) -> np.ndarray:
-    return np.fromiter((id_key(i) for i in ids), np.int64, len(ids))

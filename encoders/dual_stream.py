@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
-from encoders.config import DualStreamConfig, EncoderConfig, ImageConfig
-from encoders.image import ImageStack
-from encoders.text import build_text_model, load_tokenizer
+from mmrecall.encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
+from mmrecall.encoders.config import DualStreamConfig, EncoderConfig, ImageConfig
+from mmrecall.encoders.image import ImageStack
+from mmrecall.encoders.registry import create_encoder, register_kind
+from mmrecall.encoders.text import build_text_model, load_tokenizer
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,8 +115,6 @@ class FrameFeatures(nn.Module):
             self.head = None
             self.dim = self.stack.dim
         else:
-            from encoders.registry import create_encoder
-
             tagged = create_encoder(source)
             self.stack, self.head = tagged.image, tagged.head
             self.dim = tagged.dim
@@ -127,6 +126,7 @@ class FrameFeatures(nn.Module):
         return self.head(features)[0] if self.head is not None else features
 
 
+@register_kind("dual-stream")
 class DualStreamEncoder(Encoder):
     def __init__(
         self,

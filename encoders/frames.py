@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 from PIL import Image
 
-from encoders.media import MediaError, load_image
+from mmrecall.encoders.images import MediaError, load_image
 
 MAX_FRAMES = 64  # more than this per item is refused: it is a mistake, not a request
 FRAME_SHORT_SIDE = 256  # decoded frames are scaled so their short side is at most this

@@ -16,28 +16,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encoders.base import ContentInput, Encoder, weights_digest
-from encoders.config import EncoderConfig
-from encoders.content_g import CONFIG_FILE, KNOWN_ITEMS_FILE, GConfig, TwoTower, keys_of
+from mmrecall.core.features import keys_of
+from mmrecall.encoders.base import ContentInput, Encoder, weights_digest
+from mmrecall.encoders.config import EncoderConfig
+from mmrecall.encoders.content_g import CONFIG_FILE, KNOWN_ITEMS_FILE, GConfig, TwoTower
+from mmrecall.encoders.registry import checkpoint_dir, get_encoder, register_kind
 
 
 def g_weights_digest(weights: str | Path) -> str:
     """G's weights and its feature encoders' (the registry stamps the same version without building G)."""
-    from encoders.registry import checkpoint_dir
-
     specs = GConfig.from_json((Path(weights).parent / CONFIG_FILE).read_text()).feature_encoders
     feature_weights = [checkpoint_dir(s) / "model.pt" if checkpoint_dir(s) else None for s in specs]
     return weights_digest(weights, *feature_weights) + "|" + ",".join(specs)
 
 
+@register_kind("g")
 class GEncoder(Encoder):
+    checkpoint_digest = staticmethod(g_weights_digest)  # the version the registry stamps without building G
+
     def __init__(self, config: EncoderConfig, *, weights: str | Path | None = None, **_unused) -> None:
         if weights is None:
             raise ValueError("a G encoder is a trained checkpoint: pass its directory (mmrecall finetune g)")
         directory = Path(weights).parent
         self.g_config = GConfig.from_json((directory / CONFIG_FILE).read_text())
-        from encoders.registry import get_encoder
-
         super().__init__(config, weights_digest=g_weights_digest(weights))
         self.features = [get_encoder(spec) for spec in self.g_config.feature_encoders]
         self.model = TwoTower(self.g_config)

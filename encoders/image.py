@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.backbones import Backbone, build_backbone
-from encoders.config import ImageConfig
+from mmrecall.encoders.backbones import Backbone, build_backbone
+from mmrecall.encoders.config import ImageConfig
 
 
 def image_to_array(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
-from encoders.config import EncoderConfig, TagHeadConfig
-from encoders.image import ImageStack
+from mmrecall.encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
+from mmrecall.encoders.config import EncoderConfig, TagHeadConfig
+from mmrecall.encoders.image import ImageStack
+from mmrecall.encoders.registry import register_kind
 
 
 class TagHead(nn.Module):
@@ -29,11 +30,16 @@ class TagHead(nn.Module):
         return vector, logits
 
 
+@register_kind("image", "tag-image")
 class ImageEncoder(Encoder):
     def __init__(
-        self, config: EncoderConfig, *, image_checkpoint: str | Path | None = None, weights: str | Path | None = None,
+        self,
+        config: EncoderConfig,
+        *,
+        image_checkpoint: str | Path | None = None,
+        weights: str | Path | None = None,
         **_unused,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if config.image is None:
             raise ValueError(f"encoder {config.name!r} of kind {config.kind!r} needs an image section")
         super().__init__(config, weights_digest=weights_digest(image_checkpoint, weights))

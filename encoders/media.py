@@ -1,41 +1,12 @@
-"""Decoding media files into images, with a clear reason when that fails."""
+"""An item's content with its media decoded, as every encoder takes it (`ContentInput`)."""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+from mmrecall.encoders.base import ContentInput
+from mmrecall.encoders.frames import item_frames
+from mmrecall.encoders.images import MAX_IMAGE_PIXELS, MediaError, load_image
 
-from PIL import Image
-
-MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard: larger images are refused, not decoded
-
-
-class MediaError(ValueError):
-    """A media file that cannot be used; the message is stored as the item's error."""
-
-
-def load_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open, check the size before decoding, decode fully, and return an RGB image."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise MediaError(f"image too large: {width}x{height} pixels (limit {max_pixels})")
-                image.load()  # truncated files fail here, not later inside the batch
-                return image.convert("RGB")
-    except MediaError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError(f"image too large: {exc}") from exc
-    except OSError as exc:
-        raise MediaError(f"unreadable image {path.name}: {exc}") from exc
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise MediaError(f"corrupt image {path.name}: {type(exc).__name__}: {exc}") from exc
+__all__ = ["MAX_IMAGE_PIXELS", "MediaError", "load_content", "load_image"]
 
 
 def load_content(
@@ -51,11 +22,11 @@ def load_content(
 ):
     """An item's content with its media decoded: the cover is frame 0 (else the first sampled frame),
     then frames sampled uniformly from the video or the frame list, n_frames in all."""
-    from encoders.base import ContentInput
-    from encoders.frames import item_frames
-
     decoded = item_frames(cover=cover, frames=frames, video=video, n=n_frames) if images else []
     return ContentInput(
-        title=title or "", tags=list(tags or []), image=decoded[0] if decoded else None, frames=decoded[1:],
+        title=title or "",
+        tags=list(tags or []),
+        image=decoded[0] if decoded else None,
+        frames=decoded[1:],
         item_id=item_id,
-    )  # fmt: skip
+    )

@@ -1,4 +1,7 @@
-"""One factory for every encoder variant: configs/<name>.json -> create_encoder(name)."""
+"""One factory for every encoder variant: configs/<name>.json -> create_encoder(name).
+
+Each encoder class registers the config kinds it builds (`@register_kind`, as timm registers models); the
+package's `__init__` imports every such module, so the registry is complete once `mmrecall.encoders` is."""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from encoders.base import CONFIG_FILE, WEIGHTS_FILE, Encoder, version_of, weights_digest
-from encoders.config import EncoderConfig
+from mmrecall.encoders.base import CONFIG_FILE, WEIGHTS_FILE, Encoder, version_of, weights_digest
+from mmrecall.encoders.config import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -31,14 +34,20 @@ def load_config(name: str) -> EncoderConfig:
     return EncoderConfig.from_dict(json.loads(path.read_text()))
 
 
-def _builders() -> dict[str, type[Encoder]]:
-    from encoders.dual_stream import DualStreamEncoder
-    from encoders.g_encoder import GEncoder
-    from encoders.image_encoders import ImageEncoder
-    from encoders.text_image import TextImageEncoder
+KINDS: dict[str, type[Encoder]] = {}  # config kind -> the encoder class that builds it
 
-    return {"text-image": TextImageEncoder, "image": ImageEncoder, "tag-image": ImageEncoder,
-            "dual-stream": DualStreamEncoder, "g": GEncoder}  # fmt: skip
+
+def register_kind(*kinds: str):
+    """Class decorator: this encoder class builds configs of these kinds."""
+
+    def register(cls: type[Encoder]) -> type[Encoder]:
+        for kind in kinds:
+            if kind in KINDS:
+                raise ValueError(f"encoder kind {kind!r} is registered twice ({KINDS[kind].__name__}, {cls.__name__})")
+            KINDS[kind] = cls
+        return cls
+
+    return register
 
 
 def create_encoder(
@@ -46,14 +55,11 @@ def create_encoder(
 ) -> Encoder:
     """Build a registered encoder or load a checkpoint directory; paths given here override the config's."""
     config = load_config(name)
-    builders = _builders()
-    if config.kind not in builders:
-        raise KeyError(f"encoder {name!r} has unknown kind {config.kind!r}; known: {sorted(builders)}")
+    if config.kind not in KINDS:
+        raise KeyError(f"encoder {name!r} has unknown kind {config.kind!r}; known: {sorted(KINDS)}")
     directory = checkpoint_dir(name)
     weights = directory / WEIGHTS_FILE if directory else None
-    return builders[config.kind](
-        config, image_checkpoint=image_checkpoint, text_model_dir=text_model_dir, weights=weights
-    )
+    return KINDS[config.kind](config, image_checkpoint=image_checkpoint, text_model_dir=text_model_dir, weights=weights)
 
 
 @lru_cache(maxsize=4)
@@ -67,10 +73,9 @@ def encoder_version(name: str, image_checkpoint: str | None = None, text_model_d
     """The version `create_encoder` would stamp, without building any model."""
     config = load_config(name)
     directory = checkpoint_dir(name)
-    if directory and config.kind == "g":  # G ignores the image override; its digest covers its feature encoders
-        from encoders.g_encoder import g_weights_digest
-
-        return version_of(config, g_weights_digest(directory / WEIGHTS_FILE))
+    digest = getattr(KINDS.get(config.kind), "checkpoint_digest", None)
+    if directory and digest is not None:  # e.g. G: ignores the image override, covers its feature encoders
+        return version_of(config, digest(directory / WEIGHTS_FILE))
     if directory:
         return version_of(config, weights_digest(image_checkpoint, directory / WEIGHTS_FILE))
     checkpoint = image_checkpoint or (config.image.checkpoint if config.image else None)

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from encoders.config import TextConfig
+from mmrecall.encoders.config import TextConfig
 
 hf_logging.disable_progress_bar()  # a bar per model load clutters worker logs
 

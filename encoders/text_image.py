@@ -11,12 +11,14 @@ from pathlib import Path
 
 import torch
 
-from encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
-from encoders.config import EncoderConfig
-from encoders.image import ImageStack
-from encoders.text import build_text_model, load_tokenizer, mean_pool
+from mmrecall.encoders.base import ContentInput, Encoder, l2_normalize, weights_digest
+from mmrecall.encoders.config import EncoderConfig
+from mmrecall.encoders.image import ImageStack
+from mmrecall.encoders.registry import register_kind
+from mmrecall.encoders.text import build_text_model, load_tokenizer, mean_pool
 
 
+@register_kind("text-image")
 class TextImageEncoder(Encoder):
     def __init__(
         self,

@@ -7,15 +7,17 @@ service answers the same scoring with ANN indexes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from evaluation.data import Dataset, Split, tag_matrix
-from evaluation.vectors import encode_dataset
+from mmrecall.core.dataset import Dataset, Split, tag_matrix
+from mmrecall.encoders.dataset import encode_dataset
+from mmrecall.evaluation.sasrec import SASRecConfig, SASRecTrainer
+from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, best_interest_scores, make_config
 
 
 @dataclass
@@ -129,8 +131,6 @@ class SASRecChannel(Channel):
     param_grid = {"dropout": [0.2, 0.5]}
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
-        from evaluation.sasrec import SASRecConfig, SASRecTrainer
-
         config = SASRecConfig(**{**ctx.sasrec_train, **self.params})
         self.trainer = SASRecTrainer(ctx.data.n_items, config)
         ctx.models[((id(split), self.variant), "report")] = self.trainer.fit(train_sequences(split, ctx.data.n_users))
@@ -182,8 +182,6 @@ G_VARIANTS = {  # channel name -> (training overrides, model overrides)
 
 def trained_g(ctx: EvalContext, split: Split, variant: str):
     """Train G (once per split and variant) on the split's training interactions; returns the trainer."""
-    from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
-
     key = (id(split), variant)
     if key not in ctx.models:
         specs = ctx.g_features or tuple(dict.fromkeys(["text-minilm", ctx.encoder]))
@@ -194,10 +192,15 @@ def trained_g(ctx: EvalContext, split: Split, variant: str):
             vocab, item_tags = tag_matrix(ctx.data)
             model_overrides = {**model_overrides, "tag_vocab": vocab}
         config = make_config(features, specs, **model_overrides)
-        trainer = GTrainer(config, features, [i.id for i in ctx.data.items], ctx.data.user_ids,
-                           GTrainConfig(**{**ctx.g_train, **train_overrides}), item_tags=item_tags)  # fmt: skip
-        report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights,
-                                          split.train_times))  # fmt: skip
+        trainer = GTrainer(
+            config,
+            features,
+            [i.id for i in ctx.data.items],
+            ctx.data.user_ids,
+            GTrainConfig(**{**ctx.g_train, **train_overrides}),
+            item_tags=item_tags,
+        )
+        report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
         ctx.models[key] = trainer
         ctx.models[(key, "report")] = report
     return ctx.models[key]
@@ -231,8 +234,9 @@ class GChannel(Channel):
             if not rows.any():
                 continue
             pick = np.flatnonzero(rows)
-            part = self.trainer.user_matrix([histories[i] for i in pick], user_ids,
-                                            [times[i] for i in pick] if times is not None else None)  # fmt: skip
+            part = self.trainer.user_matrix(
+                [histories[i] for i in pick], user_ids, [times[i] for i in pick] if times is not None else None
+            )
             if vectors is None:
                 vectors = part.new_empty((len(users), *part.shape[1:]))
             vectors[self.torch.from_numpy(rows)] = part
@@ -242,8 +246,6 @@ class GChannel(Channel):
         return vectors, active
 
     def scores(self, users, histories, times=None):
-        from finetune.g_train import best_interest_scores
-
         vectors, active = self.user_vectors(users, histories, times)
         return best_interest_scores(vectors, self.items, active).numpy()
 
@@ -292,36 +294,3 @@ class GV2VChannel(VectorV2VChannel):
         self.vectors = trainer.item_matrix(None, content_only=True).numpy()
         self.n_recent = self.params.get("n_recent", 20)
         self.decay = self.params.get("decay", 0.5)
-
-
-def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Channel]]:
-    """Every channel the harness knows, by its report name.
-
-    `extra` may name v2v over any encoder as `v2v@ENCODER` (a registry name or a checkpoint directory),
-    so one report can compare encoders side by side.
-    """
-    factories: dict[str, Callable[[], Channel]] = {
-        "random": RandomChannel,
-        "popular": PopularChannel,
-        "itemcf": ItemCFChannel,
-        "sasrec": SASRecChannel,
-        "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
-        "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
-        "v2v_g": GV2VChannel,
-        **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
-        "personal_content": lambda: GChannel("personal_content", "personal", content_items=True),
-        "multi_interest_seq": MultiInterestSeqChannel,
-    }
-    from evaluation.recall_channels import RecallSetChannel
-
-    for name in ("cluster", "multi_interest", "merged"):
-        factories[name] = lambda name=name: RecallSetChannel(name)
-    factories["merged_seq"] = lambda: RecallSetChannel("merged", variant="personal_seq", report_name="merged_seq")
-    for name in extra:
-        if name.startswith("v2v@"):
-            encoder = name.split("@", 1)[1]
-            factories[name] = lambda name=name, encoder=encoder: VectorV2VChannel(name, encoder)
-    return factories
-
-
-BASELINES = ("random", "popular", "itemcf", "sasrec", "text_v2v")

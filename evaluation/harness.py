@@ -11,15 +11,27 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.channels import BASELINES, Channel, EvalContext, channel_factories
-from evaluation.data import Split, category_tags, cold_items_split, leave_last_out, load_dataset
-from evaluation.metrics import KS, LIST_K, MetricAccumulator
+from mmrecall.core.dataset import Split, category_tags, cold_items_split, leave_last_out, load_dataset
+from mmrecall.core.provenance import provenance
+from mmrecall.evaluation.channels import Channel, EvalContext
+from mmrecall.evaluation.metrics import KS, LIST_K, MetricAccumulator
+from mmrecall.evaluation.registry import BASELINES, channel_factories
 
 log = logging.getLogger(__name__)
 BATCH = 256
-OPT_IN = {"personal_nobias", "personal_nologq", "personal_nohard", "personal_content", "personal_seq_nocate",
-          "personal_seq_nomask", "personal_seq_k1", "personal_seq_nofuture", "personal_seq", "multi_interest_seq",
-          "merged_seq"}  # when named
+OPT_IN = {
+    "personal_nobias",
+    "personal_nologq",
+    "personal_nohard",
+    "personal_content",
+    "personal_seq_nocate",
+    "personal_seq_nomask",
+    "personal_seq_k1",
+    "personal_seq_nofuture",
+    "personal_seq",
+    "multi_interest_seq",
+    "merged_seq",
+}  # when named
 Progress = Callable[[str, int, int], None]
 
 
@@ -88,10 +100,18 @@ def run_eval(
     if protocol not in ("last", "cold", "both"):
         raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
     data = load_dataset(dataset_dir)
-    ctx = EvalContext(data, cache=cache, encoder=encoder, g_features=tuple(g_features), g_train=g_train or {},
-                      sasrec_train=sasrec_train or {}, progress=progress)  # fmt: skip
+    ctx = EvalContext(
+        data,
+        cache=cache,
+        encoder=encoder,
+        g_features=tuple(g_features),
+        g_train=g_train or {},
+        sasrec_train=sasrec_train or {},
+        progress=progress,
+    )
     reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
     report: dict = {
+        **provenance(),
         "dataset": str(dataset_dir),
         "protocol": protocol,
         "split": split,
@@ -156,8 +176,10 @@ def render_report(report: dict) -> str:
             markdown_table(report["channels"]),
         ]
     if report["cold"]:
-        parts += ["\n## cold items (20% of items unseen in training; ranking among cold items)\n",
-                  markdown_table(report["cold"])]  # fmt: skip
+        parts += [
+            "\n## cold items (20% of items unseen in training; ranking among cold items)\n",
+            markdown_table(report["cold"]),
+        ]
     return "\n".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""mmrecall's own recall channels in the harness, through the same `index.recall_set` code the API runs.
+"""mmrecall's own recall channels in the harness, through the same `recall.service` code the API runs.
 
 `DenseSources` answers the recall-set questions from numpy arrays (exact search), restricted to the
 split's candidates (the cold items under the cold protocol). Each channel's ranked list becomes dense
@@ -13,21 +13,32 @@ from dataclasses import replace
 
 import numpy as np
 
-from encoders.content_g import gap_buckets
-from evaluation.channels import Channel, EvalContext, trained_g
-from evaluation.data import Split, category_tags
-from index.clusters import ClusterTable, cluster_recall
-from index.merge import MergeWeights, merge
-from index.ranked import Ranked
-from index.recall_set import CHANNELS, RecallConfig, channel_candidates, recall_set
-from index.v2v import stack_neighbors
+from mmrecall.core.dataset import Split, category_tags
+from mmrecall.core.features import gap_buckets
+from mmrecall.evaluation.channels import Channel, EvalContext, trained_g
+from mmrecall.index.clusters import ClusterTable, cluster_recall
+from mmrecall.index.ranked import Ranked
+from mmrecall.index.v2v import stack_neighbors
+from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.merge import MergeWeights, merge
+from mmrecall.recall.service import channel_candidates, recall_set
+from mmrecall.recall.sources import RecallConfig
 
 
 class DenseSources:
     """Rows are the dataset's item numbers; ids are those numbers as strings."""
 
-    def __init__(self, n_items: int, space: np.ndarray, g_items: np.ndarray, trainer, tags: list[list[str]],
-                 allowed: np.ndarray | None, popularity: np.ndarray, known_users: np.ndarray) -> None:  # fmt: skip
+    def __init__(
+        self,
+        n_items: int,
+        space: np.ndarray,
+        g_items: np.ndarray,
+        trainer,
+        tags: list[list[str]],
+        allowed: np.ndarray | None,
+        popularity: np.ndarray,
+        known_users: np.ndarray,
+    ) -> None:
         self.n_items = n_items
         self.space = space  # (N, d) v2v / cluster vectors
         self.g_items = g_items  # (N, d) personal / multi-interest index vectors
@@ -62,8 +73,9 @@ class DenseSources:
         return stack_neighbors([self.neighbors(row, n) for row in rows])
 
     def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray) -> Ranked:
-        return cluster_recall(self.table, self.space, list(triggers), prior=self.prior, k=n, exclude=exclude,
-                              allowed=self.allowed)  # fmt: skip
+        return cluster_recall(
+            self.table, self.space, list(triggers), prior=self.prior, k=n, exclude=exclude, allowed=self.allowed
+        )
 
     def content_vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.g_items[rows]
@@ -100,8 +112,9 @@ def held_out_score(tops: list[list[int]], targets: list[int], n_items: int) -> t
     return hits, len({item for top in tops for item in top}) / n_items
 
 
-def pick_merge(scored: list[tuple[float, float, MergeWeights]], singles: dict[str, tuple[float, float]], *,
-               tie: float) -> tuple[float, float, MergeWeights, str]:  # fmt: skip
+def pick_merge(
+    scored: list[tuple[float, float, MergeWeights]], singles: dict[str, tuple[float, float]], *, tie: float
+) -> tuple[float, float, MergeWeights, str]:
     """The merge a recall set wants: at least the hit rate of its best single channel AND more coverage than
     that channel, the best hit rate among those (ties within `tie` go to coverage). Where no setting
     does both, the best hit rate, ties to coverage."""
@@ -114,7 +127,7 @@ def pick_merge(scored: list[tuple[float, float, MergeWeights]], singles: dict[st
 
 
 class RecallSetChannel(Channel):
-    """One of the recall-set channels (or `merged`), computed per query by index.recall_set."""
+    """One of the recall-set channels (or `merged`), computed per query by recall.service."""
 
     uses_times = True
 
@@ -136,8 +149,7 @@ class RecallSetChannel(Channel):
 
     def build_sources(self, ctx: EvalContext, split: Split, trainer) -> DenseSources:
         data = ctx.data
-        space = (trainer.item_matrix(None, content_only=True).numpy() if self.space == "g"
-                 else ctx.vectors(ctx.encoder))  # fmt: skip
+        space = trainer.item_matrix(None, content_only=True).numpy() if self.space == "g" else ctx.vectors(ctx.encoder)
         tags = [sorted(t) for t in category_tags(data)]
         allowed = split.allowed(data.n_items)
         known_users = np.zeros(data.n_users, bool)
@@ -168,28 +180,46 @@ class RecallSetChannel(Channel):
         ]
         # rank fusion: the other channels' top items interleave with personal's by a weight on their ranks
         rank_grid = itertools.product((10.0, 60.0), (0.2, 0.05, 0.0), (1.0, 0.75, 0.5, 0.35, 0.25, 0.1))
-        grid += [MergeWeights(mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta,
-                              trust={c: others for c in CHANNELS if c != "personal"})
-                 for rrf_k, beta, others in rank_grid]  # fmt: skip
+        grid += [
+            MergeWeights(
+                mode="rank", rrf_k=rrf_k, alpha=0.0, beta=beta, trust={c: others for c in CHANNELS if c != "personal"}
+            )
+            for rrf_k, beta, others in rank_grid
+        ]
         grid += [replace(weights, explore=explore) for explore in (4, 8) for weights in grid]  # exploration slots
         targets = [target for _, _, target in queries]
         n_items = self.sources.n_items
-        singles = {channel: held_out_score([results[channel].rows[:50].tolist() if channel in results else []
-                                            for results, _, _ in queries], targets, n_items)
-                   for channel in CHANNELS}  # fmt: skip
+        singles = {
+            channel: held_out_score(
+                [results[channel].rows[:50].tolist() if channel in results else [] for results, _, _ in queries],
+                targets,
+                n_items,
+            )
+            for channel in CHANNELS
+        }
         scored = []
         for weights in grid:
-            merged = (merge(results, k=50, seen=seen, categories=self.sources.categories, weights=weights)
-                      for results, seen, _ in queries)  # fmt: skip
+            merged = (
+                merge(results, k=50, seen=seen, categories=self.sources.categories, weights=weights)
+                for results, seen, _ in queries
+            )
             tops = [pool.picked_rows(picks).tolist() for pool, picks in merged]
             scored.append((*held_out_score(tops, targets, n_items), weights))
         hits, coverage, weights, rule = pick_merge(scored, singles, tie=2 / len(queries))
         best = replace(self.config, merge=weights)
-        self.tuned = {"mode": weights.mode, "rrf_k": weights.rrf_k, "alpha": weights.alpha, "beta": weights.beta,
-                      "trust": weights.trust, "explore": weights.explore,
-                      "held_out_hitrate@50": hits, "held_out_coverage": coverage,
-                      "held_out_best_hitrate@50": max(h for h, _, _ in scored), "rule": rule,
-                      "held_out_channels": {c: {"hitrate@50": h, "coverage": cov} for c, (h, cov) in singles.items()}}
+        self.tuned = {
+            "mode": weights.mode,
+            "rrf_k": weights.rrf_k,
+            "alpha": weights.alpha,
+            "beta": weights.beta,
+            "trust": weights.trust,
+            "explore": weights.explore,
+            "held_out_hitrate@50": hits,
+            "held_out_coverage": coverage,
+            "held_out_best_hitrate@50": max(h for h, _, _ in scored),
+            "rule": rule,
+            "held_out_channels": {c: {"hitrate@50": h, "coverage": cov} for c, (h, cov) in singles.items()},
+        }
         return best
 
     def scores(self, users, histories, times=None):
@@ -199,8 +229,9 @@ class RecallSetChannel(Channel):
             user_id = str(user) if self.sources.known_users[user] else None
             self.sources.query_gaps = gap_buckets(times[row]) if times is not None else None
             if self.kind == "merged":
-                pool, picks, _ = recall_set(self.sources, hist, user=user_id, k=self.config.per_channel,
-                                            config=self.config)  # fmt: skip
+                pool, picks, _ = recall_set(
+                    self.sources, hist, user=user_id, k=self.config.per_channel, config=self.config
+                )
                 listed = pool.picked_rows(picks)
             else:
                 listed = channel_candidates(self.sources, hist, user_id, [self.kind], self.config)[self.kind].rows

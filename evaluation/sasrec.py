@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.common import EtaLogger, native_bf16
+from mmrecall.finetune.common import EtaLogger, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,14 @@ class SASRec(nn.Module):
         self.positions = nn.Embedding(config.max_len, config.dim)
         self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
-            config.dim, config.heads, dim_feedforward=config.dim, dropout=config.dropout, activation="relu",
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+            config.dim,
+            config.heads,
+            dim_feedforward=config.dim,
+            dropout=config.dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
         nn.init.normal_(self.items.weight, std=config.dim**-0.5)
@@ -122,8 +127,11 @@ class SASRecTrainer:
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "held_out_hitrate@50": hit})
             log.info("sasrec epoch %d: loss %.4f, held-out hitrate@50 %.4f", epoch, np.mean(losses), hit)
             if hit > best["hitrate@50"]:
-                best = {"hitrate@50": hit, "epoch": epoch,
-                        "state": {k: v.clone() for k, v in self.model.state_dict().items()}}  # fmt: skip
+                best = {
+                    "hitrate@50": hit,
+                    "epoch": epoch,
+                    "state": {k: v.clone() for k, v in self.model.state_dict().items()},
+                }
                 evaluations_without_gain = 0
             else:
                 evaluations_without_gain += 1
@@ -131,8 +139,12 @@ class SASRecTrainer:
                     break
         self.model.load_state_dict(best["state"])
         self.model.eval()
-        return {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"],
-                "seconds": round(time.time() - started, 1), "epochs": history}  # fmt: skip
+        return {
+            "best_epoch": best["epoch"],
+            "valid_hitrate@50": best["hitrate@50"],
+            "seconds": round(time.time() - started, 1),
+            "epochs": history,
+        }
 
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         """(b, N) scores of every item after each history."""

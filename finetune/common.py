@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.media import MediaError, load_content
-from mmrecall.interchange import ItemRecord
+from mmrecall.core.interchange import ItemRecord
+from mmrecall.encoders.media import MediaError, load_content
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict], None]  # (done, total, metrics)

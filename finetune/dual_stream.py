@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders import ContentInput, create_encoder
-from encoders.base import l2_normalize
-from encoders.dual_stream import DualStreamEncoder
-from evaluation.data import load_dataset
-from finetune.common import EtaLogger, Progress, frame_features, run_dir
-from finetune.losses import InfoNCE, MaskedLMHead
+from mmrecall.core.dataset import load_dataset
+from mmrecall.encoders import ContentInput, create_encoder
+from mmrecall.encoders.base import l2_normalize
+from mmrecall.encoders.dual_stream import DualStreamEncoder
+from mmrecall.finetune.common import EtaLogger, Progress, frame_features, run_dir
+from mmrecall.finetune.losses import InfoNCE, MaskedLMHead
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -102,9 +102,13 @@ def pretrain_dual_stream(
         source = config.dual.frame_features.replace("/", "_")
         cache_file = cache / f"frame-features-{data.fingerprint}-{config.image.backbone}-{source}-{n_frames}.npz"
     features, offsets = frame_features(
-        data.items, encoder.frames.stack.to_tensor, encoder.frames, n_frames=n_frames, cache=cache_file,
+        data.items,
+        encoder.frames.stack.to_tensor,
+        encoder.frames,
+        n_frames=n_frames,
+        cache=cache_file,
         progress=progress,
-    )  # fmt: skip
+    )
     texts = [ContentInput(item.title, item.tags).text() for item in data.items]  # what the encoder sees at serving
     model = encoder.model
     new_params, text_params = trainable_parameters(encoder)
@@ -217,8 +221,15 @@ def _step_losses(encoder, mlm_head, frame_pred, contrast, batch, frame_feats, fr
 
 def _save(encoder, out: Path, step: int, optimizer, mlm_head, frame_pred) -> Path:
     target = encoder.save(out / f"step-{step:06d}")
-    torch.save({"optimizer": optimizer.state_dict(), "mlm_head": mlm_head.state_dict(),
-                "frame_pred": frame_pred.state_dict(), "step": step}, target / STATE_FILE)  # fmt: skip
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "mlm_head": mlm_head.state_dict(),
+            "frame_pred": frame_pred.state_dict(),
+            "step": step,
+        },
+        target / STATE_FILE,
+    )
     (out / LATEST).write_text(target.name)
     return target
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from encoders.content_g import hashed_buckets
+from mmrecall.core.features import hashed_buckets
 
 
 class StreamingFrequency:
@@ -21,7 +21,7 @@ class StreamingFrequency:
 
     def update(self, keys: torch.Tensor, step: int) -> None:
         """Record the items (int64 keys) sampled at this step; repeats within a step count once."""
-        index = hashed_buckets(torch.unique(keys), self.buckets, self.hashes).T  # (hashes, m)
+        index = torch.from_numpy(hashed_buckets(torch.unique(keys).numpy(), self.buckets, self.hashes)).T  # (hashes, m)
         seen = self.last_seen[self.rows, index]
         fresh = self.gap[self.rows, index] * (1 - self.alpha) + self.alpha * (step - seen)
         self.gap[self.rows, index] = torch.where(seen > 0, fresh, self.gap[self.rows, index])
@@ -29,6 +29,6 @@ class StreamingFrequency:
 
     def log_q(self, keys: torch.Tensor) -> torch.Tensor:
         """(n,) log of the estimated per-step sampling probability."""
-        index = hashed_buckets(keys, self.buckets, self.hashes).T  # (hashes, n)
+        index = torch.from_numpy(hashed_buckets(keys.numpy(), self.buckets, self.hashes)).T  # (hashes, n)
         gap = self.gap[self.rows, index].max(dim=0).values.clamp(min=1.0)  # (n,)
         return -torch.log(gap)

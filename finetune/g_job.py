@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.data import by_user_in_time, load_dataset, tag_matrix
-from evaluation.vectors import encode_dataset
-from finetune.common import Progress, run_dir
-from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
+from mmrecall.core.dataset import by_user_in_time, load_dataset, tag_matrix
+from mmrecall.encoders.dataset import encode_dataset
+from mmrecall.finetune.common import Progress, run_dir
+from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
 
 DEFAULT_FEATURES = ("text-minilm", "dual-stream-base")
 
@@ -39,9 +39,14 @@ def train_g(
         vocab, item_tags = tag_matrix(data)
         model_overrides["tag_vocab"] = vocab
     config = make_config(matrix, tuple(features), **model_overrides)
-    trainer = GTrainer(config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig(),
-                       item_tags=item_tags)  # fmt: skip
+    trainer = GTrainer(
+        config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig(), item_tags=item_tags
+    )
     report = trainer.fit(Interactions(users, items, weights, times), on_progress=on_progress)
-    out = trainer.save(run_dir(out_root, "g"), {**report, "dataset": str(dataset), "features": list(features)},
-                       item_ids=[i.id for i in data.items], user_ids=data.user_ids)  # fmt: skip
+    out = trainer.save(
+        run_dir(out_root, "g"),
+        {**report, "dataset": str(dataset), "features": list(features)},
+        item_ids=[i.id for i in data.items],
+        user_ids=data.user_ids,
+    )
     return {"checkpoint": str(out), **{k: v for k, v in report.items() if k != "epochs"}}

@@ -24,18 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders.content_g import (
+from mmrecall.core.features import TAG_HISTORY, gap_buckets, keys_of
+from mmrecall.encoders.content_g import (
     ACTIVE_INTERESTS_FILE,
     KNOWN_ITEMS_FILE,
-    TAG_HISTORY,
     GConfig,
     TwoTower,
-    gap_buckets,
-    keys_of,
     save_g,
 )
-from finetune.common import EtaLogger, Progress, native_bf16
-from finetune.frequency import StreamingFrequency
+from mmrecall.finetune import losses
+from mmrecall.finetune.common import EtaLogger, Progress, native_bf16
+from mmrecall.finetune.frequency import StreamingFrequency
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +177,14 @@ class GTrainer:
                 return F.normalize(content, dim=-1)
             return self.model.items(content, self.item_keys, known)
 
-    def user_matrix(self, histories: list[np.ndarray], users: np.ndarray | None, times: list[np.ndarray] | None = None,
-                    *, gaps: list[np.ndarray] | None = None) -> torch.Tensor:  # fmt: skip
+    def user_matrix(
+        self,
+        histories: list[np.ndarray],
+        users: np.ndarray | None,
+        times: list[np.ndarray] | None = None,
+        *,
+        gaps: list[np.ndarray] | None = None,
+    ) -> torch.Tensor:
         """(b, dim), or (b, K, dim) interests for the sequence tower. `times`: unix seconds of the histories
         (or their `gaps` buckets); without either the tower reads every gap as unknown."""
         self.model.eval()
@@ -200,8 +205,9 @@ class GTrainer:
             return torch.ones(n, self.config.interests, dtype=torch.bool)
         return self.active[torch.from_numpy(np.asarray(users, np.int64))]
 
-    def _sequence_inputs(self, index: np.ndarray, mask: np.ndarray, gaps: list[np.ndarray] | None,
-                         histories: list[np.ndarray]) -> dict:  # fmt: skip
+    def _sequence_inputs(
+        self, index: np.ndarray, mask: np.ndarray, gaps: list[np.ndarray] | None, histories: list[np.ndarray]
+    ) -> dict:
         """The sequence tower's extra inputs: time-gap buckets (b, L) of the window, and tag preferences (b, T)
         over the longer history (TAG_HISTORY items): the transformer reads the recent items, the tags the
         long-term taste."""
@@ -240,10 +246,15 @@ class GTrainer:
         units = self.windows(fit_seqs, cfg.seq_run) if self.seq else self.examples(fit_seqs)
         per_step = max(1, cfg.batch_size // cfg.seq_run) if self.seq else cfg.batch_size  # about batch_size rows
         steps_per_epoch = max(1, int(np.ceil(len(units) / per_step)))
-        state = FitState(seqs=fit_seqs, weight_seqs=weight_seqs, known=known, hard_pool=None,
-                         item_sets={u: set(s.tolist()) for u, s in fit_seqs.items()},
-                         frequency=StreamingFrequency(initial_gap=float(steps_per_epoch)),
-                         tag_sums=self._tag_sums(fit_seqs) if self.seq else {})  # fmt: skip
+        state = FitState(
+            seqs=fit_seqs,
+            weight_seqs=weight_seqs,
+            known=known,
+            hard_pool=None,
+            item_sets={u: set(s.tolist()) for u, s in fit_seqs.items()},
+            frequency=StreamingFrequency(initial_gap=float(steps_per_epoch)),
+            tag_sums=self._tag_sums(fit_seqs) if self.seq else {},
+        )
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
         best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
@@ -266,8 +277,12 @@ class GTrainer:
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_hitrate@50": hit})
             log.info("G epoch %d: loss %.4f, valid hitrate@50 %.4f", epoch, np.mean(losses), hit)
             if hit > best["hitrate@50"]:
-                best = {"hitrate@50": hit, "epoch": epoch, "activations": self.activations.copy(),
-                        "state": {k: v.clone() for k, v in self.model.state_dict().items()}}  # fmt: skip
+                best = {
+                    "hitrate@50": hit,
+                    "epoch": epoch,
+                    "activations": self.activations.copy(),
+                    "state": {k: v.clone() for k, v in self.model.state_dict().items()},
+                }
             elif epoch - best["epoch"] >= cfg.patience:
                 break
             self.activations[:] = 0  # one epoch's record: the interests as they were at that epoch
@@ -279,9 +294,13 @@ class GTrainer:
             self.active = torch.from_numpy(activity(self.activations, cfg.min_activation))
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
-        report = {"best_epoch": best["epoch"], "valid_hitrate@50": best["hitrate@50"], "epochs": history,
-                  "seconds": round(time.time() - started, 1),
-                  "examples": int(sum(len(q) - 1 for q in fit_seqs.values() if len(q)))}  # fmt: skip
+        report = {
+            "best_epoch": best["epoch"],
+            "valid_hitrate@50": best["hitrate@50"],
+            "epochs": history,
+            "seconds": round(time.time() - started, 1),
+            "examples": int(sum(len(q) - 1 for q in fit_seqs.values() if len(q))),
+        }
         if self.seq:  # elastic K: how many interests serve a user who has an activation record
             recorded = self.activations.sum(axis=1) > 0
             report["active_interests_mean"] = float(self.active.numpy()[recorded].sum(axis=1).mean())
@@ -302,12 +321,15 @@ class GTrainer:
         if self.item_tags is None:
             return {}
         tags = self.item_tags.numpy()
-        return {u: np.vstack([np.zeros((1, tags.shape[1]), np.float32), np.cumsum(tags[q], axis=0)])
-                for u, q in sequences.items()}  # fmt: skip
+        return {
+            u: np.vstack([np.zeros((1, tags.shape[1]), np.float32), np.cumsum(tags[q], axis=0)])
+            for u, q in sequences.items()
+        }
 
     @staticmethod
-    def _tag_prefs_every_slot(users: np.ndarray, slot_pos: np.ndarray, mask: np.ndarray,
-                              state: FitState) -> torch.Tensor:  # fmt: skip
+    def _tag_prefs_every_slot(
+        users: np.ndarray, slot_pos: np.ndarray, mask: np.ndarray, state: FitState
+    ) -> torch.Tensor:
         """(b, L, T) the tag preferences as they stood after each slot (the mean over its latest TAG_HISTORY
         items), for windows whose slots sit at `slot_pos` (b, L) in their users' sequences."""
         sums = [state.tag_sums[u] for u in users]
@@ -360,42 +382,46 @@ class GTrainer:
         history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # the transformer is the cost here
-            interests, states = model.seq_users(history, torch.from_numpy(mask),
-                                                self.user_keys[torch.from_numpy(batch[:, 0])], gaps=gaps,
-                                                tag_prefs=tag_prefs, masked=masked)  # fmt: skip
+            interests, states = model.seq_users(
+                history,
+                torch.from_numpy(mask),
+                self.user_keys[torch.from_numpy(batch[:, 0])],
+                gaps=gaps,
+                tag_prefs=tag_prefs,
+                masked=masked,
+            )
         interests = interests.float()[torch.from_numpy(rows_b), torch.from_numpy(rows_l)]  # (R, K, dim)
         states = states.float()
         target_vec = self._item_vectors(targets, content, position, state.known)
-        match = torch.einsum("rkd,rd->rk", interests, target_vec)  # (R, K)
-        choice = match.detach().argmax(dim=1)  # (R,)
+        match, choice = losses.best_interest(interests, target_vec)  # (R, K), (R,)
         np.add.at(self.activations, (users, choice.numpy()), 1)
         aux = torch.zeros(())
         k = interests.shape[1]
         if k > 1 and cfg.disagreement > 0:
-            gram = interests @ interests.transpose(1, 2)  # (R, K, K) cosines
-            off = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
-            aux = aux + cfg.disagreement * (off / (k * (k - 1))).mean()
-        if k > 1 and cfg.balance > 0:  # 1 when the batch's rows spread evenly over the interests, K when one wins all
-            share = torch.softmax(match / self.config.temperature, dim=1).mean(dim=0)  # (K,)
-            aux = aux + cfg.balance * k * (share**2).sum()
+            aux = aux + cfg.disagreement * losses.disagreement(interests)
+        if k > 1 and cfg.balance > 0:
+            aux = aux + cfg.balance * losses.balance(match, self.config.temperature)
         if masked is not None and masked.any():
-            hidden = F.normalize(model.user_tower.reconstruct(states[masked]), dim=-1)  # (m, dim)
-            items = index[masked.numpy()]  # (m,) the hidden items
-            truth = F.normalize(content[position[torch.from_numpy(items)]], dim=-1)  # (m, dim): their G vectors
-            logits = hidden @ truth.T / self.config.temperature  # (m, m): contrasted against the batch's
-            same = torch.from_numpy(items[:, None] == items[None, :]) & ~torch.eye(len(items), dtype=torch.bool)
-            aux = aux + cfg.mask_loss * F.cross_entropy(logits.masked_fill(same, float("-inf")),
-                                                        torch.arange(len(items)))  # fmt: skip
+            items = index[masked.numpy()]  # (m,) the hidden items, contrasted against the batch's
+            aux = aux + cfg.mask_loss * losses.masked_item_loss(
+                model.user_tower.reconstruct(states[masked]),  # (m, dim)
+                content[position[torch.from_numpy(items)]],  # (m, dim): their G vectors
+                torch.from_numpy(items),
+                self.config.temperature,
+            )
         user_vec = interests[torch.arange(len(targets)), choice]  # (R, dim)
         loss = self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
         # each row's best interest for its later item (single activation again); the row keeps its weight,
         # negatives and hard negative (not the user's, so never the later item either)
         if later is not None:
             later_vec = self._item_vectors(later, content, position, state.known)
-            best = torch.einsum("rkd,rd->rk", interests, later_vec).detach().argmax(dim=1)
-            aux = aux + cfg.future_loss * self._softmax_loss(
-                interests[torch.arange(len(later)), best], later_vec, users, later, negatives, content, position,
-                weights, state, count=False)  # fmt: skip
+            aux = aux + cfg.future_loss * losses.dense_all_action(
+                interests,
+                later_vec,
+                lambda user, target: self._softmax_loss(
+                    user, target, users, later, negatives, content, position, weights, state, count=False
+                ),
+            )
         return loss + aux
 
     def _later_items(self, users: np.ndarray, next_pos: np.ndarray, state: FitState) -> np.ndarray:
@@ -416,8 +442,9 @@ class GTrainer:
             hard = np.array([h if h not in state.item_sets[u] else -1 for h, u in zip(picks, users, strict=True)])
         return randoms, hard
 
-    def _content(self, history_items: np.ndarray, targets: np.ndarray,
-                 negatives: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _content(
+        self, history_items: np.ndarray, targets: np.ndarray, negatives: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """G only where the step needs it: (u, dim) content of the step's distinct items, and (N,) each item's
         row in it (-1 where absent)."""
         randoms, hard = negatives
@@ -426,47 +453,56 @@ class GTrainer:
         position[torch.from_numpy(needed)] = torch.arange(len(needed))
         return self.model.g(self.features[torch.from_numpy(needed)]), position
 
-    def _item_vectors(self, idx: np.ndarray, content: torch.Tensor, position: torch.Tensor,
-                      known: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def _item_vectors(
+        self, idx: np.ndarray, content: torch.Tensor, position: torch.Tensor, known: torch.Tensor
+    ) -> torch.Tensor:
         t = torch.from_numpy(idx)
         return self.model.items(content[position[t]], self.item_keys[t], known[t])
 
-    def _softmax_loss(self, user_vec: torch.Tensor, target_vec: torch.Tensor, users: np.ndarray, targets: np.ndarray,
-                      negatives: tuple[np.ndarray, np.ndarray], content: torch.Tensor, position: torch.Tensor,
-                      weights: torch.Tensor | None, state: FitState, *,
-                      count: bool = True) -> torch.Tensor:  # fmt: skip
+    def _softmax_loss(
+        self,
+        user_vec: torch.Tensor,
+        target_vec: torch.Tensor,
+        users: np.ndarray,
+        targets: np.ndarray,
+        negatives: tuple[np.ndarray, np.ndarray],
+        content: torch.Tensor,
+        position: torch.Tensor,
+        weights: torch.Tensor | None,
+        state: FitState,
+        *,
+        count: bool = True,
+    ) -> torch.Tensor:
         """Sampled softmax of each row's positive against the batch's other positives (log-q corrected),
         the random negatives (corrected by their sampling rate) and the row's hard negative (that of the
         row's next item). `count`: these positives update the item frequency (once per step)."""
         cfg, tau = self.train_cfg, self.config.temperature
         randoms, hard = negatives
         target_keys = self.item_keys[torch.from_numpy(targets)]
-        in_batch = user_vec @ target_vec.T / tau  # (b, b)
+        log_q = None
         if cfg.log_q:
             if count:
                 state.frequency.update(target_keys, state.step + 1)
-            in_batch = in_batch - state.frequency.log_q(target_keys)[None, :]
+            log_q = state.frequency.log_q(target_keys)  # (b,)
         # another row's copy of my positive is no negative, nor is another row's positive of my own user (the
         # sequence tower's rows come in runs of one user's next items)
         same = (targets[:, None] == targets[None, :]) | (users[:, None] == users[None, :])
-        in_batch = in_batch.masked_fill(torch.from_numpy(same & ~np.eye(len(targets), dtype=bool)), float("-inf"))
-        columns = [in_batch]
+        excluded = torch.from_numpy(same & ~np.eye(len(targets), dtype=bool))  # (b, b)
+        columns = [losses.in_batch_logits(user_vec, target_vec, tau, log_q=log_q, excluded=excluded)]
         if cfg.random_negatives:
-            random_logits = user_vec @ self._item_vectors(randoms, content, position, state.known).T / tau  # (b, M)
-            if cfg.log_q:
-                random_logits = random_logits - float(np.log(cfg.random_negatives / self.n_items))
-            collide = torch.from_numpy(randoms[None, :] == targets[:, None])
-            columns.append(random_logits.masked_fill(collide, float("-inf")))
+            columns.append(
+                losses.random_negative_logits(
+                    user_vec,
+                    self._item_vectors(randoms, content, position, state.known),  # (M, dim)
+                    tau,
+                    log_rate=float(np.log(cfg.random_negatives / self.n_items)) if cfg.log_q else None,
+                    collide=torch.from_numpy(randoms[None, :] == targets[:, None]),  # (b, M)
+                )
+            )
         if (hard >= 0).any():
-            safe = np.where(hard >= 0, hard, targets)
-            hard_vec = self._item_vectors(safe, content, position, state.known)
-            hard_logit = (user_vec * hard_vec).sum(-1, keepdim=True) / tau  # (b, 1)
-            columns.append(hard_logit.masked_fill(torch.from_numpy(hard < 0)[:, None], float("-inf")))
-        logits = torch.cat(columns, dim=1)  # (b, b + M + 1)
-        per_row = F.cross_entropy(logits, torch.arange(len(targets)), reduction="none")  # (b,)
-        if weights is not None:
-            return (per_row * weights).sum() / weights.sum()
-        return per_row.mean()
+            hard_vec = self._item_vectors(np.where(hard >= 0, hard, targets), content, position, state.known)
+            columns.append(losses.hard_negative_logit(user_vec, hard_vec, tau, torch.from_numpy(hard < 0)))
+        return losses.sampled_softmax(columns, weights)
 
     def _mask_one_slot(self, mask: np.ndarray) -> torch.Tensor:
         """(b, L) True at one random real slot of every row with at least two history items."""
@@ -489,8 +525,9 @@ class GTrainer:
         ranks = (scores >= target_scores[:, None]).sum(dim=1) - 1
         return float((ranks < k).float().mean())
 
-    def save(self, directory: Path, report: dict, item_ids: list[str] | None = None,
-             user_ids: list[str] | None = None) -> Path:  # fmt: skip
+    def save(
+        self, directory: Path, report: dict, item_ids: list[str] | None = None, user_ids: list[str] | None = None
+    ) -> Path:
         """The checkpoint; with `item_ids`, also the ids of the items seen in training (their bias is served);
         with `user_ids` and the sequence tower, each user's active interests (the elastic K)."""
         out = save_g(self.model, directory, report)
@@ -499,8 +536,11 @@ class GTrainer:
             (out / KNOWN_ITEMS_FILE).write_text(json.dumps(known))
         if user_ids is not None and self.active is not None:
             recorded = np.flatnonzero(self.activations.sum(axis=1) > 0)
-            np.savez(out / ACTIVE_INTERESTS_FILE, users=np.array([user_ids[u] for u in recorded], dtype=str),
-                     mask=self.active.numpy()[recorded])  # fmt: skip
+            np.savez(
+                out / ACTIVE_INTERESTS_FILE,
+                users=np.array([user_ids[u] for u in recorded], dtype=str),
+                mask=self.active.numpy()[recorded],
+            )
         return out
 
 

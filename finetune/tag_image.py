@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders import create_encoder, load_config
-from encoders.config import TagHeadConfig
-from encoders.image_encoders import ImageEncoder
-from evaluation.data import load_dataset
-from finetune.common import EtaLogger, Progress, frame_features, run_dir
-from mmrecall.interchange import tag_at_level
+from mmrecall.core.dataset import load_dataset
+from mmrecall.core.interchange import tag_at_level
+from mmrecall.encoders import create_encoder, load_config
+from mmrecall.encoders.config import TagHeadConfig
+from mmrecall.encoders.image_encoders import ImageEncoder
+from mmrecall.finetune.common import EtaLogger, Progress, frame_features, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,14 @@ def train_tag_image(
     order = rng.permutation(len(x))
     n_valid = max(1, int(valid_fraction * len(x)))
     valid, train = order[:n_valid], order[n_valid:]
-    log.info("tag-image: %d items with covers and tags, %d tags at level %d, %d train / %d valid",
-             len(x), len(vocab), tag_level, len(train), len(valid))  # fmt: skip
+    log.info(
+        "tag-image: %d items with covers and tags, %d tags at level %d, %d train / %d valid",
+        len(x),
+        len(vocab),
+        tag_level,
+        len(train),
+        len(valid),
+    )
 
     head_config = replace(config.tag_head or TagHeadConfig(), tags=tuple(vocab), tag_level=tag_level)
     torch.manual_seed(seed)

@@ -9,6 +9,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+# a saved index's files (mmrecall.storage.snapshots lists them with the rest of a snapshot):
+# float32 (n, d) unit rows, the faiss index over them, the ids in row order, factory and search breadth
+FILES = {"vectors": "vectors.npy", "ann": "index.faiss", "ids": "ids.json", "info": "index.json"}
+
 HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256); snapshots tune their own
 EF_LADDER = (100, 128, 144, 160, 176, 192, 224, 256, 320, 384, 512, 768, 1024)  # efSearch tried, cheapest first
 # Graph quality at build time (faiss's default is 40). At 1M low-rank vectors, HNSW32,SQ8, one query each:
@@ -43,8 +47,9 @@ def as_matrix(vectors: np.ndarray) -> np.ndarray:
 class VectorIndex:
     """Rows are positions; `ids[pos]` is the item id. Scores are inner products (cosine on unit vectors)."""
 
-    def __init__(self, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index, factory: str,
-                 ef_search: int = HNSW_EF_SEARCH) -> None:  # fmt: skip
+    def __init__(
+        self, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index, factory: str, ef_search: int = HNSW_EF_SEARCH
+    ) -> None:
         self.ids = list(ids)
         self.vectors = vectors  # (n, d), possibly memory-mapped
         self.index = index
@@ -79,8 +84,9 @@ class VectorIndex:
         _tune(self.index, ef)
         return {"ef_search": ef, f"ann_recall_at_{k}": round(recall, 4)}
 
-    def search_breadth(self, target_recall: float, *, blend: int = 20, queries: int = 200, k: int = 100,
-                       seed: int = 0) -> tuple[int, float]:  # fmt: skip
+    def search_breadth(
+        self, target_recall: float, *, blend: int = 20, queries: int = 200, k: int = 100, seed: int = 0
+    ) -> tuple[int, float]:
         """(efSearch, its recall@k): the smallest breadth on EF_LADDER that reaches the target on queries that
         are each the mean of `blend` random items (1: the items themselves, as the v2v table asks)."""
         rng = np.random.default_rng(seed)
@@ -89,7 +95,7 @@ class VectorIndex:
         sample /= np.linalg.norm(sample, axis=1, keepdims=True)
         exact = [set(row) for row in _exact_top_k_chunked(self.vectors, sample, k)]
         for ef in EF_LADDER:
-            _, found = self.index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))
+            _, found = self.index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))  # type: ignore[attr-defined]
             recall = float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
             if recall >= target_recall:
                 break
@@ -130,18 +136,19 @@ class VectorIndex:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "vectors.npy", self.vectors)
-        faiss.write_index(self.index, str(directory / "index.faiss"))
-        (directory / "ids.json").write_text(json.dumps(self.ids))
-        (directory / "index.json").write_text(json.dumps({"factory": self.factory, "count": len(self.ids),
-                                                          "ef_search": self.ef_search}))  # fmt: skip
+        np.save(directory / FILES["vectors"], self.vectors)
+        faiss.write_index(self.index, str(directory / FILES["ann"]))
+        (directory / FILES["ids"]).write_text(json.dumps(self.ids))
+        (directory / FILES["info"]).write_text(
+            json.dumps({"factory": self.factory, "count": len(self.ids), "ef_search": self.ef_search})
+        )
 
     @classmethod
     def load(cls, directory: Path) -> VectorIndex:
-        ids = json.loads((directory / "ids.json").read_text())
-        meta = json.loads((directory / "index.json").read_text())
-        vectors = np.asarray(np.load(directory / "vectors.npy", mmap_mode="r"))  # an ndarray view of the map
-        index = faiss.read_index(str(directory / "index.faiss"))
+        ids = json.loads((directory / FILES["ids"]).read_text())
+        meta = json.loads((directory / FILES["info"]).read_text())
+        vectors = np.asarray(np.load(directory / FILES["vectors"], mmap_mode="r"))  # an ndarray view of the map
+        index = faiss.read_index(str(directory / FILES["ann"]))
         return cls(ids, vectors, index, meta["factory"], meta.get("ef_search", HNSW_EF_SEARCH))
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from index.ann import as_matrix
-from index.ranked import Ranked, best_entries, member_mask, top_order
+from mmrecall.index.ann import as_matrix
+from mmrecall.index.ranked import Ranked, best_entries, member_mask, top_order
 
 SIMILARITY_SLACK = 1e-4  # float32 dot products of unit vectors may pass 1 by rounding
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
@@ -29,11 +30,18 @@ def kmeans(
     matrix = as_matrix(vectors)
     k = min(k or default_k(len(matrix)), len(matrix))
     large = len(matrix) > 200_000  # train on a sample: 64 points per centroid place them well enough
-    km = faiss.Kmeans(matrix.shape[1], k, niter=niter if not large else min(niter, 12), seed=seed, spherical=True,
-                      max_points_per_centroid=64 if large else 256, verbose=False)  # fmt: skip
+    km = faiss.Kmeans(
+        matrix.shape[1],
+        k,
+        niter=niter if not large else min(niter, 12),
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=64 if large else 256,
+        verbose=False,
+    )
     km.train(matrix)
     _, assignment = km.index.search(matrix, 1)
-    return km.centroids.copy(), assignment[:, 0].astype(np.int32)
+    return km.centroids.copy(), assignment[:, 0].astype(np.int32)  # type: ignore[union-attr]  # set by train
 
 
 @dataclass
@@ -55,13 +63,19 @@ class ClusterTable:
         members = [order[cuts[c] : cuts[c + 1]] for c in range(len(centroids))]
         return cls(centroids, assignment, members, bool(np.all(assignment[1:] >= assignment[:-1])))
 
-    def save(self, path_prefix) -> None:
-        np.save(f"{path_prefix}-centroids.npy", self.centroids)
-        np.save(f"{path_prefix}-assignment.npy", self.assignment)
+    # a saved table's files: float32 (c, d) centroids, and each row's cluster (n,) in the snapshot's row order
+    FILES = ("clusters-centroids.npy", "clusters-assignment.npy")
+
+    def save(self, directory: Path) -> None:
+        np.save(directory / self.FILES[0], self.centroids)
+        np.save(directory / self.FILES[1], self.assignment)
 
     @classmethod
-    def load(cls, path_prefix) -> ClusterTable:
-        return cls.from_assignment(np.load(f"{path_prefix}-centroids.npy"), np.load(f"{path_prefix}-assignment.npy"))
+    def load(cls, directory: Path) -> ClusterTable | None:
+        """None when the directory holds no table."""
+        if not all((directory / name).is_file() for name in cls.FILES):
+            return None
+        return cls.from_assignment(np.load(directory / cls.FILES[0]), np.load(directory / cls.FILES[1]))
 
     def assign(self, vector: np.ndarray) -> int:
         """The cluster a vector newer than the table belongs to."""

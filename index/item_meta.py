@@ -14,15 +14,21 @@ from pathlib import Path
 import numpy as np
 
 FILES = ("meta-titles.bin", "meta-title-spans.npy", "meta-tag-offsets.npy", "meta-tag-codes.npy", "meta-tags.json")
-# each row's set of first-level tags as a number into a list of the distinct sets (snapshots since session 9;
-# computed at load for older ones)
+# each row's set of first-level tags as a number into a list of the distinct sets (computed at load for a
+# snapshot without these files)
 TOP_SET_FILES = ("meta-top-sets.npy", "meta-top-sets.json")
 
 
 class ItemMeta:
-    def __init__(self, blob: np.ndarray, title_spans: np.ndarray, tag_offsets: np.ndarray, tag_codes: np.ndarray,
-                 vocabulary: Sequence[str], top_sets: tuple[np.ndarray, list[list[int]]] | None = None,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        blob: np.ndarray,
+        title_spans: np.ndarray,
+        tag_offsets: np.ndarray,
+        tag_codes: np.ndarray,
+        vocabulary: Sequence[str],
+        top_sets: tuple[np.ndarray, list[list[int]]] | None = None,
+    ) -> None:
         self.blob = blob  # uint8: every title's UTF-8 bytes, back to back
         self.title_spans = title_spans  # (n, 2) int64 start, end in blob; start -1: no title
         self.tag_offsets = tag_offsets  # (n + 1,) int64 into tag_codes
@@ -80,7 +86,7 @@ class ItemMeta:
 
     def titles(self, rows: Sequence[int]) -> list[str | None]:
         """The rows' titles, with one gather of their spans."""
-        view = memoryview(self.blob)
+        view = memoryview(self.blob)  # type: ignore[arg-type]  # numpy's stubs omit the buffer protocol
         spans = self.title_spans[np.asarray(rows, np.int64)].tolist()
         return [str(view[start:end], "utf-8") if start >= 0 else None for start, end in spans]
 
@@ -117,6 +123,8 @@ class ItemMeta:
         spans, tag_offsets, codes = (np.asarray(np.load(directory / name, mmap_mode="r")) for name in FILES[1:4])
         top_sets = None
         if all((directory / name).is_file() for name in TOP_SET_FILES):
-            top_sets = (np.asarray(np.load(directory / TOP_SET_FILES[0], mmap_mode="r")),
-                        json.loads((directory / TOP_SET_FILES[1]).read_text()))  # fmt: skip
+            top_sets = (
+                np.asarray(np.load(directory / TOP_SET_FILES[0], mmap_mode="r")),
+                json.loads((directory / TOP_SET_FILES[1]).read_text()),
+            )
         return cls(blob, spans, tag_offsets, codes, json.loads((directory / FILES[4]).read_text()), top_sets)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from index.ann import VectorIndex, as_matrix
-from index.ranked import NO_ROWS, member_mask, top_rows
+from mmrecall.index.ann import VectorIndex, as_matrix
+from mmrecall.index.ranked import NO_ROWS, member_mask, top_rows
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class LiveIndex:
                 self.delta_index = faiss.IndexFlatIP(self._dim)
                 self.delta_index.add(self.delta_vectors)
             elif appended:
+                assert self.delta_index is not None  # the dimension is known once anything was added
                 self.delta_index.add(np.stack(appended))
 
     def vector(self, item_id: str) -> np.ndarray | None:
@@ -102,12 +103,13 @@ class LiveIndex:
         return self.snapshot.position.get(item_id) if self.snapshot is not None else None
 
     def item(self, row: int) -> str:
-        return self.snapshot.ids[row] if row < self.base else self.delta_ids[row - self.base]
+        # a row below base is the snapshot's (base is 0 without one)
+        return self.snapshot.ids[row] if row < self.base else self.delta_ids[row - self.base]  # type: ignore[union-attr]
 
     def row_vector(self, row: int) -> np.ndarray:
         base = self.base
         if row < base:
-            return np.asarray(self.snapshot.vectors[row], np.float32)
+            return np.asarray(self.snapshot.vectors[row], np.float32)  # type: ignore[union-attr]  # row < base
         return self.delta_vectors[row - base].copy()
 
     def blocked_rows(self) -> set[int]:
@@ -120,9 +122,7 @@ class LiveIndex:
         blocked.update(base + self.delta_pos[i] for i in self.deleted if i in self.delta_pos)
         return blocked
 
-    def search_rows(
-        self, query: np.ndarray, k: int, *, exclude: Collection[int] = ()
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search_rows(self, query: np.ndarray, k: int, *, exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the k best neighbours of one query vector, best first, skipping `exclude`
         rows and blocked ones."""
         query = as_matrix(np.asarray(query, np.float32).reshape(1, -1))
@@ -140,15 +140,15 @@ class LiveIndex:
             scores.append(found_scores[0])
         if not rows:
             return NO_ROWS, np.zeros(0, np.float32)
-        rows, scores = np.concatenate(rows).astype(np.int64), np.concatenate(scores)
-        keep = rows >= 0
+        found, found_scores = np.concatenate(rows).astype(np.int64), np.concatenate(scores)
+        keep = found >= 0
         if skip:
-            keep &= ~member_mask(rows, np.fromiter(skip, np.int64, len(skip)))
-        return top_rows(rows[keep], scores[keep], k)
+            keep &= ~member_mask(found, np.fromiter(skip, np.int64, len(skip)))
+        return top_rows(found[keep], found_scores[keep], k)
 
     def search(self, query: np.ndarray, k: int, *, exclude: set[str] | frozenset = frozenset()) -> list[Neighbor]:
         """The k best neighbours of one query vector, best first, skipping `exclude` ids."""
-        rows = {self.row(i) for i in exclude} - {None}
+        rows = {row for row in map(self.row, exclude) if row is not None}
         found, scores = self.search_rows(query, k, exclude=rows)
         return [Neighbor(self.item(r), float(s)) for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
 
@@ -166,7 +166,8 @@ class LiveIndex:
         with self._lock:
             delta_index, base = self.delta_index, self.base
             skip = {base + self.delta_pos[i] for i in self.deleted if i in self.delta_pos} | set(exclude)
-        scores, positions = delta_index.search(as_matrix(np.asarray(query, np.float32).reshape(1, -1)),
-                                               min(k + len(skip), delta_index.ntotal))  # fmt: skip
+        scores, positions = delta_index.search(
+            as_matrix(np.asarray(query, np.float32).reshape(1, -1)), min(k + len(skip), delta_index.ntotal)
+        )
         keep = [i for i, p in enumerate(positions[0].tolist()) if p >= 0 and base + p not in skip][:k]
         return positions[0][keep].astype(np.int64) + base, scores[0][keep]

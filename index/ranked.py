@@ -31,7 +31,12 @@ class Ranked:
     @classmethod
     def of(cls, rows, scores, trigger=None, interest=None) -> Ranked:
         """From anything array-like (lists, other dtypes)."""
-        return cls(_ints(rows), np.asarray(scores, np.float64).reshape(-1), _ints(trigger), _ints(interest))
+        return cls(
+            np.asarray(rows, np.int64).reshape(-1),
+            np.asarray(scores, np.float64).reshape(-1),
+            _ints(trigger),
+            _ints(interest),
+        )
 
     def take(self, index) -> Ranked:
         """A selection (an index array, a boolean mask or a slice) of every column."""

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import faiss
 import numpy as np
 
-from index.ann import VectorIndex
-from index.ranked import NO_ROWS, Ranked, member_mask, top_order
+from mmrecall.index.ann import VectorIndex
+from mmrecall.index.ranked import NO_ROWS, Ranked, member_mask, top_order
 
 
 def neighbor_table(
@@ -23,7 +23,11 @@ def neighbor_table(
     n = max(1, min(n, size - 1)) if size > 1 else 1
     rows = np.full((size, n), -1, np.int32)
     scores = np.zeros((size, n), np.float16)
-    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n + 1)) if ef_search and index.is_hnsw else None
+    params = (
+        faiss.SearchParametersHNSW(efSearch=max(ef_search, n + 1))  # type: ignore[attr-defined]  # not in faiss's stubs
+        if ef_search and index.is_hnsw
+        else None
+    )
     for start in range(0, size, batch):
         block = np.asarray(index.vectors[start : start + batch], np.float32)
         if params is not None:

@@ -15,8 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from mmrecall.interchange import InteractionRecord, ItemRecord
-from storage.db import EncoderState, Interaction, Item, ItemVector, Job
+from mmrecall.core.interchange import InteractionRecord, ItemRecord
+from mmrecall.storage.db import EncoderState, Interaction, Item, ItemVector, Job
 
 ITEM_FIELDS = ("title", "tags", "cover", "frames", "video", "created_at")
 
@@ -29,8 +29,17 @@ def upsert_items(session: Session, records: Sequence[ItemRecord]) -> list[str]:
     if not by_id:
         return []
     now = time.time()
-    rows = [{"id": item_id, **{f: getattr(r, f) for f in ITEM_FIELDS}, "status": "pending", "error": None,
-             "updated_at": now, "attempts": 0} for item_id, r in by_id.items()]  # fmt: skip
+    rows = [
+        {
+            "id": item_id,
+            **{f: getattr(r, f) for f in ITEM_FIELDS},
+            "status": "pending",
+            "error": None,
+            "updated_at": now,
+            "attempts": 0,
+        }
+        for item_id, r in by_id.items()
+    ]
     dialect = session.get_bind().dialect.name
     insert_for = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}.get(dialect)
     if insert_for is None:  # another database: read, then insert or update (not race-safe)
@@ -44,8 +53,9 @@ def upsert_items(session: Session, records: Sequence[ItemRecord]) -> list[str]:
         return list(by_id)
     for start in range(0, len(rows), 2000):
         statement = insert_for(Item).values(rows[start : start + 2000])
-        changed = {name: statement.excluded[name] for name in (*ITEM_FIELDS, "status", "error", "updated_at",
-                                                                "attempts")}  # fmt: skip
+        changed = {
+            name: statement.excluded[name] for name in (*ITEM_FIELDS, "status", "error", "updated_at", "attempts")
+        }
         session.execute(statement.on_conflict_do_update(index_elements=[Item.id], set_=changed))
     session.expire_all()
     return list(by_id)
@@ -64,21 +74,29 @@ def start_encoding(
     items = {i: item for i, item in get_items(session, item_ids).items() if item.status in waiting}
     given_up = [i for i, item in items.items() if (item.attempts or 0) >= max_attempts]
     if given_up:
-        set_status(session, given_up, "failed",
-                   f"gave up after {max_attempts} attempts: the worker died while encoding this item")  # fmt: skip
+        set_status(
+            session,
+            given_up,
+            "failed",
+            f"gave up after {max_attempts} attempts: the worker died while encoding this item",
+        )
     todo = {i: item for i, item in items.items() if i not in set(given_up)}
     if todo:
-        session.execute(update(Item).where(Item.id.in_(list(todo)))
-                        .values(status="encoding", error=None, attempts=func.coalesce(Item.attempts, 0) + 1,
-                                updated_at=time.time()))  # fmt: skip
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(list(todo)))
+            .values(status="encoding", error=None, attempts=func.coalesce(Item.attempts, 0) + 1, updated_at=time.time())
+        )
     return todo, given_up
 
 
 def stale_items(session: Session, older_than: float, *, limit: int = 50_000) -> list[str]:
     """Items `pending` or `encoding` with no change since `older_than` (their task may be lost)."""
-    return list(session.scalars(
-        select(Item.id).where(Item.status.in_(("pending", "encoding")), Item.updated_at < older_than).limit(limit)
-    ))  # fmt: skip
+    return list(
+        session.scalars(
+            select(Item.id).where(Item.status.in_(("pending", "encoding")), Item.updated_at < older_than).limit(limit)
+        )
+    )
 
 
 def touch_items(session: Session, item_ids: Sequence[str]) -> None:
@@ -101,8 +119,13 @@ def list_items(session: Session, *, status: str | None = None, limit: int = 100)
 def search_titles(session: Session, text: str, *, limit: int = 20) -> list[tuple[str, str]]:
     """(id, title) of live items whose title contains the text, case-insensitively."""
     pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return list(session.execute(select(Item.id, Item.title).where(Item.title.ilike(pattern, escape="\\"),
-                                                                  Item.status != "deleted").limit(limit)))  # fmt: skip
+    return list(
+        session.execute(
+            select(Item.id, Item.title)
+            .where(Item.title.ilike(pattern, escape="\\"), Item.status != "deleted")
+            .limit(limit)
+        )
+    )
 
 
 def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tuple[str, float, str | None]]:
@@ -118,8 +141,9 @@ def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tu
 
 def touch_job(session: Session, job_id: str) -> None:
     """A running job's heartbeat: its row's updated_at moves, nothing else."""
-    session.execute(update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running")))
-                    .values(updated_at=time.time()))  # fmt: skip
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running"))).values(updated_at=time.time())
+    )
 
 
 def fail_stale_jobs(session: Session, older_than: float, reason: str) -> list[str]:

@@ -131,8 +131,9 @@ def get_engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL: the API reads while a worker writes
             cursor = dbapi_conn.cursor()
             # switching a new file to WAL answers "locked" to a second process at once, without the busy timeout
-            retry_while(lambda: cursor.execute("PRAGMA journal_mode=WAL"), sqlite3.OperationalError, ("locked",),
-                        attempts=100)  # fmt: skip
+            retry_while(
+                lambda: cursor.execute("PRAGMA journal_mode=WAL"), sqlite3.OperationalError, ("locked",), attempts=100
+            )
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -153,8 +154,14 @@ def create_schema(engine: Engine) -> None:
     retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
 
 
-def retry_while(work: Callable[[], object], error: type[Exception], messages: tuple[str, ...], *,
-                attempts: int, pause_s: float = 0.05) -> None:  # fmt: skip
+def retry_while(
+    work: Callable[[], object],
+    error: type[Exception],
+    messages: tuple[str, ...],
+    *,
+    attempts: int,
+    pause_s: float = 0.05,
+) -> None:
     """Run `work`, again after a pause while it fails with `error` saying one of `messages` (a race with
     another process that resolves itself); any other failure, or the last attempt's, is raised."""
     for attempt in range(attempts):

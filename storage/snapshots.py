@@ -1,4 +1,10 @@
-"""Versioned index snapshots on disk and the atomic `CURRENT` pointer that says which one serves."""
+"""The snapshot directory: its layout (every file, with its dtype and shape), the writer the reindex uses,
+the reader serving and the benchmarks use, and the atomic `CURRENT` pointer that says which one serves.
+
+This module is the one owner of a snapshot's file names: the index codecs it composes (`VectorIndex`,
+`ClusterTable`, `ItemMeta`) declare their own files, and it lists them with the rest. A snapshot records
+its layout version in `snapshot.json`; one of another version is refused with the command that rebuilds it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,40 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-CURRENT = "CURRENT"
-META = "snapshot.json"
+import numpy as np
+
+from mmrecall.index import ann
+from mmrecall.index.ann import VectorIndex
+from mmrecall.index.clusters import ClusterTable
+from mmrecall.index.item_meta import FILES as ITEM_META_FILES
+from mmrecall.index.item_meta import TOP_SET_FILES, ItemMeta
+
+LAYOUT_VERSION = 1  # bump when a file's name, dtype or meaning changes; readers refuse other versions
+CURRENT = "CURRENT"  # in the snapshots root: the name of the serving snapshot directory
+META = "snapshot.json"  # encoder_version, count, factory, max_row (the vectors' feed watermark), layout, ...
+V2V_ROWS = "v2v-rows.npy"  # int (n, N): each row's N nearest rows, best first, -1 padded
+V2V_SCORES = "v2v-scores.npy"  # float32 (n, N): their inner products
+USER_TOWER = "user_tower.npz"  # G's user side as arrays (mmrecall.finetune.export), when G is the encoder
+FILES = (
+    META,
+    *ann.FILES.values(),
+    *ClusterTable.FILES,
+    V2V_ROWS,
+    V2V_SCORES,
+    USER_TOWER,
+    *ITEM_META_FILES,
+    *TOP_SET_FILES,
+)  # every file a snapshot may hold
 
 
+class SnapshotLayoutError(RuntimeError):
+    """A snapshot this code cannot read: written by another layout version."""
+
+
+# --- writing ----------------------------------------------------------------------------------------------
 def new_snapshot_dir(root: Path, label: str) -> Path:
     """A fresh directory to build into; invisible to readers until `publish`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -21,12 +55,89 @@ def new_snapshot_dir(root: Path, label: str) -> Path:
     return path
 
 
+class SnapshotWriter:
+    """Builds one snapshot directory part by part; `publish` makes it the serving one."""
+
+    def __init__(self, root: Path, label: str) -> None:
+        self.root = root
+        self.directory = new_snapshot_dir(root, label)
+
+    def index(self, built: VectorIndex) -> None:
+        built.save(self.directory)
+
+    def clusters(self, table: ClusterTable) -> None:
+        table.save(self.directory)
+
+    def item_meta(self, meta: ItemMeta) -> None:
+        meta.save(self.directory)
+
+    def v2v_table(self, rows: np.ndarray, scores: np.ndarray) -> None:
+        np.save(self.directory / V2V_ROWS, rows)
+        np.save(self.directory / V2V_SCORES, scores)
+
+    def user_tower(self, arrays: dict[str, np.ndarray]) -> None:
+        np.savez(self.directory / USER_TOWER, **arrays)
+
+    def publish(self, meta: dict) -> None:
+        publish(self.root, self.directory, {**meta, "layout": LAYOUT_VERSION})
+
+
 def publish(root: Path, snapshot_dir: Path, meta: dict) -> None:
     """Write the snapshot's metadata, then swap CURRENT with one atomic rename."""
     (snapshot_dir / META).write_text(json.dumps(meta, indent=2))
     tmp = root / f".{CURRENT}.{os.getpid()}"
     tmp.write_text(snapshot_dir.name)
     os.replace(tmp, root / CURRENT)
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """A published snapshot's parts; arrays are read-only views of memory maps (shared between processes)."""
+
+    directory: Path
+    meta: dict
+    index: VectorIndex
+    clusters: ClusterTable | None
+    v2v_rows: np.ndarray | None
+    v2v_scores: np.ndarray | None
+    user_tower: dict[str, np.ndarray] | None  # arrays for mmrecall.recall.towers.tower_from_arrays
+    item_meta: ItemMeta | None  # titles and tags by row (None: answered from the database)
+
+
+def check_layout(directory: Path, meta: dict) -> None:
+    """Refuse a snapshot of another layout version, naming the command that rebuilds it."""
+    version = meta.get("layout", 1)  # snapshots from before the version was recorded are version 1
+    if version != LAYOUT_VERSION:
+        raise SnapshotLayoutError(
+            f"snapshot {directory.name} has layout version {version}; this mmrecall reads version {LAYOUT_VERSION}. "
+            "Run `mmrecall reindex` to rebuild it from the stored vectors."
+        )
+
+
+def load_snapshot(directory: Path) -> Snapshot:
+    meta = read_meta(directory)
+    check_layout(directory, meta)
+    rows = _mapped(directory / V2V_ROWS)
+    tower = None
+    if (directory / USER_TOWER).is_file():
+        with np.load(directory / USER_TOWER) as data:
+            tower = {key: data[key] for key in data.files}
+    return Snapshot(
+        directory=directory,
+        meta=meta,
+        index=VectorIndex.load(directory),
+        clusters=ClusterTable.load(directory),
+        v2v_rows=rows,
+        v2v_scores=_mapped(directory / V2V_SCORES) if rows is not None else None,
+        user_tower=tower,
+        item_meta=ItemMeta.load(directory),
+    )
+
+
+def _mapped(path: Path) -> np.ndarray | None:
+    """A read-only ndarray view of a memory-mapped .npy (shared between API processes by the page cache)."""
+    return np.asarray(np.load(path, mmap_mode="r")) if path.is_file() else None
 
 
 def current_snapshot(root: Path) -> Path | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from encoders import ContentInput
+from mmrecall.encoders import ContentInput
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "assets" / "golden"
 

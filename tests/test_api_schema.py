@@ -14,7 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from tests.conftest import ApiServer, make_settings
+from tests.helpers import ApiServer, make_settings
 
 FUZZ_SEED = int(os.environ.get("MMRECALL_FUZZ_SEED", "0"))
 FUZZ_EXAMPLES = int(os.environ.get("MMRECALL_FUZZ_EXAMPLES", "25"))

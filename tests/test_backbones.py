@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders import ContentInput, create_encoder, encoder_version
-from encoders.backbones import build_backbone, efficientnet_lite0_file
+from mmrecall.encoders import ContentInput, create_encoder, encoder_version
+from mmrecall.encoders.backbones import build_backbone, efficientnet_lite0_file
 
 
 def test_efficientnet_lite0_loads_the_packaged_imagenet_weights() -> None:
@@ -39,7 +39,7 @@ def test_efficientnet_features_separate_different_images() -> None:
 def test_open_clip_local_checkpoint(tmp_path: Path) -> None:
     import open_clip
 
-    from encoders.backbones import OPEN_CLIP_CONFIGS
+    from mmrecall.encoders.backbones import OPEN_CLIP_CONFIGS
 
     open_clip.add_model_config(OPEN_CLIP_CONFIGS / "tiny-clip.json")
     torch.manual_seed(7)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mmrecall.cli import app
-from mmrecall.demo_data import generate_demo
-from mmrecall.runner import settings_env
-from mmrecall.settings import get_settings
-from tests.conftest import make_settings
+from mmrecall.cli.main import app
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.settings import get_settings
+from mmrecall.pipeline.runner import settings_env
+from tests.helpers import make_settings
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders import ContentInput, create_encoder, encoder_version, list_encoders
-from encoders.backbones import build_backbone
-from encoders.media import MediaError, load_image
+from mmrecall.encoders import ContentInput, create_encoder, encoder_version, list_encoders
+from mmrecall.encoders.backbones import build_backbone
+from mmrecall.encoders.media import MediaError, load_image
 from tests.golden import GOLDEN_DIR, golden_inputs
 
 
@@ -79,12 +79,19 @@ def test_local_text_model_directory(tmp_path: Path) -> None:
     """A Hugging Face model folder on disk replaces the packaged MiniLM."""
     from transformers import BertConfig, BertModel
 
-    from encoders.text import load_tokenizer
+    from mmrecall.encoders.text import load_tokenizer
 
     tokenizer = load_tokenizer()
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=64))  # fmt: skip
+    model = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
     model.save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     encoder = create_encoder("text-minilm", text_model_dir=tmp_path / "bert")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from evaluation.channels import EvalContext, ItemCFChannel, PopularChannel
-from evaluation.data import cold_items_split, leave_last_out, load_dataset
-from evaluation.harness import evaluate_channel
-from evaluation.metrics import MetricAccumulator, target_ranks
-from mmrecall.cli import app
-from mmrecall.demo_data import generate_demo
-from mmrecall.interchange import InteractionRecord, ItemRecord, write_interactions, write_items
-from tests.conftest import shared_dataset
+from mmrecall.cli.main import app
+from mmrecall.core.dataset import cold_items_split, leave_last_out, load_dataset
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.interchange import InteractionRecord, ItemRecord, write_interactions, write_items
+from mmrecall.evaluation.channels import EvalContext, ItemCFChannel, PopularChannel
+from mmrecall.evaluation.harness import evaluate_channel
+from mmrecall.evaluation.metrics import MetricAccumulator, target_ranks
+from tests.helpers import shared_dataset
 
 
 def test_ties_count_against_the_target() -> None:
@@ -66,7 +66,9 @@ def test_leave_last_out_split(tmp_path: Path) -> None:
     assert ix["i2"] not in test.train_items[test.train_users == data.user_ids.index("a")]
     valid = leave_last_out(data, "valid")
     assert {data.user_ids[u]: t.tolist() for u, t in zip(valid.query_users, valid.targets, strict=True)} == {
-        "a": [ix["i3"]], "b": [ix["i0"]]}  # fmt: skip
+        "a": [ix["i3"]],
+        "b": [ix["i0"]],
+    }
     assert len(valid.train_items) == len(test.train_items) - 2
 
 
@@ -103,9 +105,9 @@ def test_itemcf_matches_brute_force(tmp_path: Path) -> None:
 
 
 def test_reference_figures_on_ml_latest_small(tmp_path: Path) -> None:
-    """Popularity and itemCF on the shared MovieLens set reproduce the issue's figures (±0.01)."""
+    """Popularity and itemCF on the shared MovieLens set reproduce their independently measured figures (±0.01)."""
     raw = shared_dataset("movielens-small-posters", "ml-latest-small")
-    from mmrecall.movielens import import_movielens
+    from mmrecall.core.movielens import import_movielens
 
     import_movielens(raw, tmp_path / "ml")
     data = load_dataset(tmp_path / "ml")
@@ -124,16 +126,37 @@ def test_reference_figures_on_ml_latest_small(tmp_path: Path) -> None:
 def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     dataset = generate_demo(tmp_path / "demo", per_leaf=6, users=30)
     out, plot = tmp_path / "report.json", tmp_path / "report.png"
-    args = ["eval", "--dataset", str(dataset), "--out", str(out), "--plot", str(plot), "--cache", str(tmp_path / "c"),
-            "--encoder", "tiny-test", "--channels", "v2v"]  # fmt: skip
+    args = [
+        "eval",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--plot",
+        str(plot),
+        "--cache",
+        str(tmp_path / "c"),
+        "--encoder",
+        "tiny-test",
+        "--channels",
+        "v2v",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["channels"]) == {"random", "popular", "itemcf", "sasrec", "text_v2v", "v2v"}
     assert set(report["cold"]) == set(report["channels"])
     for row in [*report["channels"].values(), *report["cold"].values()]:
-        assert {"hitrate@10", "hitrate@30", "hitrate@50", "hitrate@100", "recall@50", "ndcg@50", "coverage",
-                "diversity"} <= set(row)  # fmt: skip
+        assert {
+            "hitrate@10",
+            "hitrate@30",
+            "hitrate@50",
+            "hitrate@100",
+            "recall@50",
+            "ndcg@50",
+            "coverage",
+            "diversity",
+        } <= set(row)
     # the demo's users like two categories: content recall must beat random on cold items
     assert report["cold"]["text_v2v"]["hitrate@10"] > report["cold"]["random"]["hitrate@10"]
     assert "| itemcf |" in result.output and plot.stat().st_size > 10_000
@@ -144,12 +167,18 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
 
 def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
     """G, the recall-set channels and the merge run end to end through the harness (tiny settings)."""
-    from evaluation.harness import run_eval
+    from mmrecall.evaluation.harness import run_eval
 
     dataset = generate_demo(tmp_path / "demo", per_leaf=6, users=30)
     channels = ["personal", "v2v_g", "cluster", "multi_interest", "merged"]
-    report = run_eval(dataset, channels=channels, encoder="tiny-test", cache=tmp_path / "c", progress=False,
-                      g_train={"epochs": 2, "batch_size": 64, "random_negatives": 32})  # fmt: skip
+    report = run_eval(
+        dataset,
+        channels=channels,
+        encoder="tiny-test",
+        cache=tmp_path / "c",
+        progress=False,
+        g_train={"epochs": 2, "batch_size": 64, "random_negatives": 32},
+    )
     for key in ("channels", "cold"):
         assert set(channels) <= set(report[key])
         merged, cluster = report[key]["merged"], report[key]["cluster"]
@@ -164,12 +193,18 @@ def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
 def test_multi_interest_seq_fills_its_quotas_with_items_the_split_ranks(tmp_path: Path) -> None:
     """Under the cold protocol only cold items are ranked: the interests' quotas must go to them, not to
     warm items that are dropped afterwards."""
-    from evaluation.channels import EvalContext, MultiInterestSeqChannel
-    from evaluation.data import cold_items_split, load_dataset
+    from mmrecall.core.dataset import cold_items_split, load_dataset
+    from mmrecall.evaluation.channels import EvalContext, MultiInterestSeqChannel
 
     data = load_dataset(generate_demo(tmp_path / "demo", per_leaf=6, users=30))
-    ctx = EvalContext(data, cache=tmp_path / "c", encoder="tiny-test", g_features=("tiny-test",), progress=False,
-                      g_train={"epochs": 1, "batch_size": 64, "random_negatives": 32})  # fmt: skip
+    ctx = EvalContext(
+        data,
+        cache=tmp_path / "c",
+        encoder="tiny-test",
+        g_features=("tiny-test",),
+        progress=False,
+        g_train={"epochs": 1, "batch_size": 64, "random_negatives": 32},
+    )
     split = cold_items_split(data)
     channel = MultiInterestSeqChannel()
     channel.fit(ctx, split)
@@ -183,13 +218,14 @@ def test_multi_interest_seq_fills_its_quotas_with_items_the_split_ranks(tmp_path
 def test_sasrec_learns_sequential_structure() -> None:
     """Users walk a ring of items (each item is followed by the next): SASRec must learn the next step,
     which no popularity or co-occurrence count can tell from its reverse."""
-    from evaluation.sasrec import SASRecConfig, SASRecTrainer
+    from mmrecall.evaluation.sasrec import SASRecConfig, SASRecTrainer
 
     rng = np.random.default_rng(0)
     n_items = 400
     sequences = [(rng.integers(n_items) + np.arange(rng.integers(8, 20))) % n_items for _ in range(400)]
-    trainer = SASRecTrainer(n_items, SASRecConfig(dim=32, max_len=20, epochs=20, eval_every=5, batch_size=64,
-                                                  lr=3e-3, dropout=0.1))  # fmt: skip
+    trainer = SASRecTrainer(
+        n_items, SASRecConfig(dim=32, max_len=20, epochs=20, eval_every=5, batch_size=64, lr=3e-3, dropout=0.1)
+    )
     report = trainer.fit(sequences)
     queries = [np.arange(3, 8), np.arange(140, 146)]
     scores = trainer.scores(queries)
@@ -201,7 +237,7 @@ def test_sasrec_learns_sequential_structure() -> None:
 
 
 def test_cli_baselines_match_the_harness() -> None:
-    from evaluation.channels import BASELINES
-    from mmrecall.cli import EVAL_BASELINES
+    from mmrecall.cli.main import EVAL_BASELINES
+    from mmrecall.evaluation.registry import BASELINES
 
     assert tuple(EVAL_BASELINES.split(",")) == BASELINES

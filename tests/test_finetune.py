@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from encoders import create_encoder
-from finetune.dual_stream import mask_tokens, pretrain_dual_stream
-from finetune.tag_image import average_precision, train_tag_image
-from mmrecall.cli import app
-from mmrecall.demo_data import generate_demo
+from mmrecall.cli.main import app
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.encoders import create_encoder
+from mmrecall.finetune.dual_stream import mask_tokens, pretrain_dual_stream
+from mmrecall.finetune.tag_image import average_precision, train_tag_image
+from mmrecall.storage.snapshots import USER_TOWER, SnapshotWriter
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +28,22 @@ def test_average_precision() -> None:
 
 
 def test_tag_image_beats_the_prior_and_loads(demo: Path, tmp_path: Path) -> None:
-    report = train_tag_image(demo, base="tiny-tag-image", tag_level=2, out_root=tmp_path, epochs=60, min_count=5,
-                             progress=False)  # fmt: skip
+    report = train_tag_image(
+        demo, base="tiny-tag-image", tag_level=2, out_root=tmp_path, epochs=60, min_count=5, progress=False
+    )
     assert report["tags"] == 12 and report["valid_map"] > report["prior_map"] + 0.2
     encoder = create_encoder(report["checkpoint"])
     assert encoder.dim == 32 and encoder.config.tag_head.tags[0] == "food/baking"
-    level1 = train_tag_image(demo, base="tiny-tag-image", tag_level=1, out_root=tmp_path, epochs=5, min_count=5,
-                             progress=False)  # fmt: skip
+    level1 = train_tag_image(
+        demo, base="tiny-tag-image", tag_level=1, out_root=tmp_path, epochs=5, min_count=5, progress=False
+    )
     assert level1["tags"] == 6
 
 
 def test_mask_tokens_keeps_specials_and_masks_each_title() -> None:
     import torch
 
-    from encoders.text import load_tokenizer
+    from mmrecall.encoders.text import load_tokenizer
 
     tokenizer = load_tokenizer()
     batch = tokenizer(["a short title", "another one here"], padding=True, return_tensors="pt")
@@ -53,29 +56,41 @@ def test_mask_tokens_keeps_specials_and_masks_each_title() -> None:
 
 
 def test_pretrain_dualstream_learns_checkpoints_and_resumes(demo: Path, tmp_path: Path) -> None:
-    report = pretrain_dual_stream(demo, base="tiny-dual", out_root=tmp_path, steps=40, batch_size=24, lr=1e-3,
-                                  checkpoint_every=20, progress=False)  # fmt: skip
+    report = pretrain_dual_stream(
+        demo, base="tiny-dual", out_root=tmp_path, steps=40, batch_size=24, lr=1e-3, checkpoint_every=20, progress=False
+    )
     history = json.loads((Path(report["run"]) / "train_report.json").read_text())["history"]
     assert all(np.isfinite(row["loss"]) for row in history)
     first = np.mean([row["loss"] for row in history[:5]])
     last = np.mean([row["loss"] for row in history[-5:]])
     assert last < first, (first, last)
     assert {"mlm", "mfm", "align", "joint"} <= set(history[-1])
-    resumed = pretrain_dual_stream(demo, base="tiny-dual", out_root=tmp_path, steps=45, batch_size=24,
-                                   resume=Path(report["run"]), progress=False)  # fmt: skip
+    resumed = pretrain_dual_stream(
+        demo, base="tiny-dual", out_root=tmp_path, steps=45, batch_size=24, resume=Path(report["run"]), progress=False
+    )
     assert resumed["steps"] == 45 and resumed["run"] == report["run"]
     encoder = create_encoder(resumed["checkpoint"])
     assert encoder.version != create_encoder("tiny-dual").version
 
 
 def test_finetune_cli_runs_two_steps(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmrecall.settings import get_settings
+    from mmrecall.core.settings import get_settings
 
     monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     try:
-        args = ["finetune", "pretrain-dualstream", "--dataset", str(demo), "--base", "tiny-dual", "--steps", "2",
-                "--batch-size", "8"]  # fmt: skip
+        args = [
+            "finetune",
+            "pretrain-dualstream",
+            "--dataset",
+            str(demo),
+            "--base",
+            "tiny-dual",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         report = json.loads(result.output[result.output.index("{") :])
@@ -87,8 +102,8 @@ def test_finetune_cli_runs_two_steps(demo: Path, tmp_path: Path, monkeypatch: py
 
 
 def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_path: Path, monkeypatch) -> None:
-    from encoders import ContentInput
-    from mmrecall.settings import get_settings
+    from mmrecall.core.settings import get_settings
+    from mmrecall.encoders import ContentInput
 
     monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
@@ -117,42 +132,56 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
     # an item G trained on gets its item bias; the same content under a new id is served by content alone
     seen = sorted(encoder.known_items)[0]
     assert len(encoder.known_items) > 10 and "brand-new" not in encoder.known_items
-    old, new = encoder.encode([ContentInput("x", ["food/baking"], item_id=seen),
-                               ContentInput("x", ["food/baking"], item_id="brand-new")])  # fmt: skip
+    old, new = encoder.encode(
+        [ContentInput("x", ["food/baking"], item_id=seen), ContentInput("x", ["food/baking"], item_id="brand-new")]
+    )
     assert not np.allclose(old, new, atol=1e-4)
     assert np.allclose(new, encoder.encode([ContentInput("x", ["food/baking"])])[0], atol=1e-6)
 
     # a reindex with G active ships its user tower (in numpy) beside the index for personal recall
-    from index.ann import VectorIndex
-    from index.personal import UserTowerNumpy
-    from mmrecall.settings import Settings
-    from workers.pipeline import write_recall_tables
+    from mmrecall.core.settings import Settings
+    from mmrecall.index.ann import VectorIndex
+    from mmrecall.pipeline.reindex import write_recall_tables
+    from mmrecall.recall.towers import UserTowerNumpy
 
     vectors = encoder.encode([ContentInput(f"item {i}", ["food/baking"], item_id=str(i)) for i in range(20)])
     built = VectorIndex.build([str(i) for i in range(20)], vectors)
-    target = tmp_path / "snapshot"
-    target.mkdir()
-    extras = write_recall_tables(Settings(home=tmp_path / "h"), built, report["checkpoint"], target)
+    writer = SnapshotWriter(tmp_path / "snapshots", "test")
+    extras = write_recall_tables(Settings(home=tmp_path / "h"), built, report["checkpoint"], writer)
     assert extras["user_tower"] and extras["clusters"] >= 1
-    user = UserTowerNumpy.load(target / "user_tower.npz")(vectors[:5])
+    user = UserTowerNumpy.load(writer.directory / USER_TOWER)(vectors[:5])
     assert user.shape == (128,) and np.isclose(np.linalg.norm(user), 1, atol=1e-5)
 
 
 def test_finetune_g_with_the_sequence_tower_serves_active_interests(demo: Path, tmp_path: Path, monkeypatch) -> None:
     """`finetune g --user-tower seq`: the checkpoint records each user's active interests; a reindex
     exports the tower in numpy; the API side answers a user's active interests and searches with them."""
-    from encoders import ContentInput, create_encoder
-    from encoders.content_g import load_active_interests
-    from index.ann import VectorIndex
-    from index.personal import SeqTowerNumpy, load_user_tower
-    from mmrecall.settings import Settings, get_settings
-    from workers.pipeline import write_recall_tables
+    from mmrecall.core.settings import Settings, get_settings
+    from mmrecall.encoders import ContentInput, create_encoder
+    from mmrecall.encoders.content_g import load_active_interests
+    from mmrecall.index.ann import VectorIndex
+    from mmrecall.pipeline.reindex import write_recall_tables
+    from mmrecall.recall.towers import SeqTowerNumpy, load_user_tower
 
     monkeypatch.setenv("MMRECALL_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     try:
-        args = ["finetune", "g", "--dataset", str(demo), "--features", "tiny-test", "--epochs", "2",
-                "--batch-size", "32", "--user-tower", "seq", "--interests", "3"]  # fmt: skip
+        args = [
+            "finetune",
+            "g",
+            "--dataset",
+            str(demo),
+            "--features",
+            "tiny-test",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--user-tower",
+            "seq",
+            "--interests",
+            "3",
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         report = json.loads(result.output[result.output.index("{") :])
@@ -164,14 +193,18 @@ def test_finetune_g_with_the_sequence_tower_serves_active_interests(demo: Path, 
     assert active and all(mask.shape == (3,) and mask.any() for mask in active.values())
     encoder = create_encoder(report["checkpoint"])
     vectors = encoder.encode([ContentInput(f"item {i}", ["food/baking"], item_id=str(i)) for i in range(20)])
-    target = tmp_path / "snapshot"
-    target.mkdir()
-    extras = write_recall_tables(Settings(home=tmp_path / "h"), VectorIndex.build([str(i) for i in range(20)], vectors),
-                                 report["checkpoint"], target)  # fmt: skip
-    tower = load_user_tower(target / "user_tower.npz")
+    writer = SnapshotWriter(tmp_path / "snapshots", "test")
+    extras = write_recall_tables(
+        Settings(home=tmp_path / "h"),
+        VectorIndex.build([str(i) for i in range(20)], vectors),
+        report["checkpoint"],
+        writer,
+    )
+    tower = load_user_tower(writer.directory / USER_TOWER)
     assert extras["user_tower"] and isinstance(tower, SeqTowerNumpy)
     user, mask = next(iter(active.items()))
-    interests = tower(vectors[:5], None, gaps=np.array([0, 3, 3, 5, 1]), tag_pref=tower.tag_preferences([["food"]] * 5),
-                      user=user)  # fmt: skip
+    interests = tower(
+        vectors[:5], None, gaps=np.array([0, 3, 3, 5, 1]), tag_pref=tower.tag_preferences([["food"]] * 5), user=user
+    )
     assert interests.shape == (int(mask.sum()), 128) and np.allclose(np.linalg.norm(interests, axis=1), 1, atol=1e-5)
     assert tower(vectors[:5], None, user="never-seen").shape == (3, 128)  # no record: every interest serves

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders import create_encoder
-from encoders.frames import MAX_FRAMES, item_frames, sample_video_frames, uniform_positions
-from encoders.media import MediaError, load_content
-from tests.conftest import shared_dataset
+from mmrecall.encoders import create_encoder
+from mmrecall.encoders.frames import MAX_FRAMES, item_frames, sample_video_frames, uniform_positions
+from mmrecall.encoders.media import MediaError, load_content
+from tests.helpers import shared_dataset
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 

@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.content_g import hashed_buckets, id_key, keys_of, load_g
-from evaluation.data import leave_last_out, load_dataset
-from finetune.frequency import StreamingFrequency
-from finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
-from mmrecall.demo_data import generate_demo
+from mmrecall.core.dataset import leave_last_out, load_dataset
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.features import hashed_buckets, id_key, keys_of
+from mmrecall.encoders.content_g import load_g
+from mmrecall.finetune.frequency import StreamingFrequency
+from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
 
 
 def test_id_keys_and_buckets_are_stable() -> None:
     assert id_key("item-1") == id_key("item-1") != id_key("item-2")
-    keys = torch.from_numpy(keys_of(["a", "b", "c"]))
+    keys = keys_of(["a", "b", "c"])
     buckets = hashed_buckets(keys, 1000, 2)
     assert buckets.shape == (3, 2) and (buckets >= 0).all() and (buckets < 1000).all()
-    assert torch.equal(buckets, hashed_buckets(keys, 1000, 2))
+    assert np.array_equal(buckets, hashed_buckets(keys, 1000, 2))
+    # the two columns are different hash functions
+    assert not np.array_equal(buckets[:, 0], buckets[:, 1])
 
 
 def test_streaming_frequency_estimates_rates() -> None:
@@ -53,8 +56,13 @@ def test_g_training_learns_and_roundtrips(demo_data, tmp_path: Path) -> None:
     split = leave_last_out(demo_data, "test")
     features = category_features(demo_data)
     config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20)
-    trainer = GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids,
-                       GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32))  # fmt: skip
+    trainer = GTrainer(
+        config,
+        features,
+        [i.id for i in demo_data.items],
+        demo_data.user_ids,
+        GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32),
+    )
     report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights))
     losses = [row["loss"] for row in report["epochs"]]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
@@ -76,16 +84,31 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
     """The sequence tower (causal transformer over G + position + time gaps, cate-aware interest queries,
     masked-item task, K interests with single activation) trains, records activations, drops rare
     interests, and its checkpoint round-trips."""
-    from evaluation.data import tag_matrix
-    from finetune.g_train import best_interest_scores
+    from mmrecall.core.dataset import tag_matrix
+    from mmrecall.finetune.g_train import best_interest_scores
 
     split = leave_last_out(demo_data, "test")
     features = category_features(demo_data)
     vocab, item_tags = tag_matrix(demo_data)
-    config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=3,
-                         seq_layers=1, tag_vocab=vocab)  # fmt: skip
-    trainer = GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids,
-                       GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32), item_tags=item_tags)
+    config = make_config(
+        features,
+        ("synthetic",),
+        hidden=64,
+        dim=16,
+        history=20,
+        user_tower="seq",
+        interests=3,
+        seq_layers=1,
+        tag_vocab=vocab,
+    )
+    trainer = GTrainer(
+        config,
+        features,
+        [i.id for i in demo_data.items],
+        demo_data.user_ids,
+        GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32),
+        item_tags=item_tags,
+    )
     report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
     losses = [row["loss"] for row in report["epochs"]]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
@@ -107,21 +130,30 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
 
 def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
     """Argmax routing lets one interest win most rows (rich get richer); the load-balancing term evens it."""
-    from evaluation.data import tag_matrix
+    from mmrecall.core.dataset import tag_matrix
 
     split = leave_last_out(demo_data, "test")
     features = category_features(demo_data)
     vocab, item_tags = tag_matrix(demo_data)
     top_share = {}
-    # weight 3: at 1 the drop was 0.09-0.20 across seeds and machines (0.73 -> 0.65 here), at 3 0.25-0.34
+    # weight 3: at 1 the drop is 0.09-0.20 across seeds and machines (0.73 -> 0.65 here), at 3 0.25-0.34
     for balance in (0.0, 3.0):
-        config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=3,
-                             seq_layers=1, tag_vocab=vocab)  # fmt: skip
+        config = make_config(
+            features,
+            ("synthetic",),
+            hidden=64,
+            dim=16,
+            history=20,
+            user_tower="seq",
+            interests=3,
+            seq_layers=1,
+            tag_vocab=vocab,
+        )
         # the all-action loss off: it spreads the rows by itself, and this measures the balance term alone
-        train = GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32, balance=balance,
-                             future_loss=0.0)  # fmt: skip
-        trainer = GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids, train,
-                           item_tags=item_tags)  # fmt: skip
+        train = GTrainConfig(epochs=6, patience=6, batch_size=32, random_negatives=32, balance=balance, future_loss=0.0)
+        trainer = GTrainer(
+            config, features, [i.id for i in demo_data.items], demo_data.user_ids, train, item_tags=item_tags
+        )
         trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
         top_share[balance] = trainer.activations.sum(axis=0).max() / trainer.activations.sum()
     assert top_share[3.0] < top_share[0.0] - 0.1, top_share
@@ -130,7 +162,7 @@ def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
 def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -> None:
     """One pass gives the user after every slot (training): the last slot is the user the serving forward
     gives, and the user after slot t never reads a later item."""
-    from encoders.content_g import GConfig, TwoTower
+    from mmrecall.encoders.content_g import GConfig, TwoTower
 
     config = GConfig(feature_dim=8, dim=16, hidden=16, history=6, user_tower="seq", interests=3, tag_vocab=("a", "b"))
     tower = TwoTower(config).eval().user_tower
@@ -153,8 +185,9 @@ def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -
 
 def test_sequence_windows_train_every_next_item_once_with_context() -> None:
     config = make_config(np.zeros((50, 4), np.float32), ("synthetic",), history=8, user_tower="seq")
-    trainer = GTrainer(config, np.zeros((50, 4), np.float32), [str(i) for i in range(50)], ["u0", "u1", "u2"],
-                       GTrainConfig())  # fmt: skip
+    trainer = GTrainer(
+        config, np.zeros((50, 4), np.float32), [str(i) for i in range(50)], ["u0", "u1", "u2"], GTrainConfig()
+    )
     sequences = {0: np.arange(37), 1: np.arange(3), 2: np.arange(1)}
     for run in (1, 3, 8):
         trained = {}
@@ -169,19 +202,33 @@ def test_sequence_windows_train_every_next_item_once_with_context() -> None:
 def test_training_tag_preferences_match_the_served_ones() -> None:
     """Training reads the tag preferences after every slot from running sums; serving computes them from
     the history. At a window's last slot they must agree (TAG_HISTORY items back, longer sequences too)."""
-    from encoders.content_g import TAG_HISTORY
-    from finetune.g_train import FitState, history_matrix
+    from mmrecall.core.features import TAG_HISTORY
+    from mmrecall.finetune.g_train import FitState, history_matrix
 
     rng = np.random.default_rng(0)
     n_items, length = 60, 8
     item_tags = (rng.random((n_items, 5)) < 0.3).astype(np.float32)
-    config = make_config(np.zeros((n_items, 4), np.float32), ("synthetic",), history=length, user_tower="seq",
-                         tag_vocab=tuple("abcde"))  # fmt: skip
-    trainer = GTrainer(config, np.zeros((n_items, 4), np.float32), [str(i) for i in range(n_items)], ["u0", "u1"],
-                       GTrainConfig(), item_tags=item_tags)  # fmt: skip
+    config = make_config(
+        np.zeros((n_items, 4), np.float32), ("synthetic",), history=length, user_tower="seq", tag_vocab=tuple("abcde")
+    )
+    trainer = GTrainer(
+        config,
+        np.zeros((n_items, 4), np.float32),
+        [str(i) for i in range(n_items)],
+        ["u0", "u1"],
+        GTrainConfig(),
+        item_tags=item_tags,
+    )
     sequences = {0: rng.integers(n_items, size=TAG_HISTORY + 40), 1: rng.integers(n_items, size=5)}
-    state = FitState(seqs=sequences, weight_seqs=None, item_sets={}, known=torch.ones(n_items, dtype=torch.bool),
-                     frequency=None, hard_pool=None, tag_sums=trainer._tag_sums(sequences))  # fmt: skip
+    state = FitState(
+        seqs=sequences,
+        weight_seqs=None,
+        item_sets={},
+        known=torch.ones(n_items, dtype=torch.bool),
+        frequency=None,
+        hard_pool=None,
+        tag_sums=trainer._tag_sums(sequences),
+    )
     for user, end in ((0, TAG_HISTORY + 30), (0, 3), (1, 5)):
         start = max(0, end - length)
         index, mask = history_matrix([sequences[user][start:end]], length)
@@ -192,7 +239,7 @@ def test_training_tag_preferences_match_the_served_ones() -> None:
 
 
 def test_interests_that_rarely_win_are_dropped() -> None:
-    from finetune.g_train import activity
+    from mmrecall.finetune.g_train import activity
 
     counts = np.array([[90, 8, 2], [30, 40, 30], [0, 0, 0]])
     keep = activity(counts, 0.1)
@@ -202,14 +249,26 @@ def test_interests_that_rarely_win_are_dropped() -> None:
 def test_dense_all_action_targets_come_from_the_users_next_items(demo_data) -> None:
     """The all-action loss draws each row's later item from the user's next `future_window` items (the next
     one included, never past the sequence's end), spread over that window, and the tower trains with it."""
-    from finetune.g_train import FitState
+    from mmrecall.finetune.g_train import FitState
 
     config = make_config(np.zeros((400, 4), np.float32), ("synthetic",), history=8, user_tower="seq")
-    trainer = GTrainer(config, np.zeros((400, 4), np.float32), [str(i) for i in range(400)], ["u0", "u1"],
-                       GTrainConfig(future_window=10))  # fmt: skip
+    trainer = GTrainer(
+        config,
+        np.zeros((400, 4), np.float32),
+        [str(i) for i in range(400)],
+        ["u0", "u1"],
+        GTrainConfig(future_window=10),
+    )
     sequences = {0: np.arange(100, 400), 1: np.arange(5)}  # an item's value is its position (+100 for user 0)
-    state = FitState(seqs=sequences, weight_seqs=None, item_sets={}, known=torch.ones(400, dtype=torch.bool),
-                     frequency=None, hard_pool=None, tag_sums={})  # fmt: skip
+    state = FitState(
+        seqs=sequences,
+        weight_seqs=None,
+        item_sets={},
+        known=torch.ones(400, dtype=torch.bool),
+        frequency=None,
+        hard_pool=None,
+        tag_sums={},
+    )
     users, next_pos = np.array([0] * 2000 + [1] * 200), np.array([50] * 2000 + [3] * 200)
     later = trainer._later_items(users, next_pos, state)
     assert set(later[:2000] - 100) == set(range(50, 60))  # all ten of the next ten, nothing else
@@ -217,10 +276,16 @@ def test_dense_all_action_targets_come_from_the_users_next_items(demo_data) -> N
 
     split = leave_last_out(demo_data, "test")
     features = category_features(demo_data)
-    config = make_config(features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=2,
-                         seq_layers=1)  # fmt: skip
-    trainer = GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids,
-                       GTrainConfig(epochs=4, patience=4, batch_size=32, random_negatives=32, future_loss=0.5))
+    config = make_config(
+        features, ("synthetic",), hidden=64, dim=16, history=20, user_tower="seq", interests=2, seq_layers=1
+    )
+    trainer = GTrainer(
+        config,
+        features,
+        [i.id for i in demo_data.items],
+        demo_data.user_ids,
+        GTrainConfig(epochs=4, patience=4, batch_size=32, random_negatives=32, future_loss=0.5),
+    )
     report = trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
     losses = [row["loss"] for row in report["epochs"]]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))

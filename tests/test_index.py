@@ -1,11 +1,12 @@
+import json
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
-from index import LiveIndex, VectorIndex, choose_factory
-from storage import snapshots
+from mmrecall.index import LiveIndex, VectorIndex, choose_factory
+from mmrecall.storage import snapshots
 
 
 def low_rank_unit(n: int, d: int = 64, rank: int = 12, seed: int = 0) -> np.ndarray:
@@ -83,7 +84,7 @@ def test_search_breadth_is_tuned_to_the_target_recall_and_stored(tmp_path: Path)
 def test_item_query_breadth_reaches_its_target_on_the_items_neighbourhoods() -> None:
     """The v2v table's breadth is tuned on item queries (each item's own top 100): what it reports holds
     on other items, and the rung below it on the ladder does worse."""
-    from index.ann import EF_LADDER
+    from mmrecall.index.ann import EF_LADDER
 
     base = low_rank_unit(20_000, seed=2)
     index = VectorIndex.build([str(i) for i in range(len(base))], base, "HNSW8,Flat")
@@ -159,3 +160,41 @@ def test_snapshot_publish_is_atomic_and_prunes(tmp_path: Path) -> None:
         assert snapshots.current_snapshot(root) == path
     removed = snapshots.prune(root, keep=2)
     assert set(removed) == set(made[:3]) and snapshots.read_meta(snapshots.current_snapshot(root)) == {"n": 4}
+
+
+def test_the_snapshot_layout_owns_every_file_and_refuses_other_versions(tmp_path: Path) -> None:
+    """The writer's parts read back whole through the one reader; every file written is one the layout
+    lists; a snapshot of another layout version is refused with the command that rebuilds it."""
+    from mmrecall.index.clusters import ClusterTable
+    from mmrecall.index.item_meta import ItemMeta
+    from mmrecall.index.v2v import neighbor_table
+
+    vectors = low_rank_unit(60, d=16)
+    ids = [f"i{n}" for n in range(60)]
+    built = VectorIndex.build(ids, vectors, "Flat")
+    writer = snapshots.SnapshotWriter(tmp_path / "snapshots", "test")
+    writer.index(built)
+    table = ClusterTable.build(vectors, 4)
+    writer.clusters(table)
+    writer.item_meta(ItemMeta.build(60, [(n, f"title {n}", ["a/b"]) for n in range(60)]))
+    rows, scores = neighbor_table(built, n=5)
+    writer.v2v_table(rows, scores)
+    writer.user_tower({"query": np.ones(16, np.float32)})
+    writer.publish({"encoder_version": "v@1", "count": 60, "max_row": 60})
+    written = {path.name for path in writer.directory.iterdir()}
+    assert written <= set(snapshots.FILES), written - set(snapshots.FILES)
+
+    loaded = snapshots.load_snapshot(snapshots.current_snapshot(tmp_path / "snapshots"))
+    assert loaded.meta["layout"] == snapshots.LAYOUT_VERSION and loaded.index.ids == ids
+    assert np.array_equal(loaded.clusters.assignment, table.assignment)
+    assert np.array_equal(loaded.v2v_rows, rows) and not loaded.v2v_rows.flags.writeable
+    assert loaded.item_meta.titles([3]) == ["title 3"] and np.array_equal(loaded.user_tower["query"], np.ones(16))
+
+    meta_path = writer.directory / snapshots.META
+    meta = snapshots.read_meta(writer.directory)
+    del meta["layout"]  # written before the version was recorded: the first layout
+    meta_path.write_text(json.dumps(meta))
+    assert snapshots.load_snapshot(writer.directory).index.ids == ids
+    meta_path.write_text(json.dumps({**meta, "layout": snapshots.LAYOUT_VERSION + 1}))
+    with pytest.raises(snapshots.SnapshotLayoutError, match="mmrecall reindex"):
+        snapshots.load_snapshot(writer.directory)

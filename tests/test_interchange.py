@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrecall.interchange import (
+from mmrecall.core.interchange import (
     FormatError,
     InteractionRecord,
     ItemRecord,

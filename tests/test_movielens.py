@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mmrecall.cli import app
-from mmrecall.interchange import FormatError, read_interactions, read_items
-from mmrecall.movielens import import_movielens
-from tests.conftest import shared_dataset
+from mmrecall.cli.main import app
+from mmrecall.core.interchange import FormatError, read_interactions, read_items
+from mmrecall.core.movielens import import_movielens
+from tests.helpers import shared_dataset
 
 
 def _posters(tmp_path: Path, ids: list[str]) -> Path:

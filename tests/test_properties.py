@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api.auth import parse_keys
-from mmrecall.interchange import (
+from mmrecall.api.auth import parse_keys
+from mmrecall.core.interchange import (
     INTERACTIONS_FILE,
     ITEMS_FILE,
     FormatError,
@@ -37,9 +37,13 @@ items = st.builds(
     created_at=st.none() | st.floats(0, 2e9),
 )
 interactions = st.builds(
-    InteractionRecord, user_id=ids, item_id=ids, timestamp=st.floats(0, 2e9),
-    event=st.none() | st.sampled_from(["click", "rating"]), weight=st.none() | st.floats(-5, 5),
-)  # fmt: skip
+    InteractionRecord,
+    user_id=ids,
+    item_id=ids,
+    timestamp=st.floats(0, 2e9),
+    event=st.none() | st.sampled_from(["click", "rating"]),
+    weight=st.none() | st.floats(-5, 5),
+)
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -91,7 +95,7 @@ def test_any_interactions_file_parses_or_fails_with_a_format_error(data: bytes) 
         st.none() | st.integers() | st.floats() | st.text(max_size=30) | st.lists(st.text(max_size=5)),
     )
 )
-def test_item_records_validate_or_raise_validation_errors(payload: dict) -> None:  # fmt: skip
+def test_item_records_validate_or_raise_validation_errors(payload: dict) -> None:
     try:
         record = ItemRecord.model_validate(payload)
     except ValidationError:

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from index.ann import VectorIndex
-from index.clusters import ClusterTable, cluster_recall, default_k
-from index.merge import MergeWeights, describe, merge, rerank, union
-from index.multi_interest import interests, quotas
-from index.personal import UserTowerNumpy, export_user_tower
-from index.ranked import Ranked, member_mask
-from index.v2v import neighbor_table, recall_from_triggers, stack_neighbors
+from mmrecall.finetune.export import export_user_tower
+from mmrecall.index.ann import VectorIndex
+from mmrecall.index.clusters import ClusterTable, cluster_recall, default_k
+from mmrecall.index.ranked import Ranked, member_mask
+from mmrecall.index.v2v import neighbor_table, recall_from_triggers, stack_neighbors
+from mmrecall.recall.merge import MergeWeights, describe, merge, rerank, union
+from mmrecall.recall.multi_interest import interests, quotas
+from mmrecall.recall.towers import UserTowerNumpy
 from tests.test_index import low_rank_unit
 
 
@@ -37,8 +38,11 @@ def test_kmeans_finds_the_blobs_and_cluster_recall_stays_inside() -> None:
     assert set(recalled.trigger.tolist()) == {0, 40}
     scores = recalled.scores.tolist()
     assert scores == sorted(scores, reverse=True)
-    assert len(rows) == len(set(rows)) == len(table.members[table.assignment[0]]) - 1 + len(
-        table.members[table.assignment[40]]) - 1  # fmt: skip
+    assert (
+        len(rows)
+        == len(set(rows))
+        == len(table.members[table.assignment[0]]) - 1 + len(table.members[table.assignment[40]]) - 1
+    )
     # excluded and disallowed rows are never returned; the rest keep their order
     allowed = np.ones(len(x), bool)
     allowed[rows[1]] = False
@@ -51,8 +55,9 @@ def test_cluster_recall_keeps_the_full_ranking_when_each_trigger_is_cut_to_k() -
     rng = np.random.default_rng(1)
     x = low_rank_unit(2000)
     table = ClusterTable.build(x, k=4)
-    triggers = [(int(r), float(w)) for r, w in zip(rng.integers(2000, size=6), [1, 0.9, 0.9, 0.5, 0.5, 0.2],
-                                                   strict=True)]  # fmt: skip
+    triggers = [
+        (int(r), float(w)) for r, w in zip(rng.integers(2000, size=6), [1, 0.9, 0.9, 0.5, 0.5, 0.2], strict=True)
+    ]
     full = cluster_recall(table, x, triggers, k=2000)
     for k in (1, 10, 100):
         cut = cluster_recall(table, x, triggers, k=k)
@@ -73,8 +78,9 @@ def test_neighbor_table_matches_exact_search() -> None:
 def test_recall_from_triggers_sums_and_keeps_provenance() -> None:
     a, b, x, y, seen = range(5)
     table = {a: ([x, y, seen], [0.9, 0.5, 0.95]), b: ([y, a], [0.8, 0.7])}
-    out = recall_from_triggers([a, b], lambda ts: stack_neighbors([table[t] for t in ts]), k=5, decay=0.5,
-                               exclude=np.array([seen]))  # fmt: skip
+    out = recall_from_triggers(
+        [a, b], lambda ts: stack_neighbors([table[t] for t in ts]), k=5, decay=0.5, exclude=np.array([seen])
+    )
     assert out.rows.tolist() == [x, y]  # a itself is a trigger, never recalled; seen is excluded
     assert out.scores[1] == pytest.approx(0.5 + 0.5 * 0.8) and out.trigger.tolist() == [a, a]
     # ties in the total keep the order items were first met; the best single contribution names the trigger
@@ -106,8 +112,9 @@ def test_recall_from_triggers_matches_its_definition_with_many_ties(seed: int) -
                 best[row] = (contribution, trigger)
     expected = sorted(totals, key=lambda r: (-totals[r], first[r]))
     for k in (1, 7, 30, 200):
-        out = recall_from_triggers(triggers, lambda ts: stack_neighbors([table[t] for t in ts]), k=k, decay=0.5,
-                                   exclude=exclude)  # fmt: skip
+        out = recall_from_triggers(
+            triggers, lambda ts: stack_neighbors([table[t] for t in ts]), k=k, decay=0.5, exclude=exclude
+        )
         assert out.rows.tolist() == expected[:k]
         assert out.trigger.tolist() == [best[r][1] for r in expected[:k]]
         assert np.allclose(out.scores, [totals[r] for r in expected[:k]])
@@ -116,7 +123,7 @@ def test_recall_from_triggers_matches_its_definition_with_many_ties(seed: int) -
 def test_cut_forms_the_clusters_of_scipys_fcluster() -> None:
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    from index.multi_interest import cut
+    from mmrecall.recall.multi_interest import cut
 
     rng = np.random.default_rng(0)
     for trial in range(20):
@@ -140,38 +147,54 @@ def test_interests_separate_two_tastes_and_weigh_recency() -> None:
 
 
 def merge_named(results: dict[str, list[dict]], *, k: int, seen: set[str], tags_of, weights=None) -> list[dict]:
-    """index.merge on named items: names become rows (in order of first appearance) and back."""
+    """recall.merge on named items: names become rows (in order of first appearance) and back."""
     names: dict[str, int] = {}
 
     def row(name: str) -> int:
         return names.setdefault(name, len(names))
 
     channels = {
-        channel: Ranked.of([row(r["id"]) for r in entries], [r["score"] for r in entries],
-                           [row(r["trigger"]) for r in entries] if entries and "trigger" in entries[0] else None)
+        channel: Ranked.of(
+            [row(r["id"]) for r in entries],
+            [r["score"] for r in entries],
+            [row(r["trigger"]) for r in entries] if entries and "trigger" in entries[0] else None,
+        )
         for channel, entries in results.items()
-    }  # fmt: skip
+    }
     seen_rows = np.array([row(s) for s in seen], np.int64)
     by_row = {r: name for name, r in names.items()}
-    pool, picks = merge(channels, k=k, seen=seen_rows, categories=lambda rows: [tags_of(by_row[r]) for r in rows],
-                        weights=weights or MergeWeights())  # fmt: skip
+    pool, picks = merge(
+        channels,
+        k=k,
+        seen=seen_rows,
+        categories=lambda rows: [tags_of(by_row[r]) for r in rows],
+        weights=weights or MergeWeights(),
+    )
     return describe(pool, picks, by_row.__getitem__)
 
 
 def test_merge_dedupes_drops_seen_and_rewards_agreement_and_diversity() -> None:
     results = {
-        "v2v": [{"id": "a", "score": 0.9, "trigger": "t1"}, {"id": "b", "score": 0.8, "trigger": "t1"},
-                {"id": "seen", "score": 0.99, "trigger": "t2"}],
+        "v2v": [
+            {"id": "a", "score": 0.9, "trigger": "t1"},
+            {"id": "b", "score": 0.8, "trigger": "t1"},
+            {"id": "seen", "score": 0.99, "trigger": "t2"},
+        ],
         "cluster": [{"id": "b", "score": 0.7, "trigger": "t2"}, {"id": "c", "score": 0.6, "trigger": "t2"}],
-    }  # fmt: skip
+    }
     tags = {"a": ["food"], "b": ["food"], "c": ["sports"]}
     out = merge_named(results, k=3, seen={"seen"}, tags_of=lambda i: tags[i])
     assert [r["id"] for r in out][0] == "b"  # two channels agree on b
     assert "seen" not in [r["id"] for r in out] and len(out) == 3
     b = out[0]
     assert b["channels"] == ["cluster", "v2v"] and {s["trigger"] for s in b["sources"]} == {"t1", "t2"}
-    only_sim = merge_named(results, k=3, seen=set(), tags_of=lambda i: tags.get(i, []),
-                     weights=MergeWeights(alpha=0.0, beta=0.0, quotas={"v2v": 1}))  # fmt: skip
+    only_sim = merge_named(
+        results,
+        k=3,
+        seen=set(),
+        tags_of=lambda i: tags.get(i, []),
+        weights=MergeWeights(alpha=0.0, beta=0.0, quotas={"v2v": 1}),
+    )
     assert [r["id"] for r in only_sim] == ["a", "b", "c"]  # quota: v2v gives only its first
 
 
@@ -191,8 +214,12 @@ def test_rank_fusion_weighs_ranks_not_raw_scores() -> None:
 
 def test_member_mask_is_isin() -> None:
     rng = np.random.default_rng(3)
-    for values, of in [(rng.integers(0, 50, 300), rng.integers(0, 50, 20)), (np.arange(5), np.zeros(0, np.int64)),
-                       (np.zeros(0, np.int64), np.arange(3)), (np.array([-1, 7, 99]), np.array([99, -1]))]:
+    for values, of in [
+        (rng.integers(0, 50, 300), rng.integers(0, 50, 20)),
+        (np.arange(5), np.zeros(0, np.int64)),
+        (np.zeros(0, np.int64), np.arange(3)),
+        (np.array([-1, 7, 99]), np.array([99, -1])),
+    ]:
         assert np.array_equal(member_mask(values, of), np.isin(values, of))
 
 
@@ -251,14 +278,15 @@ def test_lazy_rerank_picks_what_rescoring_everyone_picks(seed: int) -> None:
     for weights in (MergeWeights(), MergeWeights(beta=0.5, explore=10), MergeWeights(alpha=0.0, beta=1.0)):
         for k in (5, 40, len(pool)):
             picks = rerank(pool, k, weights, categories)
-            assert [(p.index, p.score, p.diversity_gain) for p in picks] == exhaustive_rerank(pool, k, weights,
-                                                                                             categories)
+            assert [(p.index, p.score, p.diversity_gain) for p in picks] == exhaustive_rerank(
+                pool, k, weights, categories
+            )
 
 
 def test_merge_weights_come_from_the_settings_and_bad_ones_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
-    from mmrecall.settings import Settings
+    from mmrecall.core.settings import Settings
 
     monkeypatch.setenv("MMRECALL_MERGE", '{"mode": "rank", "rrf_k": 10, "explore": 4, "trust": {"cluster": 0.5}}')
     weights = MergeWeights(**Settings().merge)
@@ -270,7 +298,8 @@ def test_merge_weights_come_from_the_settings_and_bad_ones_are_refused(monkeypat
 
 
 def test_numpy_user_tower_matches_torch(tmp_path) -> None:
-    from encoders.content_g import GConfig, TwoTower, id_key
+    from mmrecall.core.features import id_key
+    from mmrecall.encoders.content_g import GConfig, TwoTower
 
     torch.manual_seed(0)
     model = TwoTower(GConfig(feature_dim=8, hidden=16, dim=8, history=5, buckets=64)).eval()
@@ -289,8 +318,8 @@ def test_numpy_user_tower_matches_torch(tmp_path) -> None:
 
 
 def test_merge_tuning_wants_the_best_channels_hits_and_more_coverage() -> None:
-    from evaluation.recall_channels import pick_merge
-    from index.merge import MergeWeights
+    from mmrecall.evaluation.recall_channels import pick_merge
+    from mmrecall.recall.merge import MergeWeights
 
     narrow, wide, wider_but_worse = MergeWeights(alpha=0.1), MergeWeights(alpha=0.2), MergeWeights(alpha=0.3)
     singles = {"personal": (0.30, 0.40), "cluster": (0.15, 0.70)}
@@ -303,12 +332,23 @@ def test_merge_tuning_wants_the_best_channels_hits_and_more_coverage() -> None:
 
 
 def test_numpy_sequence_tower_matches_torch(tmp_path) -> None:
-    from encoders.content_g import GConfig, TwoTower, gap_buckets, id_key
-    from index.personal import gap_buckets_np, load_user_tower
+    from mmrecall.core.features import gap_buckets, id_key
+    from mmrecall.encoders.content_g import GConfig, TwoTower
+    from mmrecall.recall.towers import load_user_tower
 
     torch.manual_seed(0)
-    config = GConfig(feature_dim=8, hidden=16, dim=8, history=6, buckets=64, user_tower="seq", interests=3,
-                     seq_heads=2, tag_vocab=("comedy", "drama"), dropout=0.0)  # fmt: skip
+    config = GConfig(
+        feature_dim=8,
+        hidden=16,
+        dim=8,
+        history=6,
+        buckets=64,
+        user_tower="seq",
+        interests=3,
+        seq_heads=2,
+        tag_vocab=("comedy", "drama"),
+        dropout=0.0,
+    )
     model = TwoTower(config).eval()
     active = {"user-7": np.array([True, False, True])}
     tower = load_user_tower(export_user_tower(model, tmp_path / "tower.npz", active))
@@ -316,7 +356,6 @@ def test_numpy_sequence_tower_matches_torch(tmp_path) -> None:
     padded = torch.cat([torch.zeros(1, 2, 8), history], dim=1)
     mask = torch.tensor([[False, False, True, True, True, True]])
     times = np.array([0.0, 60.0, 4000.0, 90000.0])
-    assert np.array_equal(gap_buckets(times), gap_buckets_np(times))
     gaps = torch.from_numpy(np.r_[[0, 0], gap_buckets(times)])[None]
     tags = [["comedy/dark"], ["drama"], ["comedy"], ["other"]]
     pref = tower.tag_preferences(tags)
@@ -324,15 +363,15 @@ def test_numpy_sequence_tower_matches_torch(tmp_path) -> None:
     key = id_key("user-7")
     with torch.no_grad():
         expected = model.users(padded, mask, torch.tensor([key]), gaps=gaps, tag_pref=torch.from_numpy(pref)[None])[0]
-    got = tower(history[0].numpy(), key, gaps=gap_buckets_np(times), tag_pref=pref)
+    got = tower(history[0].numpy(), key, gaps=gap_buckets(times), tag_pref=pref)
     assert got.shape == (3, 8) and np.allclose(got, expected.numpy(), atol=1e-5)
-    only_active = tower(history[0].numpy(), key, gaps=gap_buckets_np(times), tag_pref=pref, user="user-7")
+    only_active = tower(history[0].numpy(), key, gaps=gap_buckets(times), tag_pref=pref, user="user-7")
     assert np.allclose(only_active, expected.numpy()[[0, 2]], atol=1e-5)
 
 
 def test_rows_stored_cluster_by_cluster_recall_the_same_items() -> None:
     """Reindex stores the snapshot's rows cluster by cluster (members are read as one slice)."""
-    from workers.pipeline import cluster_ordered
+    from mmrecall.pipeline.reindex import cluster_ordered
 
     x = low_rank_unit(3000)
     table = ClusterTable.build(x, k=8)
@@ -345,26 +384,45 @@ def test_rows_stored_cluster_by_cluster_recall_the_same_items() -> None:
     triggers = [(5, 1.0), (1234, 0.5), (2999, 0.25)]
     exclude = np.array([7, 8, 2000])
     before = cluster_recall(table, x, triggers, k=50, exclude=exclude)
-    after = cluster_recall(ordered, ordered_x, [(row_of[ids[r]], w) for r, w in triggers], k=50,
-                           exclude=np.array([row_of[ids[r]] for r in exclude]))  # fmt: skip
+    after = cluster_recall(
+        ordered,
+        ordered_x,
+        [(row_of[ids[r]], w) for r, w in triggers],
+        k=50,
+        exclude=np.array([row_of[ids[r]] for r in exclude]),
+    )
     assert [ordered_ids[r] for r in after.rows] == [ids[r] for r in before.rows]
     assert np.allclose(after.scores, before.scores)
     assert [ordered_ids[r] for r in after.trigger] == [ids[r] for r in before.trigger]
 
 
 def test_item_meta_decodes_first_level_tags_of_many_rows_at_once(tmp_path) -> None:
-    from index.item_meta import TOP_SET_FILES, ItemMeta
+    from mmrecall.index.item_meta import TOP_SET_FILES, ItemMeta
 
-    rows = [(0, "zero", ["food/pizza", "food/pasta", "travel"]), (2, "two", None), (3, "drei", ["travel/rail"]),
-            (1, None, ["sports/ski"]), (5, "five", ["food/x", "food/y"]), (6, "six", ["travel", "food"])]  # fmt: skip
+    rows = [
+        (0, "zero", ["food/pizza", "food/pasta", "travel"]),
+        (2, "two", None),
+        (3, "drei", ["travel/rail"]),
+        (1, None, ["sports/ski"]),
+        (5, "five", ["food/x", "food/y"]),
+        (6, "six", ["travel", "food"]),
+    ]
     built = ItemMeta.build(7, rows)
     built.save(tmp_path)
     meta = ItemMeta.load(tmp_path)
     names = meta.top_level_names
     asked = np.array([3, 0, 4, 1, 2, 0, 5, 6])
     decoded = [{names[i] for i in tags} for tags in meta.top_level_sets(asked)]
-    assert decoded == [{"travel"}, {"food", "travel"}, set(), {"sports"}, set(), {"food", "travel"}, {"food"},
-                       {"food", "travel"}]  # fmt: skip
+    assert decoded == [
+        {"travel"},
+        {"food", "travel"},
+        set(),
+        {"sports"},
+        set(),
+        {"food", "travel"},
+        {"food"},
+        {"food", "travel"},
+    ]
     assert meta.title(3) == "drei" and meta.title(1) is None and meta.tags(0) == ["food/pizza", "food/pasta", "travel"]
     assert meta.top_level_sets(np.zeros(0, np.int64)) == []
     found = meta.top_level_sets(asked)

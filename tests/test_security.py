@@ -14,11 +14,11 @@ import redis
 from PIL import Image
 from typer.testing import CliRunner
 
-from api.auth import is_loopback, parse_keys, scope_of
-from benchmarks.faults import bad_inputs
-from mmrecall.cli import app as cli
-from mmrecall.fetch import FetchError, fetch_media
-from tests.conftest import ApiServer, make_settings
+from mmrecall.api.auth import is_loopback, parse_keys, scope_of
+from mmrecall.benchmarks.faults import bad_inputs
+from mmrecall.cli.main import app as cli
+from mmrecall.core.fetch import FetchError, fetch_media
+from tests.helpers import ApiServer, make_settings
 
 WRITE_KEY, READ_KEY = "w" * 24 + "-write", "r" * 24 + "-read"
 
@@ -59,7 +59,7 @@ def test_routes_need_a_key_of_the_right_scope(keyed_api: ApiServer) -> None:
 
 
 def test_without_keys_only_loopback_clients_are_served(tmp_path: Path, redis_url: str) -> None:
-    from api.app import create_app
+    from mmrecall.api.app import create_app
 
     app = create_app(make_settings(tmp_path, redis_url))
 
@@ -76,7 +76,7 @@ def test_without_keys_only_loopback_clients_are_served(tmp_path: Path, redis_url
 
 
 def test_serve_refuses_a_public_bind_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmrecall.settings import get_settings
+    from mmrecall.core.settings import get_settings
 
     monkeypatch.setenv("MMRECALL_HOME", str(tmp_path))
     monkeypatch.delenv("MMRECALL_API_KEYS", raising=False)
@@ -134,8 +134,9 @@ def test_media_urls_are_fetched_only_from_allowed_hosts(tmp_path: Path, redis_ur
         with ApiServer(allowed) as api:
             accepted = httpx.post(f"{api.url}/v1/items", json={"items": [{"id": "u1", "cover": f"{base}/cover.png"}]})
             assert accepted.status_code == 202
-            refused = httpx.post(f"{api.url}/v1/items",
-                                 json={"items": [{"id": "u2", "cover": "http://192.0.2.1/x.png"}]})  # fmt: skip
+            refused = httpx.post(
+                f"{api.url}/v1/items", json={"items": [{"id": "u2", "cover": "http://192.0.2.1/x.png"}]}
+            )
             assert refused.status_code == 400 and "MMRECALL_MEDIA_URL_HOSTS" in refused.json()["detail"]
     finally:
         server.shutdown()

@@ -10,22 +10,30 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ApiServer, Service, make_settings
+from tests.helpers import ApiServer, Service, make_settings
 
 
 @pytest.fixture(scope="module")
 def seq_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
-    from finetune.g_job import train_g
-    from finetune.g_train import GTrainConfig
-    from mmrecall.demo_data import generate_demo
-    from mmrecall.runner import start_worker, wait_for_workers
+    from mmrecall.core.demo_data import generate_demo
+    from mmrecall.finetune.g_job import train_g
+    from mmrecall.finetune.g_train import GTrainConfig
+    from mmrecall.pipeline.runner import start_worker, wait_for_workers
 
     home = tmp_path_factory.mktemp("seq")
     settings = make_settings(home, redis_url)
     dataset = generate_demo(settings.media_roots[0] / "demo", per_leaf=4, users=20)
-    report = train_g(dataset, features=("tiny-test",), out_root=home / "ckpt", cache=home / "cache", progress=False,
-                     train=GTrainConfig(epochs=1, batch_size=32, random_negatives=16),
-                     user_tower="seq", interests=3, history=10)  # fmt: skip
+    report = train_g(
+        dataset,
+        features=("tiny-test",),
+        out_root=home / "ckpt",
+        cache=home / "cache",
+        progress=False,
+        train=GTrainConfig(epochs=1, batch_size=32, random_negatives=16),
+        user_tower="seq",
+        interests=3,
+        history=10,
+    )
     # merge weights from the settings (as `mmrecall eval` would tune them): score = similarity alone
     settings = make_settings(home, redis_url, encoder=report["checkpoint"], merge={"alpha": 0.0, "beta": 0.0})
     worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(home / "worker.log"))
@@ -42,7 +50,7 @@ def seq_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
 
 
 def test_recall_from_the_sequence_towers_active_interests(seq_service) -> None:
-    from mmrecall.interchange import read_items
+    from mmrecall.core.interchange import read_items
 
     service, dataset = seq_service
     http = service.http
@@ -65,8 +73,12 @@ def test_recall_from_the_sequence_towers_active_interests(seq_service) -> None:
     assert len(results) == 5 and not set(ids[:6]) & {r["id"] for r in results}
     assert all(r["channels"] == ["personal"] for r in results)
     assert all(r["score"] == r["similarity"] for r in results)  # MMRECALL_MERGE reached the API (MIC adds 0.5)
-    history = {"history": ids[:6], "times": [1_700_000_000 + 3600 * i for i in range(6)], "k": 5,
-               "channels": ["personal"]}  # fmt: skip
+    history = {
+        "history": ids[:6],
+        "times": [1_700_000_000 + 3600 * i for i in range(6)],
+        "k": 5,
+        "channels": ["personal"],
+    }
     with_times = http.post("/v1/recall", json=history).json()["results"]
     assert [r["id"] for r in with_times] and len(with_times) == 5
     assert http.post("/v1/recall", json={**history, "times": [0.0]}).status_code == 422  # one time per item

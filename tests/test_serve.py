@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mmrecall.runner import free_port, settings_env, wait_for_api
-from mmrecall.settings import Settings
+from mmrecall.core.settings import Settings
+from mmrecall.pipeline.runner import free_port, settings_env, wait_for_api
 
 
 def answering_process(client: httpx.Client) -> int:
@@ -52,9 +52,12 @@ def served(tmp_path: Path):
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as output:
-        server = subprocess.Popen([sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers",
-                                   "2", "--no-access-log"], env=settings_env(settings), stdout=output,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "2", "--no-access-log"],
+            env=settings_env(settings),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -121,8 +124,16 @@ def test_a_busy_process_gets_new_connections_as_soon_as_its_old_ones_end(served)
 
 
 def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
-    code = ("from api.balanced import serve_balanced; raise SystemExit(serve_balanced('no_such_module:app', 2, "
-            f"host='127.0.0.1', port={free_port()}, options={{}}))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    code = (
+        "from api.balanced import serve_balanced; raise SystemExit(serve_balanced('no_such_module:app', 2, "
+        f"host='127.0.0.1', port={free_port()}, options={{}}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert done.returncode == 1 and "failed to start" in done.stderr

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from benchmarks.common import wrk_available, wrk_load
-from tests.conftest import Service
+from mmrecall.benchmarks.common import wrk_available, wrk_load
+from tests.helpers import Service
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -148,7 +148,7 @@ def test_openapi_docs(service: Service, path: str) -> None:
 
 
 def test_eval_runs_as_a_worker_job(service: Service) -> None:
-    from mmrecall.demo_data import generate_demo
+    from mmrecall.core.demo_data import generate_demo
 
     dataset = generate_demo(service.settings.media_roots[0] / "evalset", per_leaf=3, users=12)
     created = service.http.post("/v1/eval", json={"dataset": str(dataset), "channels": ["v2v"], "encoder": "tiny-test"})
@@ -251,8 +251,8 @@ def test_wrk_load_generator_counts_requests_and_errors(service: Service) -> None
 def test_fast_paths_answer_like_the_framework_routes(service: Service) -> None:
     """/v1/similar and /v1/recall beneath the framework (api.fast) give the FastAPI routes' bodies, and
     hand every request they cannot answer from memory to those routes."""
-    from api.fast import recall_answer, similar_answer
-    from tests.conftest import ApiServer
+    from mmrecall.api.fast import recall_answer, similar_answer
+    from tests.helpers import ApiServer
 
     http = service.http
     ids = http.post("/v1/items", json={"items": items_payload(service, "fp", 8)}).json()["ids"]
@@ -262,16 +262,25 @@ def test_fast_paths_answer_like_the_framework_routes(service: Service) -> None:
     while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
         assert time.time() < deadline
         time.sleep(0.1)
-    requests = [("GET", f"/v1/similar/{i}", {"params": {"k": k, "channel": c}})
-                for i in ids[:4] for k, c in ((3, "v2v"), (50, "v2v"), (5, "cluster"))]  # fmt: skip
-    requests += [("POST", "/v1/recall", {"json": {"history": ids[:3], "k": 10}}),
-                 ("POST", "/v1/recall", {"json": {"history": ids[2:6], "times": [1.0, 2.0, 3.0, 4.0], "k": 5,
-                                                  "channels": ["v2v", "personal"]}}),
-                 ("GET", "/v1/similar/no-such-item", {}), ("GET", f"/v1/similar/{ids[0]}", {"params": {"k": 0}}),
-                 ("GET", f"/v1/similar/{ids[0]}", {"params": {"channel": "nope"}}),
-                 ("POST", "/v1/recall", {"json": {"history": ["no-such-item"]}}),
-                 ("POST", "/v1/recall", {"json": {"history": ids[:2], "k": 0}}),
-                 ("POST", "/v1/recall", {"content": b"{not json", "headers": {"content-type": "application/json"}})]
+    requests = [
+        ("GET", f"/v1/similar/{i}", {"params": {"k": k, "channel": c}})
+        for i in ids[:4]
+        for k, c in ((3, "v2v"), (50, "v2v"), (5, "cluster"))
+    ]
+    requests += [
+        ("POST", "/v1/recall", {"json": {"history": ids[:3], "k": 10}}),
+        (
+            "POST",
+            "/v1/recall",
+            {"json": {"history": ids[2:6], "times": [1.0, 2.0, 3.0, 4.0], "k": 5, "channels": ["v2v", "personal"]}},
+        ),
+        ("GET", "/v1/similar/no-such-item", {}),
+        ("GET", f"/v1/similar/{ids[0]}", {"params": {"k": 0}}),
+        ("GET", f"/v1/similar/{ids[0]}", {"params": {"channel": "nope"}}),
+        ("POST", "/v1/recall", {"json": {"history": ["no-such-item"]}}),
+        ("POST", "/v1/recall", {"json": {"history": ids[:2], "k": 0}}),
+        ("POST", "/v1/recall", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+    ]
     settings = service.settings.model_copy(update={"api_fast_paths": False})
     with ApiServer(settings) as framework, httpx.Client(base_url=framework.url, timeout=30) as plain:
         for method, path, options in requests:
@@ -280,12 +289,18 @@ def test_fast_paths_answer_like_the_framework_routes(service: Service) -> None:
             assert fast.json() == slow.json(), (path, options)
     # and the fast path did answer the well-formed ones itself (the others went on to the routes)
     app = service.api.server.config.app
-    scope = {"type": "http", "app": app, "client": ("127.0.0.1", 1),
-             "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "app": app,
+        "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json")],
+    }
     assert similar_answer({**scope, "path": f"/v1/similar/{ids[0]}", "query_string": b"k=3"}) is not None
     assert similar_answer({**scope, "path": f"/v1/similar/{ids[0]}", "query_string": b"k=0"}) is None
     assert similar_answer({**scope, "path": "/v1/similar/no-such-item", "query_string": b""}) is None
-    assert similar_answer({**scope, "client": ("10.1.2.3", 1), "path": f"/v1/similar/{ids[0]}",
-                           "query_string": b""}) is None  # fmt: skip
+    assert (
+        similar_answer({**scope, "client": ("10.1.2.3", 1), "path": f"/v1/similar/{ids[0]}", "query_string": b""})
+        is None
+    )
     assert recall_answer(scope, b'{"history": ["fp0", "fp1"], "k": 5}') is not None
     assert recall_answer(scope, b'{"user_id": "someone"}') is None

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from mmrecall.interchange import InteractionRecord, ItemRecord
-from storage import catalogue
-from storage.db import session_scope
+from mmrecall.core.interchange import InteractionRecord, ItemRecord
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -90,7 +90,7 @@ def test_jobs(db_url: str) -> None:
 
 def _open_at(url: str, at: float) -> None:
     time.sleep(max(0.0, at - time.time()))
-    from storage.db import get_engine
+    from mmrecall.storage.db import get_engine
 
     get_engine(url).dispose()
 
@@ -98,12 +98,12 @@ def _open_at(url: str, at: float) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_processes_starting_together_on_a_new_database_all_get_the_schema(backend: str, tmp_path: Path) -> None:
     """The API's processes (and workers) start together on a new database: each creates the schema if it
-    is missing, and the ones that lose the race must not fail (one API process used to exit with
+    is missing, and the ones that lose the race must not fail (a loser must not exit with
     'table items already exists')."""
     if backend == "sqlite":
         url, cleanup = f"sqlite:///{tmp_path / 'new.db'}", None
     else:
-        from tests.conftest import POSTGRES_URL
+        from tests.helpers import POSTGRES_URL
 
         schema = f"mmrecall_race_{uuid.uuid4().hex[:8]}"
         admin = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})

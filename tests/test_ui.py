@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mmrecall.demo_data import generate_demo
-from mmrecall.ingest import bulk_ingest
-from tests.conftest import Service
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.pipeline.ingest import bulk_ingest
+from tests.helpers import Service
 
 CHROMIUM = os.environ.get("MMRECALL_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -74,8 +74,9 @@ def test_user_page_shows_history_interests_and_recall_with_provenance(catalogue:
     channels = page.eval_on_selector_all("#recall .chips span", "spans => spans.map(s => s.textContent)")
     assert set(channels) <= {"v2v", "cluster", "personal", "multi_interest"} and len(set(channels)) >= 2
     page.click("#filters button[data-channel='v2v']")
-    shown = page.eval_on_selector_all("#recall .card", "cards => cards.filter(c => c.style.display !== 'none')"
-                                                       ".map(c => c.dataset.channels)")  # fmt: skip
+    shown = page.eval_on_selector_all(
+        "#recall .card", "cards => cards.filter(c => c.style.display !== 'none').map(c => c.dataset.channels)"
+    )
     assert shown and all("v2v" in channels.split() for channels in shown)
     if os.environ.get("MMRECALL_SCREENSHOTS"):
         page.screenshot(path=str(Path(os.environ["MMRECALL_SCREENSHOTS"]) / "ui-user.png"), full_page=False)

@@ -1,1 +1,2 @@
-"""Celery workers: the app, thin tasks, and the plain pipeline functions they call."""
+"""Celery workers: the app and thin tasks over `mmrecall.pipeline`'s functions. Nothing imports this
+package; producers send tasks by name (`mmrecall.pipeline.queue`)."""

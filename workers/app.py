@@ -1,16 +1,18 @@
-"""The Celery app workers run: `celery -A workers.app worker` (or `mmrecall worker`)."""
+"""The Celery app workers run: `celery -A mmrecall.workers.app worker` (or `mmrecall worker`)."""
 
 from __future__ import annotations
 
 import torch
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from mmrecall.queue import make_celery
-from mmrecall.settings import get_settings
+from mmrecall.core.settings import get_settings
+from mmrecall.pipeline.queue import make_celery
+from mmrecall.pipeline.reconcile import ReconcileLoop
 
 settings = get_settings()
 app = make_celery(settings)
-app.conf.include = ["workers.tasks"]
+# the evaluation job is defined beside the harness (a shared task): workers never import evaluation
+app.conf.include = ["mmrecall.workers.tasks", "mmrecall.evaluation.tasks"]
 
 
 @worker_process_init.connect
@@ -27,8 +29,6 @@ _reconcile = None
 def _start_reconcile(**_kwargs) -> None:
     """Sweep at start-up (items a previous worker or broker lost) and then on a timer."""
     global _reconcile
-    from workers.reconcile import ReconcileLoop
-
     _reconcile = ReconcileLoop(settings).start()
 
 

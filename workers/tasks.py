@@ -1,14 +1,16 @@
-"""Thin Celery tasks: take ids, call a pipeline function, report. The logic lives in workers.pipeline."""
+"""Thin Celery tasks: take ids, call a pipeline function, report. The logic lives in `mmrecall.pipeline`."""
 
 from __future__ import annotations
 
-from mmrecall.queue import BACKFILL_TASK, ENCODE_TASK, EVAL_TASK, REINDEX_TASK, TRAIN_TASK
-from mmrecall.settings import get_settings
-from storage import catalogue
-from storage.db import session_scope
-from workers import pipeline
-from workers.app import app
-from workers.jobs import heartbeat
+from mmrecall.core.settings import get_settings
+from mmrecall.pipeline import encode
+from mmrecall.pipeline import reindex as reindexing
+from mmrecall.pipeline.jobs import heartbeat
+from mmrecall.pipeline.queue import BACKFILL_TASK, ENCODE_TASK, REINDEX_TASK, TRAIN_TASK
+from mmrecall.pipeline.training import training_job
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
+from mmrecall.workers.app import app
 
 
 # Acknowledged after it ran: a worker killed mid-batch leaves the message to be delivered again (and
@@ -16,7 +18,7 @@ from workers.jobs import heartbeat
 # early acks: a redelivered hour-long reindex would run twice; a lost job is failed by reconcile.
 @app.task(name=ENCODE_TASK, acks_late=True, reject_on_worker_lost=True)
 def encode_items(item_ids: list[str]) -> dict[str, int]:
-    return pipeline.encode_items(get_settings(), item_ids)
+    return encode.encode_items(get_settings(), item_ids)
 
 
 @app.task(name=REINDEX_TASK)
@@ -24,23 +26,15 @@ def reindex(job_id: str) -> dict:
     settings = get_settings()
     try:
         with heartbeat(settings, job_id):
-            return pipeline.reindex(settings, job_id)
+            return reindexing.reindex(settings, job_id)
     except Exception as exc:
         with session_scope(settings.resolved_database_url) as session:
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
 
 
-@app.task(name=EVAL_TASK)
-def evaluate(job_id: str) -> dict:
-    with heartbeat(get_settings(), job_id):
-        return pipeline.evaluate(get_settings(), job_id)  # records its own failure on the job row
-
-
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> dict:
-    from workers.training import training_job
-
     with heartbeat(get_settings(), job_id):
         return training_job(get_settings(), job_id)  # records its own failure on the job row
 
@@ -51,4 +45,4 @@ def backfill(job_id: str) -> dict:
     with session_scope(settings.resolved_database_url) as session:
         spec = catalogue.get_job(session, job_id).params["encoder"]
     with heartbeat(settings, job_id):
-        return pipeline.backfill(settings, job_id, spec)  # records its own failure on the job row
+        return reindexing.backfill(settings, job_id, spec)  # records its own failure on the job row

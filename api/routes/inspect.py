@@ -10,15 +10,15 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from api.auth import READ
-from api.deps import ServingDep, SessionDep, SettingsDep
-from api.schemas import ERRORS
-from api.search import search_items
-from index.multi_interest import interests
-from index.recall_set import RecallConfig
-from mmrecall.fetch import is_url
-from mmrecall.settings import Settings
-from storage import catalogue
+from mmrecall.api.auth import READ
+from mmrecall.api.deps import ServingDep, SessionDep, SettingsDep
+from mmrecall.api.schemas import ERRORS
+from mmrecall.api.search import search_items
+from mmrecall.core.fetch import cached_path, is_url
+from mmrecall.core.settings import Settings
+from mmrecall.recall.multi_interest import interests
+from mmrecall.recall.sources import RecallConfig
+from mmrecall.storage import catalogue
 
 router = APIRouter(prefix="/v1", tags=["inspect"], responses=ERRORS, dependencies=[READ])
 
@@ -29,8 +29,6 @@ def media_path(path: str | None, settings: Settings) -> Path:
     if not path:
         raise HTTPException(404, "no such media for this item")
     if is_url(path):
-        from mmrecall.fetch import cached_path
-
         cached = cached_path(path, settings)
         if cached is None:
             raise HTTPException(404, "this URL has not been fetched yet")
@@ -71,18 +69,35 @@ def list_items(
 ) -> dict:
     """Items, most recently changed first; `status=failed` lists failures with their reasons."""
     rows = catalogue.list_items(session, status=status, limit=limit)
-    return {"items": [{"id": i.id, "title": i.title, "status": i.status, "error": i.error,
-                       "updated_at": i.updated_at} for i in rows],
-            "counts": catalogue.count_by_status(session)}  # fmt: skip
+    return {
+        "items": [
+            {"id": i.id, "title": i.title, "status": i.status, "error": i.error, "updated_at": i.updated_at}
+            for i in rows
+        ],
+        "counts": catalogue.count_by_status(session),
+    }
 
 
 @router.get("/jobs")
 def list_jobs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """Recent jobs, newest first, with progress."""
-    return {"jobs": [{"id": j.id, "kind": j.kind, "state": j.state, "done": j.done, "total": j.total,
-                      "progress": (j.done / j.total) if j.total else (1.0 if j.state == "succeeded" else 0.0),
-                      "message": j.message, "error": j.error, "created_at": j.created_at,
-                      "updated_at": j.updated_at} for j in catalogue.recent_jobs(session, limit=limit)]}  # fmt: skip
+    return {
+        "jobs": [
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "state": j.state,
+                "done": j.done,
+                "total": j.total,
+                "progress": (j.done / j.total) if j.total else (1.0 if j.state == "succeeded" else 0.0),
+                "message": j.message,
+                "error": j.error,
+                "created_at": j.created_at,
+                "updated_at": j.updated_at,
+            }
+            for j in catalogue.recent_jobs(session, limit=limit)
+        ]
+    }
 
 
 @router.get("/users/{user_id}/history")
@@ -92,8 +107,12 @@ def user_history(user_id: str, session: SessionDep, limit: Annotated[int, Query(
     if not rows:
         raise HTTPException(404, f"user {user_id!r} has no interactions")
     titles = catalogue.titles(session, list({item for item, _, _ in rows}))
-    return {"user_id": user_id, "history": [{"id": item, "title": titles.get(item), "timestamp": stamp,
-                                             "event": event} for item, stamp, event in rows]}  # fmt: skip
+    return {
+        "user_id": user_id,
+        "history": [
+            {"id": item, "title": titles.get(item), "timestamp": stamp, "event": event} for item, stamp, event in rows
+        ],
+    }
 
 
 @router.get("/users/{user_id}/interests")
@@ -106,11 +125,24 @@ def user_interests(user_id: str, session: SessionDep, serving: ServingDep) -> di
     if not known:
         raise HTTPException(404, f"user {user_id!r} has no encoded history")
     config = RecallConfig()
-    found = interests(np.stack([live.vector(i) for i in known]), threshold=config.interest_threshold,
-                      half_life=config.interest_half_life, max_interests=config.max_interests)  # fmt: skip
-    return {"user_id": user_id, "interests": [{"number": n, "medoid": known[i.medoid], "importance": i.importance,
-                                               "members": [known[m] for m in i.members]}
-                                              for n, i in enumerate(found)]}  # fmt: skip
+    found = interests(
+        np.stack([live.vector(i) for i in known]),
+        threshold=config.interest_threshold,
+        half_life=config.interest_half_life,
+        max_interests=config.max_interests,
+    )
+    return {
+        "user_id": user_id,
+        "interests": [
+            {
+                "number": n,
+                "medoid": known[i.medoid],
+                "importance": i.importance,
+                "members": [known[m] for m in i.members],
+            }
+            for n, i in enumerate(found)
+        ],
+    }
 
 
 @router.get("/clusters")
@@ -128,8 +160,14 @@ def list_clusters(serving: ServingDep, limit: Annotated[int, Query(ge=1, le=10_0
             for tag in meta.tags(row) if meta is not None else []:
                 counts[tag] = counts.get(tag, 0) + 1
         top = sorted(counts.items(), key=lambda pair: -pair[1])[:5]
-        out.append({"cluster_id": cluster, "size": int(sizes[cluster]), "top_tags": [t for t, _ in top],
-                    "sample": [snapshot.ids[r] for r in table.members[cluster][:6].tolist()]})  # fmt: skip
+        out.append(
+            {
+                "cluster_id": cluster,
+                "size": int(sizes[cluster]),
+                "top_tags": [t for t, _ in top],
+                "sample": [snapshot.ids[r] for r in table.members[cluster][:6].tolist()],
+            }
+        )
     return {"clusters": out, "total": len(table.members)}
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
-from api.auth import WRITE
-from api.deps import SessionDep
-from api.schemas import ERRORS, CountOut, InteractionsIn
-from storage import catalogue
-from storage.db import Item
+from mmrecall.api.auth import WRITE
+from mmrecall.api.deps import SessionDep
+from mmrecall.api.schemas import ERRORS, CountOut, InteractionsIn
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import Item
 
 router = APIRouter(prefix="/v1/interactions", tags=["interactions"], responses=ERRORS)
 

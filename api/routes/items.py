@@ -8,14 +8,14 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from api.auth import READ, WRITE
-from api.deps import ServingDep, SessionDep, SettingsDep
-from api.media import confine_item, save_upload
-from api.schemas import ERRORS, IngestOut, ItemOut, ItemsIn
-from mmrecall.ingest import ingest_items
-from mmrecall.interchange import ItemRecord
-from storage import catalogue
-from storage.db import ItemVector, session_scope
+from mmrecall.api.auth import READ, WRITE
+from mmrecall.api.deps import ServingDep, SessionDep, SettingsDep
+from mmrecall.api.media import confine_item, save_upload
+from mmrecall.api.schemas import ERRORS, IngestOut, ItemOut, ItemsIn
+from mmrecall.core.interchange import ItemRecord
+from mmrecall.pipeline.ingest import ingest_items
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import ItemVector, session_scope
 
 router = APIRouter(prefix="/v1/items", tags=["items"], responses=ERRORS)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 
-from api.auth import READ, WRITE
-from api.deps import SessionDep, SettingsDep
-from api.media import confine
-from api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut
-from mmrecall.queue import submit_job
-from storage import catalogue
+from mmrecall.api.auth import READ, WRITE
+from mmrecall.api.deps import SessionDep, SettingsDep
+from mmrecall.api.media import confine
+from mmrecall.api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut
+from mmrecall.pipeline.queue import submit_job
+from mmrecall.storage import catalogue
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERRORS)
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from functools import partial
+from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import READ
-from api.deps import ServingDep, SessionDep
-from api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
-from api.serving import NeedsDatabase, NotReady, ServiceSources, ServingIndex, UnknownItem, similar_to
-from index.merge import MergeWeights, describe
-from index.recall_set import RecallConfig, history_rows, recall_set
-from storage import catalogue
-from storage.db import Item, session_scope
+from mmrecall.api.auth import READ
+from mmrecall.api.deps import ServingDep, SessionDep
+from mmrecall.api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
+from mmrecall.recall.channels import SIMILAR_CHANNELS
+from mmrecall.recall.service import NoKnownHistory, history_recall
+from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import Item, session_scope
 
 router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
 HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
-SimilarChannel = Literal["v2v", "cluster"]
-SIMILAR_CHANNELS = get_args(SimilarChannel)
+SimilarChannel = Literal[SIMILAR_CHANNELS]  # type: ignore[valid-type]  # from the channel registry
 SIMILAR_K, SIMILAR_K_MAX = 50, 1000  # /v1/similar's default and largest k (api.fast checks the same)
 
 
@@ -60,51 +59,24 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
         times = dict(zip(history, body.times, strict=True)) if body.times else {}
     try:
         try:
-            return history_recall(serving, body, history, times, in_memory_only=True)
+            return history_recall(serving, history, times, in_memory_only=True, **recall_options(body))
         except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
-            return await run_in_threadpool(history_recall, serving, body, history, times, in_memory_only=False)
+            return await run_in_threadpool(
+                partial(history_recall, serving, history, times, in_memory_only=False, **recall_options(body))
+            )
     except NoKnownHistory as exc:
         raise HTTPException(400, str(exc)) from exc
 
 
-class NoKnownHistory(LookupError):
-    """None of the history items has a vector (HTTP 400)."""
-
-
-def history_recall(serving: ServingIndex, body: RecallIn, history: list[str], times: dict[str, float], *,
-                   in_memory_only: bool) -> dict:  # fmt: skip
-    """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
-    in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
-    sources = ServiceSources(serving.state, serving.database_url, in_memory_only=in_memory_only,
-                             history_times=times)  # fmt: skip
-    known = history_rows(sources, history)
-    if not len(known):
-        raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
-    return recall_response(sources, body, known, serving.settings.merge)
+def recall_options(body: RecallIn) -> dict:
+    """What of a /v1/recall body the recall service reads besides the history."""
+    return {"k": body.k, "channels": body.channels, "user_id": body.user_id}
 
 
 def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
     """The user's latest interactions (item id, unix seconds), oldest first."""
     with session_scope(url) as session:
         return [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
-
-
-def recall_response(sources: ServiceSources, body: RecallIn, known: np.ndarray, merge: dict) -> dict:
-    """known: the history's rows; `merge`: the deployment's merge weights (settings.merge)."""
-    config = RecallConfig(per_channel=max(body.k, 100), merge=MergeWeights(**merge))
-    pool, picks, candidates = recall_set(sources, known, user=body.user_id, k=body.k, channels=body.channels,
-                                         config=config)  # fmt: skip
-    rows = pool.picked_rows(picks).tolist()
-    titles = sources.titles(rows)
-    results = describe(pool, picks, sources.item)
-    for result, row in zip(results, rows, strict=True):
-        result["title"] = titles.get(row)
-    return {
-        "user_id": body.user_id,
-        "history_used": len(known),
-        "channels": {name: len(results) for name, results in candidates.items()},
-        "results": results,
-    }
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])
@@ -123,5 +95,9 @@ def cluster(
         for tag in tags or []:
             counts[tag] = counts.get(tag, 0) + 1
     top = sorted(counts.items(), key=lambda pair: -pair[1])[:10]
-    return {"cluster_id": cluster_id, "size": len(members), "top_tags": [{"tag": t, "count": c} for t, c in top],
-            "items": [{"id": i, "title": t} for i, t, _ in rows]}  # fmt: skip
+    return {
+        "cluster_id": cluster_id,
+        "size": len(members),
+        "top_tags": [{"tag": t, "count": c} for t, c in top],
+        "items": [{"id": i, "title": t} for i, t, _ in rows],
+    }

@@ -1,0 +1,56 @@
+"""`mmrecall demo`: the whole data path on the embedded demo catalogue, through a real worker."""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+
+import typer
+
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.settings import Settings
+
+DEMO_CATALOGUE = "demo-catalogue"  # generated under MMRECALL_HOME: an installed package never writes beside itself
+EXAMPLES = ("food-baking-000", "sports-tennis-003", "pets-cats-007")
+
+
+def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_dir: Path | None = None) -> None:
+    from mmrecall.cli.query import similar_items
+    from mmrecall.pipeline.ingest import bulk_ingest
+    from mmrecall.pipeline.queue import submit_job, workers_alive
+    from mmrecall.pipeline.runner import start_worker, wait_for_job, wait_for_workers
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    demo_dir = demo_dir or settings.home.resolve() / DEMO_CATALOGUE
+    if not (demo_dir / "items.jsonl").is_file():
+        typer.echo(f"generating the demo catalogue in {demo_dir}")
+        generate_demo(demo_dir)
+    settings = settings.model_copy(update={"media_roots": [*settings.media_roots, demo_dir]})
+    settings.ensure_dirs()
+    if not workers_alive(settings):
+        typer.echo("no worker answers: starting one (log in MMRECALL_HOME/worker.log)")
+        worker = start_worker(settings, concurrency=2, log_path=str(settings.home / "worker.log"))
+        atexit.register(worker.terminate)
+        wait_for_workers(settings)
+    report = bulk_ingest(settings, demo_dir)
+    typer.echo(
+        f"ingested {report['items']} items: {report['ready']} ready, {report['failed']} failed "
+        f"in {report['seconds']}s ({report['items_per_s']} items/s)"
+    )
+    result = wait_for_job(settings, submit_job(settings, "reindex"))
+    typer.echo(f"reindexed {result['count']} vectors ({result['factory']}) into snapshot {result['snapshot']}")
+    for item_id in EXAMPLES:
+        found = similar_items(settings, item_id, k=5)
+        with session_scope(settings.resolved_database_url) as session:
+            title = catalogue.get_item(session, item_id).title
+        typer.echo(f"\nsimilar to {item_id} ({title}):")
+        for row in found["results"]:
+            typer.echo(f"  {row['score']:.3f}  {row['id']:<22} {row['title']}")
+    if serve:
+        import uvicorn
+
+        from mmrecall.api.app import create_app
+
+        typer.echo(f"\nserving the API on http://127.0.0.1:{port} (docs at /docs, inspector at /ui); Ctrl-C to stop")
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")

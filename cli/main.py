@@ -1,0 +1,451 @@
+"""The `mmrecall` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mmrecall.core.settings import get_settings
+from mmrecall.recall.channels import CHANNELS
+
+app = typer.Typer(
+    help="Multimodal content understanding for recommender recall.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset conversion into the interchange format.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+finetune_app = typer.Typer(help="Train encoders and G; each writes a checkpoint directory.", no_args_is_help=True)
+app.add_typer(finetune_app, name="finetune")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command("import-movielens")
+def import_movielens_cmd(
+    raw_dir: Path,
+    out_dir: Path,
+    posters: Annotated[Path | None, typer.Option(help="Directory of {movieId}.jpg posters")] = None,
+) -> None:
+    """Convert an official MovieLens release (100k, 1m, latest) into the interchange format."""
+    from mmrecall.core.interchange import FormatError
+    from mmrecall.core.movielens import import_movielens
+
+    try:
+        summary = import_movielens(raw_dir, out_dir, posters=posters)
+    except FormatError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{summary.layout}: {summary.items} items ({summary.with_cover} with a cover), "
+        f"{summary.interactions} interactions -> {out_dir}"
+    )
+
+
+def _follow(job_id: str, *, timeout: float) -> dict:
+    """Wait for a queued job with a progress bar; its result, or a clear error and exit code 2."""
+    from mmrecall.pipeline.runner import wait_for_job
+
+    typer.echo(f"job {job_id} queued")
+    try:
+        return wait_for_job(get_settings(), job_id, timeout=timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+
+
+def _run_training(kind: str, params: dict, on_worker: bool) -> dict:
+    """Run a training job here (progress in the log) or as a Celery job (progress on the job row)."""
+    from mmrecall.pipeline.training import run_training
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    if not on_worker:
+        logging.getLogger().setLevel(logging.INFO)
+        try:
+            report = run_training(settings, kind, params)
+        except (ValueError, KeyError) as exc:
+            _fail(str(exc))
+        typer.echo(json.dumps(report, indent=2))
+        return report
+    from mmrecall.pipeline.queue import submit_job
+
+    report = _follow(submit_job(settings, f"finetune:{kind}", params), timeout=24 * 3600)
+    typer.echo(json.dumps(report, indent=2))
+    return report
+
+
+@finetune_app.command("tag-image")
+def finetune_tag_image(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    tag_level: Annotated[int, typer.Option(help="1, 2, ... or 0 for leaf tags")] = 2,
+    base: Annotated[
+        str, typer.Option(help="tag-image variant: tag-image-effnet, tag-image-resnet18")
+    ] = "tag-image-effnet",
+    epochs: Annotated[int, typer.Option()] = 200,
+    min_count: Annotated[int, typer.Option(help="Tags on fewer covers are dropped")] = 10,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Train the tag classifier head on cover images; its first FC layer becomes the image vector."""
+    params = {
+        "dataset": str(dataset.resolve()),
+        "tag_level": tag_level,
+        "base": base,
+        "epochs": epochs,
+        "min_count": min_count,
+    }
+    _run_training("tag-image", params, on_worker)
+
+
+@finetune_app.command("tag-resnet")
+def finetune_tag_resnet(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    tag_level: Annotated[int, typer.Option(help="1, 2, ... or 0 for leaf tags")] = 2,
+    epochs: Annotated[int, typer.Option()] = 200,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """`tag-image` on the ResNet-18 backbone (set MMRECALL_IMAGE_CHECKPOINT for ImageNet weights)."""
+    params = {"dataset": str(dataset.resolve()), "tag_level": tag_level, "base": "tag-image-resnet18", "epochs": epochs}
+    _run_training("tag-image", params, on_worker)
+
+
+@finetune_app.command("pretrain-dualstream")
+def finetune_pretrain_dualstream(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    base: Annotated[str, typer.Option(help="dual-stream variant or checkpoint directory")] = "dual-stream-base",
+    epochs: Annotated[float, typer.Option()] = 2.0,
+    steps: Annotated[int | None, typer.Option(help="Overrides epochs")] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    resume: Annotated[Path | None, typer.Option(help="A run directory to continue")] = None,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Pretrain the dual-stream encoder: masked tokens, masked frames, text-frame alignment."""
+    params = {
+        "dataset": str(dataset.resolve()),
+        "base": base,
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "resume": str(resume.resolve()) if resume else None,
+    }
+    _run_training("pretrain-dualstream", params, on_worker)
+
+
+@finetune_app.command("g")
+def finetune_g(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    features: Annotated[str, typer.Option(help="Comma-separated encoders whose vectors feed G")] = (
+        "text-minilm,dual-stream-base"
+    ),
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 512,
+    user_tower: Annotated[str, typer.Option(help="pool (attention pooling) or seq (the sequence tower)")] = "pool",
+    interests: Annotated[int, typer.Option(help="seq: interest vectors per user (elastic: rare ones drop)")] = 4,
+    activate: Annotated[bool, typer.Option(help="Then re-encode the catalogue with G and rebuild the index")] = False,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job")] = False,
+) -> None:
+    """Train the behaviour-aware content function G (with bias towers) on clicks."""
+    if user_tower not in ("pool", "seq"):
+        _fail(f"--user-tower must be pool or seq, not {user_tower!r}")
+    params = {
+        "dataset": str(dataset.resolve()),
+        "features": [f.strip() for f in features.split(",") if f.strip()],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "user_tower": user_tower,
+        "interests": interests if user_tower == "seq" else 1,
+    }
+    if user_tower == "seq":
+        params["history"] = 30  # the transformer reads the latest 30 items; tag preferences the latest 200
+    report = _run_training("g", params, on_worker)
+    if activate and report:
+        activate_cmd(report["checkpoint"], wait=True)
+
+
+@app.command()
+def ingest(
+    dataset: Path,
+    wait: Annotated[bool, typer.Option(help="Wait until every item is encoded")] = True,
+    interactions: Annotated[bool, typer.Option(help="Also ingest interactions.csv")] = True,
+    start_worker: Annotated[bool, typer.Option(help="Start a local worker if none answers")] = False,
+) -> None:
+    """Bulk-ingest a dataset directory (interchange format) and enqueue encoding."""
+    from mmrecall.pipeline.ingest import bulk_ingest
+
+    settings = get_settings()
+    try:
+        report = bulk_ingest(settings, dataset, interactions=interactions, wait=wait, ensure_worker=start_worker)
+    except (ValueError, TimeoutError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads")] = "prefork",
+) -> None:
+    """Run a Celery worker for this instance's queue (foreground)."""
+    import os
+
+    from mmrecall.pipeline.runner import settings_env, worker_command
+
+    settings = get_settings()
+    env = settings_env(settings)
+    env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
+    command = worker_command(settings, concurrency=concurrency, pool=pool)
+    os.execvpe(command[0], command, env)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(help="API processes (default: MMRECALL_API_WORKERS)")] = 0,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from mmrecall.api.app import create_app
+    from mmrecall.api.auth import is_loopback, parse_keys
+
+    settings = get_settings()
+    try:
+        keys = parse_keys(settings.api_keys)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not keys and not is_loopback(host):
+        _fail(f"refusing to serve on {host} without API keys: set MMRECALL_API_KEYS (KEY:write,...) or bind 127.0.0.1")
+    if not keys:
+        typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
+    workers = workers or settings.api_workers
+    options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
+    if workers > 1:  # each process maps the same snapshot files: the index is in memory once
+        from mmrecall.api.balanced import serve_balanced
+
+        options.pop("host"), options.pop("port")
+        raise typer.Exit(serve_balanced("mmrecall.api.app:create_app", workers, host=host, port=port, options=options))
+    else:
+        uvicorn.run(create_app(settings), **options)
+
+
+@app.command()
+def reconcile() -> None:
+    """Send again items stuck `pending`/`encoding` (their task was lost) and fail jobs that stopped.
+
+    Workers run this sweep on their own at start-up and every MMRECALL_RECONCILE_EVERY_S."""
+    from mmrecall.pipeline.reconcile import reconcile as sweep
+
+    typer.echo(json.dumps(sweep(get_settings())))
+
+
+@app.command()
+def reindex(
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish")] = True,
+    local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
+) -> None:
+    """Rebuild the index from all stored vectors and swap it in atomically."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    if local:
+        from mmrecall.pipeline.reindex import reindex as run_reindex
+        from mmrecall.storage import catalogue
+        from mmrecall.storage.db import session_scope
+
+        with session_scope(settings.resolved_database_url) as session:
+            job_id = catalogue.create_job(session, "reindex").id
+        try:
+            result = run_reindex(settings, job_id)
+        except ValueError as exc:
+            _fail(str(exc))
+    else:
+        from mmrecall.pipeline.queue import submit_job
+
+        job_id = submit_job(settings, "reindex")
+        if not wait:
+            typer.echo(f"job {job_id} queued")
+            return
+        result = _follow(job_id, timeout=3600)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("activate")
+def activate_cmd(
+    encoder: Annotated[str, typer.Argument(help="A registered encoder or a checkpoint directory")],
+    wait: Annotated[bool, typer.Option(help="Wait for the backfill to finish")] = True,
+) -> None:
+    """Switch the catalogue to another encoder: re-encode everything through a worker, reindex, swap."""
+    from mmrecall.pipeline.queue import submit_job
+
+    job_id = submit_job(get_settings(), "backfill", {"encoder": encoder})
+    if not wait:
+        typer.echo(f"backfill job {job_id} queued")
+        return
+    typer.echo(json.dumps(_follow(job_id, timeout=24 * 3600), indent=2))
+
+
+@app.command()
+def similar(
+    item_id: str,
+    k: Annotated[int, typer.Option("-k", help="How many neighbours")] = 10,
+    channel: Annotated[str, typer.Option(help="v2v or cluster")] = "v2v",
+    api: Annotated[str | None, typer.Option(help="Ask a running API (e.g. http://127.0.0.1:8000)")] = None,
+) -> None:
+    """Print the k most similar items (the same JSON as GET /v1/similar/{id})."""
+    from mmrecall.cli.query import QueryError, similar_items
+
+    try:
+        result = similar_items(get_settings(), item_id, k=k, channel=channel, api=api)
+    except QueryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def recall(
+    user_id: Annotated[str | None, typer.Option(help="Recall from this user's stored history")] = None,
+    history: Annotated[str | None, typer.Option(help="Or from these comma-separated item ids, oldest first")] = None,
+    k: Annotated[int, typer.Option("-k")] = 20,
+    channels: Annotated[str, typer.Option(help="Comma-separated")] = ",".join(CHANNELS),
+    api: Annotated[str | None, typer.Option(help="Ask a running API")] = None,
+) -> None:
+    """Print the merged recall set with provenance (the same JSON as POST /v1/recall)."""
+    from mmrecall.cli.query import QueryError, recall_items
+
+    body = {"k": k, "channels": [c.strip() for c in channels.split(",") if c.strip()]}
+    if user_id:
+        body["user_id"] = user_id
+    if history:
+        body["history"] = [h.strip() for h in history.split(",") if h.strip()]
+    try:
+        result = recall_items(get_settings(), body, api=api)
+    except QueryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def status() -> None:
+    """Catalogue counts by encode status, and the serving snapshot."""
+    from mmrecall.storage import catalogue, snapshots
+    from mmrecall.storage.db import session_scope
+
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        counts = catalogue.count_by_status(session)
+    current = snapshots.current_snapshot(settings.snapshots_dir)
+    meta = snapshots.read_meta(current) if current else None
+    typer.echo(json.dumps({"items": counts, "snapshot": meta}, indent=2))
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoder variants."""
+    from mmrecall.encoders import list_encoders
+
+    for name in list_encoders():
+        typer.echo(name)
+
+
+EVAL_BASELINES = "random,popular,itemcf,sasrec,text_v2v"  # evaluation.registry.BASELINES, without importing it
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
+    out: Annotated[Path, typer.Option(help="Report JSON path")] = Path("report.json"),
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of hitRate@K per channel")] = None,
+    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (beside the baselines)")] = None,
+    baselines: Annotated[str, typer.Option(help="Comma-separated baselines to report")] = EVAL_BASELINES,
+    split: Annotated[str, typer.Option(help="test or valid (leave-last-item-out)")] = "test",
+    protocol: Annotated[str, typer.Option(help="last, cold or both")] = "both",
+    cache: Annotated[Path | None, typer.Option(help="Reuse encodings and models from here")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder behind the v2v channel")] = None,
+    on_worker: Annotated[bool, typer.Option(help="Run as a Celery job and follow its progress")] = False,
+) -> None:
+    """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot."""
+    for name in ("evaluation", "finetune"):  # training epochs and tuning steps, with counts and ETA
+        logging.getLogger(name).setLevel(logging.INFO)
+    from mmrecall.evaluation.harness import plot_report, render_report, run_eval
+
+    if on_worker:
+        from mmrecall.pipeline.queue import submit_job
+
+        params = {
+            "dataset": str(dataset.resolve()),
+            "out": str(out.resolve()),
+            "split": split,
+            "protocol": protocol,
+            "plot": str(plot.resolve()) if plot else None,
+            "cache": str(cache.resolve()) if cache else None,
+            "encoder": encoder,
+            "channels": channels.split(",") if channels else None,
+        }
+        report = _follow(submit_job(get_settings(), "eval", params), timeout=6 * 3600)
+        typer.echo(render_report(report))
+        return
+    try:
+        report = run_eval(
+            dataset,
+            channels=[c.strip() for c in channels.split(",") if c.strip()] if channels else None,
+            protocol=protocol,
+            split=split,
+            cache=cache,
+            encoder=encoder or get_settings().encoder,
+            baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        )
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    typer.echo(render_report(report))
+    if plot:
+        plot_report(report, plot)
+        typer.echo(f"\nplot: {plot}")
+    typer.echo(f"report: {out}")
+
+
+@app.command()
+def demo(
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API afterwards")] = True,
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Generate the demo catalogue, ingest it through a real worker, reindex, show similar items, serve."""
+    from mmrecall.cli.demo import run_demo
+
+    run_demo(get_settings(), serve=serve_api, port=port)
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="encode, index, api, perf, faults, scaling or answers")],
+    out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
+    scale: Annotated[
+        str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf and answers: 10k, 100k or 1m")
+    ] = "100k",
+) -> None:
+    """Run a benchmark: prints a table and writes OUT/NAME.json."""
+    from mmrecall.benchmarks import get_benchmark
+
+    try:
+        runner = get_benchmark(name)
+    except KeyError as exc:
+        _fail(str(exc))
+    runner(out=out, scale=scale, redis_url=get_settings().redis_url)
+    typer.echo(f"wrote {out / (name + '.json')}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Rebuilding the serving structures from stored vectors (the reindex job), and activating an encoder
+(backfill its vectors, then reindex): the previous snapshot serves until the atomic swap."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from mmrecall.core.settings import Settings
+from mmrecall.encoders import encoder_version
+from mmrecall.encoders.content_g import CONFIG_FILE as G_CONFIG_FILE
+from mmrecall.encoders.content_g import load_active_interests, load_g
+from mmrecall.encoders.registry import checkpoint_dir
+from mmrecall.finetune.common import EtaLogger
+from mmrecall.finetune.export import user_tower_arrays
+from mmrecall.index.ann import VectorIndex, choose_factory
+from mmrecall.index.clusters import ClusterTable
+from mmrecall.index.item_meta import ItemMeta
+from mmrecall.index.v2v import neighbor_table
+from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
+from mmrecall.storage import catalogue, snapshots
+from mmrecall.storage.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64) -> dict:
+    """Activate an encoder: re-encode the catalogue with it, rebuild the index from its vectors, then swap.
+
+    Queries keep being served from the old snapshot until the new one is published; items ingested
+    meanwhile are encoded with both encoders (the new one is `pending`).
+    """
+    url = settings.resolved_database_url
+    encoder = load_encoder(settings, spec)
+    with session_scope(url) as session:
+        catalogue.set_encoder_state(session, "pending", spec)
+        item_ids = catalogue.ready_item_ids(session)
+        catalogue.update_job(session, job_id, state="running", total=len(item_ids), done=0, message=encoder.version)
+    skipped: dict[str, str] = {}
+    try:
+        for start in range(0, len(item_ids), batch_size):
+            chunk = item_ids[start : start + batch_size]
+            with session_scope(url) as session:
+                items = catalogue.get_items(session, chunk)
+            ids, vectors, failed = encode_batch(encoder, items, settings)
+            skipped.update(failed)
+            with session_scope(url) as session:
+                if ids:
+                    catalogue.store_vectors(
+                        session, ids, vectors, encoder=encoder.name, version=encoder.version, mark_ready=False
+                    )
+                catalogue.update_job(session, job_id, done=start + len(chunk))
+            log.info("backfill %s: %d/%d items", encoder.version, start + len(chunk), len(item_ids))
+        result = reindex(settings, job_id, spec=spec, finish=False)
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.clear_encoder_state(session, "pending")
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(url) as session:
+        catalogue.set_encoder_state(session, "active", spec)
+        catalogue.clear_encoder_state(session, "pending")
+        result = {
+            **result,
+            "encoder": spec,
+            "skipped": len(skipped),
+            "skipped_examples": dict(list(skipped.items())[:5]),
+        }
+        catalogue.update_job(session, job_id, state="succeeded", result=result)
+    return result
+
+
+def reindex(
+    settings: Settings, job_id: str, *, spec: str | None = None, version: str | None = None, finish: bool = True
+) -> dict:
+    """Rebuild every serving structure from the stored vectors of an encoder and publish them as the
+    new snapshot: the ANN index, the k-means cluster table (cluster ids also stored per item), the v2v
+    neighbour table, and for a G encoder its user tower.
+
+    The previous snapshot keeps serving until the atomic swap at the end; a failure leaves it in place.
+    """
+    url = settings.resolved_database_url
+    spec = spec or encoder_specs(settings)[0]
+    version = version or encoder_version(spec, *weight_paths(settings))
+    started = time.time()
+    with session_scope(url) as session:
+        total = catalogue.count_vectors(session, version)
+        catalogue.update_job(session, job_id, state="running", total=total, done=0, message=version)
+    if total == 0:
+        raise ValueError(f"no vectors stored for encoder version {version}; nothing to index")
+    try:
+        ids: list[str] = []
+        matrix: np.ndarray | None = None  # filled in place: memory grows with the index, not with copies
+        max_row = 0
+        with session_scope(url) as session:
+            for chunk_ids, chunk, last_row in catalogue.iter_vectors(session, version, chunk=20_000):
+                if matrix is None:
+                    matrix = np.empty((total, chunk.shape[1]), np.float32)
+                take = min(len(chunk_ids), total - len(ids))  # rows written since the count wait for the feed
+                matrix[len(ids) : len(ids) + take] = chunk[:take]
+                ids.extend(chunk_ids[:take])
+                max_row = last_row if take == len(chunk_ids) else max_row
+                with session_scope(url) as progress:
+                    catalogue.update_job(progress, job_id, done=len(ids))
+                log.info("reindex %s: read %d/%d vectors", job_id, len(ids), total)
+                if len(ids) >= total:
+                    break
+        matrix = matrix[: len(ids)]
+        started_clusters = time.time()
+        table = ClusterTable.build(matrix, settings.cluster_k or None)
+        ids, matrix, table = cluster_ordered(ids, matrix, table)
+        cluster_s = time.time() - started_clusters
+        log.info("reindex: %d clusters in %.1fs", len(table.centroids), cluster_s)
+        factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
+        built = VectorIndex.build(ids, matrix, factory)
+        del matrix
+        tuned = built.tune_search(settings.ann_target_recall)  # before save: the breadth is stored with it
+        writer = snapshots.SnapshotWriter(settings.snapshots_dir, job_id[:8])
+        target = writer.directory
+        writer.index(built)
+        with session_scope(url) as session:
+            positions = built.position
+            rows = catalogue.iter_item_meta(session)
+            writer.item_meta(ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)))
+
+        def report(done: int, total: int, _metrics: dict) -> None:
+            with session_scope(url) as session:
+                catalogue.update_job(session, job_id, message=f"{version}: v2v table {done}/{total}")
+
+        extras = write_recall_tables(settings, built, spec, writer, table=table, report=report)
+        extras["cluster_s"] = round(cluster_s, 2)  # k-means ran above, before the rows were ordered
+        meta = {
+            "encoder_version": version,
+            "count": len(ids),
+            "factory": factory,
+            "max_row": max_row,
+            "job_id": job_id,
+            "created_at": time.time(),
+            **tuned,
+            **extras,
+        }
+        with session_scope(url) as session:
+            catalogue.set_cluster_ids(session, built.ids, table.assignment)
+        writer.publish(meta)
+        snapshots.prune(settings.snapshots_dir)
+    except Exception as exc:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    result = {**meta, "snapshot": target.name, "seconds": round(time.time() - started, 3)}
+    if finish:
+        with session_scope(url) as session:
+            catalogue.update_job(session, job_id, state="succeeded", done=len(ids), result=result)
+    return result
+
+
+def cluster_ordered(
+    ids: list[str], matrix: np.ndarray, table: ClusterTable
+) -> tuple[list[str], np.ndarray, ClusterTable]:
+    """The snapshot's rows stored cluster by cluster: a cluster's members are then one contiguous block
+    of the vectors (the cluster channel reads ~500 of them per trigger at 1M items: a slice instead of
+    a gather from all over the map), and near neighbours tend to sit near each other in memory."""
+    order = np.argsort(table.assignment, kind="stable")
+    return (
+        [ids[i] for i in order],
+        matrix[order],
+        ClusterTable.from_assignment(table.centroids, table.assignment[order]),
+    )
+
+
+def write_recall_tables(
+    settings: Settings,
+    built: VectorIndex,
+    spec: str,
+    writer: snapshots.SnapshotWriter,
+    *,
+    table: ClusterTable | None = None,
+    report: Callable | None = None,
+) -> dict:
+    """The structures the recall channels read, next to the ANN index in the snapshot directory
+    (the k-means table is built here unless given)."""
+    extras = {}
+    if table is None:
+        started = time.time()
+        table = ClusterTable.build(np.asarray(built.vectors), settings.cluster_k or None)
+        extras["cluster_s"] = round(time.time() - started, 2)
+    writer.clusters(table)
+    started = time.time()
+    eta = EtaLogger("v2v table", len(built), on_progress=report, every_s=15.0)
+    # one search per item: at the breadth that reaches the target recall for item queries (an item's own
+    # neighbourhood needs less breadth than a user's blend of items), unless set
+    ef_search = settings.v2v_table_ef_search
+    if not ef_search and built.is_hnsw and len(built) > settings.v2v_table_size:
+        ef_search, _ = built.search_breadth(settings.ann_target_recall, blend=1, k=settings.v2v_table_size)
+    rows, scores = neighbor_table(
+        built, n=settings.v2v_table_size, ef_search=ef_search, progress=lambda done, _total: eta(done, {})
+    )
+    writer.v2v_table(rows, scores)
+    extras |= {
+        "clusters": len(table.centroids),
+        "v2v_table": int(rows.shape[1]),
+        "v2v_table_ef_search": ef_search,
+        "v2v_table_s": round(time.time() - started, 2),
+    }
+    directory = checkpoint_dir(spec)
+    if directory is not None and (directory / G_CONFIG_FILE).is_file():
+        writer.user_tower(user_tower_arrays(load_g(directory), load_active_interests(directory)))
+        extras["user_tower"] = True
+    return extras

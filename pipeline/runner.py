@@ -1,0 +1,172 @@
+"""Starting workers and the API as processes, and waiting on the catalogue: what the CLI and demo share."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmrecall.core.settings import Settings
+from mmrecall.pipeline.queue import workers_alive
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
+
+TERMINAL = ("ready", "failed")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings as this one (every field that
+    differs from its default, paths made absolute)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRECALL_")}  # this object decides
+    defaults = Settings.model_construct()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value == getattr(defaults, name, None) and name not in ("home", "redis_url", "queue", "encoder"):
+            continue
+        env[f"MMRECALL_{name.upper()}"] = _env_value(value)
+    env["MMRECALL_HOME"] = str(settings.home.resolve())
+    env["MMRECALL_DATABASE_URL"] = settings.resolved_database_url
+    return env
+
+
+def _env_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, list | tuple):
+        return ",".join(_env_value(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)  # pydantic-settings reads complex fields as JSON
+    return str(value)
+
+
+def worker_command(
+    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", name: str = "mmrecall"
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mmrecall.workers.app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        settings.queue,
+        "--hostname",
+        f"{name}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def start_worker(
+    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", log_path: str | None = None
+) -> subprocess.Popen:
+    env = settings_env(settings)
+    # Each worker process gets an equal share of the cores unless told otherwise.
+    env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
+    return subprocess.Popen(
+        worker_command(settings, concurrency=concurrency, pool=pool), env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def wait_for_workers(settings: Settings, *, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = workers_alive(settings, timeout=1.0)
+        if alive:
+            return alive
+        time.sleep(0.5)
+    raise TimeoutError(f"no worker answered on {settings.redis_url} queue {settings.queue} within {timeout:.0f}s")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a server started right after)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_api(url: str, *, timeout: float = 60.0) -> None:
+    """Block until the API at `url` answers /healthz with 200."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the API at {url} did not start within {timeout:.0f}s")
+
+
+def wait_for_items(
+    settings: Settings,
+    item_ids: Sequence[str],
+    *,
+    timeout: float = 3600.0,
+    progress: bool = True,
+    poll_s: float = 0.5,
+) -> dict[str, int]:
+    """Block until every item is `ready` or `failed`, with a progress bar; returns the status counts."""
+    url = settings.resolved_database_url
+    ids = list(item_ids)
+    bar = tqdm(total=len(ids), desc="encoding", unit="item", disable=not progress)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            with session_scope(url) as session:
+                counts: dict[str, int] = {}
+                for start in range(0, len(ids), 5000):
+                    for status, n in catalogue.count_by_status(session, ids[start : start + 5000]).items():
+                        counts[status] = counts.get(status, 0) + n
+            finished = sum(counts.get(s, 0) for s in TERMINAL)
+            bar.n = finished
+            bar.set_postfix(failed=counts.get("failed", 0), refresh=False)
+            bar.refresh()
+            if finished >= len(ids):
+                return counts
+            if time.time() > deadline:
+                raise TimeoutError(f"items not finished after {timeout:.0f}s: {counts}")
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+def wait_for_job(settings: Settings, job_id: str, *, timeout: float = 3600.0, progress: bool = True) -> dict:
+    url = settings.resolved_database_url
+    bar = tqdm(desc="job", unit="step", disable=not progress)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            with session_scope(url) as session:
+                job = catalogue.get_job(session, job_id)
+                state, done, total, error, result = job.state, job.done, job.total, job.error, job.result
+            bar.total, bar.n = total or None, done
+            bar.refresh()
+            if state == "succeeded":
+                return result or {}
+            if state == "failed":
+                raise RuntimeError(f"job {job_id} failed: {error}")
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id} still {state} after {timeout:.0f}s")
+            time.sleep(0.3)
+    finally:
+        bar.close()

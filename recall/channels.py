@@ -1,0 +1,114 @@
+"""The channel registry: each recall channel's name, what it reads, and the function that recalls.
+
+The API schema, the CLI's defaults, the recall service and the evaluation harness all read their lists
+from here. A channel function gets one request's `ChannelRequest` and returns its candidates best first
+(seen rows excluded), or None when it has nothing to say for this history (the merge then omits it).
+The registry's order is the merge's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmrecall.index.ranked import Ranked
+from mmrecall.index.v2v import recall_from_triggers
+from mmrecall.recall.multi_interest import interests, quotas
+from mmrecall.recall.sources import RecallConfig, RecallSources
+
+
+@dataclass(frozen=True)
+class ChannelRequest:
+    """What every channel may read for one request."""
+
+    sources: RecallSources
+    history: np.ndarray  # rows, oldest first
+    seen: np.ndarray  # sorted unique history rows: never recalled
+    triggers: list[int]  # latest distinct history rows, newest first
+    trigger_weights: np.ndarray  # recency weight of each trigger
+    user: str | None
+    n: int  # candidates wanted
+    config: RecallConfig
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    reads: str  # what it needs, in words (docs, errors)
+    recall: Callable[[ChannelRequest], Ranked | None]
+    item_to_item: bool = False  # also answers /v1/similar for one item
+
+
+def _v2v(request: ChannelRequest) -> Ranked:
+    sources, n = request.sources, request.n
+    return recall_from_triggers(
+        request.triggers, lambda t: sources.neighbor_lists(t, n), k=n, decay=request.config.decay, exclude=request.seen
+    )
+
+
+def _cluster(request: ChannelRequest) -> Ranked:
+    triggers = list(zip(request.triggers, request.trigger_weights.tolist(), strict=True))
+    return request.sources.cluster_mates(triggers, request.n, request.seen)
+
+
+def _personal(request: ChannelRequest) -> Ranked:
+    vector = request.sources.user_vector(request.history, request.user)
+    if vector is None:
+        return Ranked.empty()
+    return Ranked.of(*request.sources.search(vector, request.n, request.seen))
+
+
+def _multi_interest(request: ChannelRequest) -> Ranked | None:
+    """PinnerSage: one query per top interest (from its medoid's cached neighbours where possible), the
+    list shared by importance; an item found by two interests stays with the first."""
+    if not len(request.history):
+        return None
+    sources, config = request.sources, request.config
+    recent = request.history[-200:]
+    found_interests = interests(
+        sources.content_vectors(recent),
+        threshold=config.interest_threshold,
+        half_life=config.interest_half_life,
+        max_interests=config.max_interests,
+    )
+    rows, scores, numbers, medoids = [], [], [], []
+    exclude = request.seen
+    for number, (interest, quota) in enumerate(zip(found_interests, quotas(found_interests, request.n), strict=True)):
+        medoid = int(recent[interest.medoid])
+        found, found_scores = sources.nearest(medoid, interest.vector, quota, exclude)
+        rows.append(found)
+        scores.append(np.asarray(found_scores, np.float64))
+        numbers.append(np.full(len(found), number))
+        medoids.append(np.full(len(found), medoid))
+        exclude = np.concatenate([exclude, found])
+    if not rows:
+        return Ranked.empty()
+    ranked = Ranked.of(*(np.concatenate(part) for part in (rows, scores, medoids, numbers)))
+    return ranked.take(np.argsort(-ranked.scores, kind="stable"))
+
+
+REGISTRY: dict[str, Channel] = {
+    channel.name: channel
+    for channel in (
+        Channel(
+            "v2v", "the v2v table (or live ANN) of the latest trigger items, recency-weighted", _v2v, item_to_item=True
+        ),
+        Channel("cluster", "k-means cluster-mates of the trigger items", _cluster, item_to_item=True),
+        Channel("personal", "the user tower over the history -> ANN over G item vectors", _personal),
+        Channel(
+            "multi_interest",
+            "PinnerSage: Ward clusters of the history, one ANN query per top interest",
+            _multi_interest,
+        ),
+    )
+}
+CHANNELS = tuple(REGISTRY)  # every served channel, in merge order
+SIMILAR_CHANNELS = tuple(name for name, channel in REGISTRY.items() if channel.item_to_item)
+
+
+def get_channel(name: str) -> Channel:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown channel {name!r}; known: {', '.join(CHANNELS)}")
+    return REGISTRY[name]

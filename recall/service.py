@@ -1,0 +1,124 @@
+"""The recall service: one history (item rows, or ids with times and a user) through the channels and the
+merge to one list with provenance. The API's routes and fast path, the CLI, the benchmarks and the
+evaluation harness all call these functions; they differ only in the `RecallSources` they pass.
+
+Channels are in `mmrecall.recall.channels` (the registry); `merged` is their union, deduplicated, seen items
+dropped, reranked by MIC's rule (`mmrecall.recall.merge`), each result with the channels and trigger that
+recalled it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mmrecall.core.merge_weights import MergeWeights
+from mmrecall.index.ranked import NO_ROWS, Ranked
+from mmrecall.recall.channels import CHANNELS, REGISTRY, ChannelRequest
+from mmrecall.recall.merge import Pick, Pool, describe, merge
+from mmrecall.recall.serving import ServiceSources, ServingIndex
+from mmrecall.recall.sources import RecallConfig, RecallSources, history_rows, latest_distinct
+
+
+class NoKnownHistory(LookupError):
+    """None of the history items has a vector (HTTP 400)."""
+
+
+def channel_candidates(
+    sources: RecallSources,
+    history: np.ndarray,
+    user: str | None,
+    channels: Sequence[str],
+    config: RecallConfig,
+) -> dict[str, Ranked]:
+    """channel -> candidates (with trigger rows / interest numbers), best first; seen rows excluded.
+    history: rows, oldest first. Channels run in the registry's order, whatever order they are asked in."""
+    history = np.asarray(history, np.int64)
+    triggers = latest_distinct(history.tolist(), config.triggers)
+    request = ChannelRequest(
+        sources=sources,
+        history=history,
+        seen=np.unique(history),
+        triggers=triggers,
+        trigger_weights=np.power(config.decay, np.arange(len(triggers))),
+        user=user,
+        n=config.per_channel,
+        config=config,
+    )
+    out: dict[str, Ranked] = {}
+    for name, channel in REGISTRY.items():
+        if name in channels:
+            found = channel.recall(request)
+            if found is not None:
+                out[name] = found
+    return out
+
+
+def recall_set(
+    sources: RecallSources,
+    history: np.ndarray,
+    *,
+    user: str | None = None,
+    k: int = 100,
+    channels: Sequence[str] = CHANNELS,
+    config: RecallConfig = RecallConfig(),
+) -> tuple[Pool, list[Pick], dict[str, Ranked]]:
+    """(the candidate pool, the merged picks from it, per-channel candidates); history: rows, oldest first.
+    merge.describe turns the picks into result dicts with provenance."""
+    candidates = channel_candidates(sources, history, user, channels, config)
+    if hasattr(sources, "prepare"):  # e.g. fetch the candidates' tags in one query
+        sources.prepare(np.concatenate([r.rows for r in candidates.values()]) if candidates else NO_ROWS)
+    pool, picks = merge(
+        {c: r.normalized() for c, r in candidates.items()},
+        k=k,
+        seen=np.unique(history),
+        categories=sources.categories,
+        weights=config.merge,
+    )
+    return pool, picks, candidates
+
+
+def recall_answer(
+    sources: ServiceSources,
+    known: np.ndarray,
+    *,
+    k: int,
+    channels: Sequence[str] = CHANNELS,
+    user_id: str | None = None,
+    merge_weights: dict | None = None,
+) -> dict:
+    """The /v1/recall body for a history's rows (`known`): merged results with titles and provenance, and
+    how many candidates each channel gave. merge_weights: the deployment's (settings.merge)."""
+    config = RecallConfig(per_channel=max(k, 100), merge=MergeWeights(**(merge_weights or {})))
+    pool, picks, candidates = recall_set(sources, known, user=user_id, k=k, channels=channels, config=config)
+    rows = pool.picked_rows(picks).tolist()
+    titles = sources.titles(rows)
+    results = describe(pool, picks, sources.item)
+    for result, row in zip(results, rows, strict=True):
+        result["title"] = titles.get(row)
+    return {
+        "user_id": user_id,
+        "history_used": len(known),
+        "channels": {name: len(results) for name, results in candidates.items()},
+        "results": results,
+    }
+
+
+def history_recall(
+    serving: ServingIndex,
+    history: list[str],
+    times: dict[str, float],
+    *,
+    k: int,
+    channels: Sequence[str] = CHANNELS,
+    user_id: str | None = None,
+    in_memory_only: bool,
+) -> dict:
+    """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
+    in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
+    sources = ServiceSources(serving.state, serving.database_url, in_memory_only=in_memory_only, history_times=times)
+    known = history_rows(sources, history)
+    if not len(known):
+        raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
+    return recall_answer(sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge)

@@ -1,0 +1,458 @@
+"""What the API serves from: the current snapshot plus every vector written since, kept fresh.
+
+A background thread follows the snapshot pointer (swapped atomically by reindex jobs), the vectors
+table's change feed (newly encoded items are queryable within `refresh_interval_s`) and deletions.
+Everything a request reads hangs off one `ServingState`, replaced whole on a swap, so a request never
+sees half of an old snapshot and half of a new one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from mmrecall.core.features import gap_buckets, id_key
+from mmrecall.core.settings import Settings
+from mmrecall.index.clusters import ClusterTable, cluster_recall
+from mmrecall.index.item_meta import ItemMeta
+from mmrecall.index.live import LiveIndex
+from mmrecall.index.ranked import NO_ROWS, Ranked, member_mask, top_rows
+from mmrecall.index.v2v import stack_neighbors
+from mmrecall.recall.towers import SeqTowerNumpy, UserTowerNumpy, tower_from_arrays
+from mmrecall.storage import catalogue, snapshots
+from mmrecall.storage.db import ItemVector, session_scope
+
+log = logging.getLogger(__name__)
+
+# Row ids are assigned at insert but may commit out of order (PostgreSQL): re-read a trailing
+# window of rows behind the watermark so a late commit is not skipped.
+FEED_WINDOW = 1000
+# Between reads of that window, a refresh only asks for the newest row id (one index lookup): reading the
+# window every tick cost the API 3.5% of its throughput at 1M items. A late commit below the newest row
+# is picked up by the next read, at most this long after.
+FEED_WINDOW_EVERY_S = 2.0
+
+
+@dataclass
+class ServingState:
+    live: LiveIndex
+    version: str | None = None
+    snapshot_name: str | None = None
+    clusters: ClusterTable | None = None
+    v2v_rows: np.ndarray | None = None  # (n, N) neighbour rows of the snapshot
+    v2v_scores: np.ndarray | None = None
+    user_tower: UserTowerNumpy | SeqTowerNumpy | None = None
+    meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
+
+    @classmethod
+    def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
+        item_meta = snapshot.item_meta
+        mapped = [snapshot.index.vectors, snapshot.v2v_rows, snapshot.v2v_scores]
+        if item_meta is not None:
+            mapped += [item_meta.blob, item_meta.title_spans, item_meta.tag_offsets, item_meta.tag_codes]
+        for array in mapped:
+            prefault(array)
+        tower = tower_from_arrays(snapshot.user_tower) if snapshot.user_tower is not None else None
+        return cls(
+            LiveIndex(snapshot.index),
+            snapshot.meta["encoder_version"],
+            snapshot.directory.name,
+            snapshot.clusters,
+            snapshot.v2v_rows,
+            snapshot.v2v_scores,
+            tower,
+            item_meta,
+        )
+
+
+def prefault(array: np.ndarray | None, page: int = 4096) -> None:
+    """Read one byte of every page of a memory-mapped array, before it serves. Otherwise each request
+    pays a page fault per page it touches first (a cluster's ~500 member vectors at 1M items are ~500
+    faults), which a random-access workload keeps paying for a long time. The pages stay shared between
+    the API processes through the page cache."""
+    if array is None or not array.size or not array.flags.c_contiguous:
+        return
+    array.reshape(-1).view(np.uint8)[::page].max()
+
+
+class ServingIndex:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database_url = settings.resolved_database_url  # once: resolving the home path costs a syscall per call
+        self.state = ServingState(LiveIndex())
+        self.watermark = 0
+        self._seen_rows: set[int] = set()
+        self._deleted_since = 0.0
+        self._newest_row = -1  # the newest vector row at the feed window's last read
+        self._window_read_at = -FEED_WINDOW_EVERY_S  # and when that read was (time.monotonic)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+
+    @property
+    def live(self) -> LiveIndex:
+        return self.state.live
+
+    @property
+    def version(self) -> str | None:
+        return self.state.version
+
+    @property
+    def snapshot_name(self) -> str | None:
+        return self.state.snapshot_name
+
+    # --- following the snapshot pointer, the change feed and deletions ----------------------------
+    def refresh(self) -> None:
+        with self._refresh_lock:
+            self._follow_snapshot()
+            self._follow_feed()
+            self._follow_deletions()
+
+    def _follow_snapshot(self) -> None:
+        current = snapshots.current_snapshot(self.settings.snapshots_dir)
+        if current is None or current.name == self.state.snapshot_name:
+            return
+        snapshot = snapshots.load_snapshot(current)  # SnapshotLayoutError names the command that rebuilds it
+        meta = snapshot.meta
+        state = ServingState.from_snapshot(snapshot)
+        state.live.deleted = set(self.state.live.deleted)
+        max_row = int(meta["max_row"])
+        with session_scope(self.database_url) as session:
+            # rows at or below the snapshot's watermark are in it already
+            in_snapshot = catalogue.vector_rows_after(session, meta["encoder_version"], max_row - FEED_WINDOW)
+        self.state = state  # one reference swap: requests in flight finish on the old state
+        # A snapshot holds millions of long-lived Python objects (ids, the id -> row dict): keep them out
+        # of the cyclic collector's generations, or every full collection walks them in the middle of
+        # a request (they are still freed by reference counting when the snapshot is replaced).
+        gc.collect()
+        gc.freeze()
+        self.watermark = max_row
+        self._seen_rows = {row for row in in_snapshot if row <= max_row}
+        self._newest_row = -1  # read the feed's window now: rows after the snapshot go to its delta
+        log.info("serving snapshot %s (%d vectors, %s)", current.name, len(state.live), state.version)
+
+    def _follow_feed(self) -> None:
+        state = self.state
+        with session_scope(self.database_url) as session:
+            if state.version is None:  # no snapshot yet: follow the newest encoder's vectors
+                state.version = session.scalar(select(ItemVector.version).order_by(ItemVector.id.desc()).limit(1))
+                if state.version is None:
+                    return
+            newest, now = catalogue.max_vector_row(session, state.version), time.monotonic()
+            if newest == self._newest_row and now - self._window_read_at < FEED_WINDOW_EVERY_S:
+                return  # nothing newer
+            self._newest_row, self._window_read_at = newest, now
+            rows = catalogue.vector_rows_after(session, state.version, max(0, self.watermark - FEED_WINDOW))
+            fresh = [row for row in rows if row not in self._seen_rows]
+            for start in range(0, len(fresh), 10_000):
+                chunk = fresh[start : start + 10_000]
+                ids, matrix = catalogue.vectors_by_rows(session, chunk)
+                state.live.add(ids, matrix)
+                self._seen_rows.update(chunk)
+        if rows:
+            self.watermark = max(self.watermark, rows[-1])
+            floor = self.watermark - FEED_WINDOW
+            self._seen_rows = {row for row in self._seen_rows if row > floor}
+
+    def _follow_deletions(self) -> None:
+        with session_scope(self.database_url) as session:
+            deleted = catalogue.deleted_since(session, self._deleted_since)
+        if deleted:
+            self.mark_deleted([item for item, _ in deleted])
+            self._deleted_since = max(stamp for _, stamp in deleted)
+
+    def mark_deleted(self, item_ids: Sequence[str]) -> None:
+        """Honoured at once by every channel: searches and table lookups skip these ids."""
+        self.state.live.deleted.update(item_ids)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="serving-refresh", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.refresh_interval_s):
+            try:
+                self.refresh()
+            except Exception:  # keep serving the last good state; log and try again
+                log.exception("index refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class NeedsDatabase(RuntimeError):
+    """Raised by in-memory-only sources when an answer needs the database (the caller moves to a thread)."""
+
+
+class UnknownItem(LookupError):
+    """No such item id (HTTP 404)."""
+
+
+class NotReady(RuntimeError):
+    """The item exists but has no vector yet (HTTP 409)."""
+
+
+class ServiceSources:
+    """The recall channels' questions (recall.sources.RecallSources) answered from a ServingState, in its
+    rows (LiveIndex: the snapshot's positions, then the delta's); see evaluation.recall_channels for the
+    harness's dense counterpart. Snapshot items are answered from memory; the database is asked only about
+    items written after the snapshot."""
+
+    def __init__(
+        self,
+        state: ServingState,
+        database_url: str,
+        *,
+        in_memory_only: bool = False,
+        history_times: dict[str, float] | None = None,
+    ) -> None:
+        self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
+        self.live = state.live
+        self.base = self.live.base  # rows from here on are newer than the snapshot's tables
+        self.row, self.item = self.live.row, self.live.item  # item id <-> row
+        self.blocked = self.live.blocked_rows()  # deleted, or re-encoded since the snapshot
+        self._db_tags: dict[str, list[str]] = {}
+        self._history_vectors: tuple[bytes, np.ndarray] | None = None  # the last rows asked, their vectors
+        self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
+
+    def _moved(self) -> dict[int, int]:
+        """Snapshot row -> delta row of the items re-encoded since the snapshot."""
+        live = self.live
+        if not live.superseded:
+            return {}
+        position = live.snapshot.position  # type: ignore[union-attr]  # only snapshot items are superseded
+        return {position[i]: live.base + live.delta_pos[i] for i in live.superseded if i in live.delta_pos}
+
+    def _table_neighbors(
+        self, row: int, n: int, exclude: np.ndarray, *, complete: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Up to n neighbours from the v2v table plus the delta (items newer than the table), or None when
+        the table cannot answer (no table, a row newer than it; with `complete`, fewer than n left)."""
+        state = self.state
+        if row >= self.base or state.v2v_rows is None:
+            return None
+        rows, scores = state.v2v_rows[row].astype(np.int64), state.v2v_scores[row]  # type: ignore[index]  # a pair
+        keep = rows >= 0
+        if len(exclude):
+            keep &= ~member_mask(rows, exclude)
+        if self.blocked:  # deleted or re-encoded since the snapshot: usually none
+            keep &= np.fromiter((r not in self.blocked for r in rows.tolist()), bool, len(rows))
+        rows, scores = rows[keep], scores[keep].astype(np.float64)
+        if complete and len(rows) < n and state.v2v_rows.shape[1] < self.base - 1:
+            return None  # the table row is too short for this request
+        if not self.live.has_delta:  # table rows are sorted already; no newer items to fold in
+            return rows[:n], scores[:n]
+        skip = self.blocked.union(exclude.tolist(), [row])
+        fresh, fresh_scores = self.live.search_delta(self.live.row_vector(row), n, exclude=skip)
+        return top_rows(np.concatenate([rows, fresh]), np.concatenate([scores, fresh_scores]), n)
+
+    def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """From the v2v table when the row is the snapshot's, else live ANN."""
+        found = self._table_neighbors(row, n, NO_ROWS)
+        if found is not None:
+            return found
+        return self.live.search_rows(self.live.row_vector(row), n, exclude={row})
+
+    def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Several rows' neighbours (index.v2v.stack_neighbors' shape): in one gather from the v2v table
+        when it alone answers for all of them (snapshot rows, nothing added or removed since)."""
+        state = self.state
+        if (
+            state.v2v_rows is not None
+            and not self.blocked
+            and not self.live.has_delta
+            and len(rows)
+            and max(rows) < self.base
+        ):
+            at = np.asarray(rows, np.int64)
+            return state.v2v_rows[at, :n], state.v2v_scores[at, :n]  # type: ignore[index]  # written as a pair
+        return stack_neighbors([self.neighbors(row, n) for row in rows])
+
+    def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
+        found = self._table_neighbors(row, n, exclude, complete=True)
+        return found if found is not None else self.search(vector, n, exclude)
+
+    def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray = NO_ROWS) -> Ranked:
+        table = self.state.clusters
+        if table is None or self.live.snapshot is None:
+            return Ranked.empty()
+        rows, weights, clusters, queries = [], [], [], []
+        for row, weight in triggers:
+            rows.append(row)
+            weights.append(weight)
+            newer = row >= self.base  # newer than the table: its vector's cluster and its vector
+            query = self.live.row_vector(row) if newer else None
+            queries.append(query)
+            clusters.append(table.assign(query) if query is not None else int(table.assignment[row]))
+        # the table's members are snapshot rows: an item re-encoded since is listed under its old row (and
+        # reported under its new one), so it is skipped when its new row is excluded
+        moved = self._moved()
+        excluded = set(exclude.tolist()) | set(rows)
+        skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded}
+        found = cluster_recall(
+            table,
+            self.live.snapshot.vectors,
+            list(zip(rows, weights, strict=True)),
+            k=n,
+            trigger_clusters=clusters,
+            queries=queries,
+            exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]),
+        )
+        if moved:
+            found = Ranked(
+                np.array([moved.get(r, r) for r in found.rows.tolist()], np.int64), found.scores, found.trigger
+            )
+        return found
+
+    def content_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of the rows, in order."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, self.live.dim or 1), np.float32)
+        key = rows.tobytes()  # the user tower and multi-interest both read the history's vectors
+        if self._history_vectors is not None and self._history_vectors[0] == key:
+            return self._history_vectors[1]
+        if self.live.snapshot is not None and int(rows.max()) < self.base:  # one gather, not a copy per row
+            vectors = np.asarray(self.live.snapshot.vectors[rows], np.float32)
+        else:
+            vectors = np.stack([self.live.row_vector(r) for r in rows.tolist()])
+        vectors.flags.writeable = False  # shared by the callers
+        self._history_vectors = (key, vectors)
+        return vectors
+
+    def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
+        vectors = self.content_vectors(history)
+        if not len(vectors):
+            return None
+        tower = self.state.user_tower
+        if isinstance(tower, SeqTowerNumpy):  # the user's active interests, (k, d)
+            items = [self.item(r) for r in history.tolist()]
+            times = [self.history_times.get(i) for i in items]
+            gaps = gap_buckets(np.array(times, np.float64)) if all(t is not None for t in times) else None
+            return tower(
+                vectors,
+                id_key(user) if user is not None else None,
+                gaps=gaps,
+                tag_pref=tower.tag_preferences(self.tag_names(history)),
+                user=user,
+            )
+        if tower is not None:
+            return tower(vectors, id_key(user) if user is not None else None)
+        weights = np.power(0.9, np.arange(len(vectors) - 1, -1, -1))[:, None]  # no G yet: recency-weighted mean
+        mean = (weights * vectors).sum(axis=0)
+        return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+    def search(self, vector: np.ndarray, n: int, exclude: np.ndarray = NO_ROWS) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest rows to a vector, or to several (interests): each row scored by its best one."""
+        skip = set(np.asarray(exclude).tolist())
+        if vector.ndim == 1:
+            return self.live.search_rows(vector, n, exclude=skip)
+        best: dict[int, float] = {}
+        for interest in vector:
+            rows, scores = self.live.search_rows(interest, n, exclude=skip)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+                best[row] = max(best.get(row, -np.inf), score)
+        return top_rows(np.fromiter(best, np.int64, len(best)), np.fromiter(best.values(), np.float64, len(best)), n)
+
+    def prepare(self, rows: np.ndarray) -> None:
+        """Fetch, in one query, the tags of candidates the snapshot cannot answer for (rows newer than it)."""
+        rows = np.asarray(rows, np.int64)
+        if self.state.meta is not None:  # the snapshot's own rows are answered from memory
+            rows = rows[rows >= self.base]
+        items = {self.item(r) for r in rows.tolist()}
+        missing = [i for i in items if i not in self._db_tags]
+        if missing and self.in_memory_only:
+            raise NeedsDatabase(f"tags of {len(missing)} items newer than the snapshot")
+        if missing:
+            with session_scope(self.database_url) as session:
+                self._db_tags.update({i: [] for i in missing} | catalogue.tags_of(session, missing))
+
+    def categories(self, rows: np.ndarray) -> Sequence[Collection]:
+        """Each row's first-level tags (the rerank's diversity categories): ints for the snapshot's rows
+        (ItemMeta.top_level_sets), mapped the same way for rows read from the database."""
+        rows, meta, base = np.asarray(rows, np.int64), self.state.meta, self.base
+        if meta is None:
+            return [frozenset(self._db_categories(r)) for r in rows.tolist()]
+        out = meta.top_level_sets(np.minimum(rows, base - 1)) if base else [frozenset()] * len(rows)
+        for at in np.flatnonzero(rows >= base).tolist():
+            # a tag the snapshot never saw stays a string: it differs from every numbered one
+            out[at] = frozenset(meta.top_level_index.get(t, t) for t in self._db_categories(int(rows[at])))  # type: ignore[arg-type]
+        return out
+
+    def tag_names(self, rows: np.ndarray) -> list[list[str]]:
+        """Each row's tags (the sequence tower's tag preferences read their first level)."""
+        meta, base = self.state.meta, self.base
+        return [
+            meta.tags(r) if meta is not None and r < base else self._db_tags.get(self.item(r)) or []
+            for r in np.asarray(rows).tolist()
+        ]
+
+    def _db_categories(self, row: int) -> list[str]:
+        return [t.split("/")[0] for t in self._db_tags.get(self.item(row)) or []]
+
+    def listing(self, rows: np.ndarray, scores: np.ndarray) -> list[dict]:
+        """[{"id", "score", "title"}] for ranked rows (what /v1/similar and /v1/search list)."""
+        listed, listed_scores = np.asarray(rows).tolist(), np.asarray(scores).tolist()
+        titles = self.titles(listed)
+        return [
+            {"id": self.item(r), "score": s, "title": titles.get(r)} for r, s in zip(listed, listed_scores, strict=True)
+        ]
+
+    def titles(self, rows: Sequence[int]) -> dict[int, str | None]:
+        meta, found = self.state.meta, {}
+        if meta is not None:
+            known = [r for r in rows if r < self.base]
+            found = dict(zip(known, meta.titles(known), strict=True))
+        missing = [r for r in rows if r not in found]
+        if missing and self.in_memory_only:
+            raise NeedsDatabase(f"titles of {len(missing)} items newer than the snapshot")
+        if missing:
+            with session_scope(self.database_url) as session:
+                by_id = catalogue.titles(session, [self.item(r) for r in missing])
+            found.update({r: by_id.get(self.item(r)) for r in missing})
+        return found
+
+
+def similar_to(
+    serving: ServingIndex, item_id: str, k: int, channel: str = "v2v", *, in_memory_only: bool = False
+) -> dict:
+    """`{"item_id", "channel", "results": [{"id", "score", "title"}]}`, never the item itself.
+
+    in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
+    state = serving.state
+    url = serving.database_url
+    vector = state.live.vector(item_id)
+    if vector is None or item_id in state.live.deleted:
+        if in_memory_only:
+            raise NeedsDatabase(f"item {item_id!r} is not in the serving index")
+        with session_scope(url) as session:
+            item = catalogue.get_item(session, item_id)
+            if item is None or item.status == "deleted":
+                raise UnknownItem(f"unknown item id {item_id!r}")
+            stored = catalogue.get_vectors(session, state.version, [item_id]) if state.version else {}
+            if item_id not in stored:
+                reason = f": {item.error}" if item.error else ""
+                raise NotReady(f"item {item_id!r} has no vector yet (status {item.status}{reason})")
+        state.live.add([item_id], stored[item_id][None, :])  # the feed will bring it anyway; answer now
+    sources = ServiceSources(state, url, in_memory_only=in_memory_only)
+    row = sources.row(item_id)
+    if row is None:  # deleted while this request ran
+        raise UnknownItem(f"unknown item id {item_id!r}")
+    if channel == "cluster":
+        found = sources.cluster_mates([(row, 1.0)], k)
+        rows, scores = found.rows, found.scores
+    else:
+        rows, scores = sources.neighbors(row, k)
+    return {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}
