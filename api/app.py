@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import faiss
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from threadpoolctl import threadpool_limits
 
 import mmrecall
@@ -16,11 +19,14 @@ from mmrecall.api.auth import parse_keys
 from mmrecall.api.fast import FastPaths
 from mmrecall.api.limits import BodyLimit
 from mmrecall.api.routes import inspect, interactions, items, jobs, similar, ui
+from mmrecall.core.errors import ServiceUnavailable
 from mmrecall.core.settings import Settings, get_settings
+from mmrecall.pipeline.queue import BrokerUnavailable, check_broker
 from mmrecall.recall.serving import ServingIndex
 from mmrecall.storage.db import get_engine
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5  # what a 503 for a missing dependency tells clients to wait before trying again
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threadpool_limits(max(1, settings.api_faiss_threads))  # BLAS (numpy's exact search) likewise
         settings.ensure_dirs()
         get_engine(settings.resolved_database_url)  # creates the tables on first start
+        for part, problem in dependency_problems(settings).items():  # reads still serve; say what will fail
+            log.warning("%s: %s (writes that need it answer 503 until it does)", part, problem)
         app.state.serving.start()
         yield
         app.state.serving.stop()
@@ -50,6 +58,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (items, interactions, jobs, similar, inspect, ui):
         app.include_router(module.router)
 
+    @app.exception_handler(ServiceUnavailable)
+    async def _dependency_down(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database error: %s", exc)
+        detail = f"the database does not answer ({type(exc.orig).__name__})"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "a dependency does not answer"}})
+    def readyz() -> JSONResponse:
+        """200 when the database and the broker answer; 503 naming each that does not. Reads are served
+        from the loaded snapshot either way (`/healthz` says which)."""
+        problems = dependency_problems(settings)
+        body = {
+            "status": "not ready" if problems else "ready",
+            "problems": problems,
+            "snapshot": app.state.serving.snapshot_name,
+        }
+        return JSONResponse(body, status_code=503 if problems else 200)
+
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
         serving = app.state.serving
@@ -62,3 +92,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     return app
+
+
+def dependency_problems(settings: Settings) -> dict[str, str]:
+    """{"database" | "broker": what is wrong}, empty when both answer (each asked with a short timeout)."""
+    problems = {}
+    try:
+        with get_engine(settings.resolved_database_url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to answer is "not ready", whatever the driver raises
+        problems["database"] = f"does not answer ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    try:
+        check_broker(settings)
+    except BrokerUnavailable as exc:
+        problems["broker"] = str(exc)
+    return problems

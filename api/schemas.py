@@ -138,6 +138,7 @@ class JobOut(BaseModel):
 class JobCreated(BaseModel):
     job_id: str
     state: str
+    warning: str | None = Field(default=None, description="e.g. no worker answers yet to run the job")
 
 
 class EvalIn(BaseModel):

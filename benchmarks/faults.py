@@ -8,7 +8,6 @@ reconcile sweep, atomic snapshot swaps), then counts what became of every item i
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import redis
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -32,7 +30,14 @@ from mmrecall.core.settings import Settings
 from mmrecall.pipeline.ingest import ingest_items
 from mmrecall.pipeline.queue import submit_job
 from mmrecall.pipeline.reindex import reindex
-from mmrecall.pipeline.runner import free_port, settings_env, start_worker, wait_for_api, wait_for_workers
+from mmrecall.pipeline.runner import (
+    PrivateRedis,
+    free_port,
+    settings_env,
+    start_worker,
+    wait_for_api,
+    wait_for_workers,
+)
 from mmrecall.storage import catalogue, snapshots
 from mmrecall.storage.db import Item, ItemVector, Job, session_scope
 
@@ -157,41 +162,6 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(30)
 
 
-class PrivateRedis:
-    """A Redis of our own on a free port, keeping nothing on disk: it can be killed and restarted empty."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> PrivateRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def restart_empty(self) -> None:
-        self.kill()
-        self.start()
-
-
 class ApiProcess:
     """`mmrecall serve` as a child process, so that it can be killed and started again."""
 
@@ -276,7 +246,6 @@ def redis_restarted_mid_ingest(home: Path, n: int = 48) -> Outcome:
 def _catalogue_with_snapshot(settings: Settings, n_items: int, n_synthetic: int) -> tuple[list[str], str]:
     """Real items encoded by a worker, plus synthetic vectors under the same version (so a reindex takes
     a few seconds), then a first snapshot. Returns (real ids, first snapshot name)."""
-
     ids = ingest_items(settings, make_items(settings, "s", n_items))
     found = wait_terminal(settings, ids)
     assert all(s == "ready" for s, _ in found.values()), found
@@ -304,7 +273,6 @@ def api_restarted_during_reindex(home: Path, redis_url: str, n_synthetic: int = 
     The restarted API must answer while the reindex is still running, or nothing was tested: when the
     reindex ends before the API is back, the catalogue doubles and another reindex is tried (up to
     `attempts`); `window_requests` counts the requests answered inside the window."""
-
     settings = scenario_settings(home, redis_url)
     outcome = Outcome("API restart during reindex", faults=1)
     with worker(settings):
@@ -349,7 +317,6 @@ def api_restarted_during_reindex(home: Path, redis_url: str, n_synthetic: int = 
 def worker_killed_during_reindex(home: Path, redis_url: str, n_synthetic: int = 30_000) -> Outcome:
     """SIGKILL the worker mid-reindex: the old snapshot keeps serving, the job ends `failed`, a new
     reindex succeeds."""
-
     settings = scenario_settings(home, redis_url)
     outcome = Outcome("worker SIGKILL during reindex", faults=1)
     with worker(settings, "worker-1.log") as first_worker:

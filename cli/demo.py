@@ -14,11 +14,20 @@ DEMO_CATALOGUE = "demo-catalogue"  # generated under MMRECALL_HOME: an installed
 EXAMPLES = ("food-baking-000", "sports-tennis-003", "pets-cats-007")
 
 
-def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_dir: Path | None = None) -> None:
+def run_demo(
+    settings: Settings,
+    *,
+    serve: bool = True,
+    port: int = 8000,
+    demo_dir: Path | None = None,
+    broker_configured: bool = False,
+) -> None:
+    """broker_configured: the user named a broker (MMRECALL_REDIS_URL); otherwise, where none answers at the
+    default URL, the demo runs a private one on loopback for as long as it runs."""
     from mmrecall.cli.query import similar_items
     from mmrecall.pipeline.ingest import bulk_ingest
-    from mmrecall.pipeline.queue import submit_job, workers_alive
-    from mmrecall.pipeline.runner import start_worker, wait_for_job, wait_for_workers
+    from mmrecall.pipeline.queue import BrokerUnavailable, check_broker, submit_job, workers_alive
+    from mmrecall.pipeline.runner import PrivateRedis, start_worker, wait_for_job, wait_for_workers
     from mmrecall.storage import catalogue
     from mmrecall.storage.db import session_scope
 
@@ -28,6 +37,14 @@ def run_demo(settings: Settings, *, serve: bool = True, port: int = 8000, demo_d
         generate_demo(demo_dir)
     settings = settings.model_copy(update={"media_roots": [*settings.media_roots, demo_dir]})
     settings.ensure_dirs()
+    if not broker_configured:
+        try:
+            check_broker(settings)
+        except BrokerUnavailable:
+            broker = PrivateRedis().start()
+            atexit.register(broker.kill)
+            typer.echo(f"no Redis answers at {settings.redis_url}: running a private one at {broker.url} until exit")
+            settings = settings.model_copy(update={"redis_url": broker.url})
     if not workers_alive(settings):
         typer.echo("no worker answers: starting one (log in MMRECALL_HOME/worker.log)")
         worker = start_worker(settings, concurrency=2, log_path=str(settings.home / "worker.log"))

@@ -4,20 +4,54 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
+from mmrecall.core.errors import ServiceUnavailable
 from mmrecall.core.settings import get_settings
 from mmrecall.recall.channels import CHANNELS
 
+
+class OneLineErrors(TyperGroup):
+    """A command that fails prints one line (`error: ...`) and exits 2; `mmrecall --debug CMD` shows the
+    traceback instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            explained = isinstance(exc, ServiceUnavailable | ValueError | OSError)
+            hint = "" if explained else f" ({type(exc).__name__}; mmrecall --debug ... shows the traceback)"
+            typer.secho(f"error: {exc}{hint}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Multimodal content understanding for recommender recall.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback when a command fails")] = False,
+) -> None:
+    ctx.obj = {"debug": debug}
+
+
 data_app = typer.Typer(help="Dataset conversion into the interchange format.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 finetune_app = typer.Typer(help="Train encoders and G; each writes a checkpoint directory.", no_args_is_help=True)
@@ -34,6 +68,7 @@ def import_movielens_cmd(
     raw_dir: Path,
     out_dir: Path,
     posters: Annotated[Path | None, typer.Option(help="Directory of {movieId}.jpg posters")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail when --posters matches no movie")] = False,
 ) -> None:
     """Convert an official MovieLens release (100k, 1m, latest) into the interchange format."""
     from mmrecall.core.interchange import FormatError
@@ -47,6 +82,11 @@ def import_movielens_cmd(
         f"{summary.layout}: {summary.items} items ({summary.with_cover} with a cover), "
         f"{summary.interactions} interactions -> {out_dir}"
     )
+    if posters is not None and summary.with_cover == 0:
+        message = f"no file in {posters} is named after a movie id of this release (expected e.g. {posters}/1.jpg)"
+        if strict:
+            _fail(message)
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
 def _follow(job_id: str, *, timeout: float) -> dict:
@@ -192,7 +232,6 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads")] = "prefork",
 ) -> None:
     """Run a Celery worker for this instance's queue (foreground)."""
-    import os
 
     from mmrecall.pipeline.runner import settings_env, worker_command
 
@@ -280,10 +319,22 @@ def reindex(
 def activate_cmd(
     encoder: Annotated[str, typer.Argument(help="A registered encoder or a checkpoint directory")],
     wait: Annotated[bool, typer.Option(help="Wait for the backfill to finish")] = True,
+    local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
 ) -> None:
     """Switch the catalogue to another encoder: re-encode everything through a worker, reindex, swap."""
     from mmrecall.pipeline.queue import submit_job
 
+    if local:
+        from mmrecall.pipeline.reindex import backfill
+        from mmrecall.storage import catalogue
+        from mmrecall.storage.db import session_scope
+
+        settings = get_settings()
+        settings.ensure_dirs()
+        with session_scope(settings.resolved_database_url) as session:
+            job_id = catalogue.create_job(session, "backfill", {"encoder": encoder}).id
+        typer.echo(json.dumps(backfill(settings, job_id, encoder), indent=2))
+        return
     job_id = submit_job(get_settings(), "backfill", {"encoder": encoder})
     if not wait:
         typer.echo(f"backfill job {job_id} queued")
@@ -420,7 +471,7 @@ def demo(
     """Generate the demo catalogue, ingest it through a real worker, reindex, show similar items, serve."""
     from mmrecall.cli.demo import run_demo
 
-    run_demo(get_settings(), serve=serve_api, port=port)
+    run_demo(get_settings(), serve=serve_api, port=port, broker_configured="MMRECALL_REDIS_URL" in os.environ)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from mmrecall.core.interchange import InteractionRecord, ItemRecord, read_interactions, read_items
 from mmrecall.core.settings import Settings
-from mmrecall.pipeline.queue import enqueue_encode, workers_alive
+from mmrecall.pipeline.queue import BrokerUnavailable, check_broker, enqueue_encode, workers_alive
 from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import session_scope
@@ -21,7 +21,13 @@ def ingest_items(settings: Settings, records: Sequence[ItemRecord], *, enqueue: 
     with session_scope(settings.resolved_database_url) as session:
         ids = catalogue.upsert_items(session, records)
     if enqueue and ids:
-        enqueue_encode(settings, ids)
+        try:
+            enqueue_encode(settings, ids)
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(
+                f"{len(ids)} items stored as pending, not yet queued for encoding: {exc}; workers send them "
+                "again once it answers (the reconcile sweep), or send them again yourself"
+            ) from exc
     return ids
 
 
@@ -45,7 +51,8 @@ def bulk_ingest(
     started = time.time()
     records = list(read_items(dataset))  # the whole file is checked before anything is stored
     worker = None
-    if wait and not workers_alive(settings):  # say so before storing, not after
+    check_broker(settings)  # say so before storing anything
+    if wait and not workers_alive(settings):
         if not ensure_worker:
             raise ValueError("no worker answers on this queue: run `mmrecall worker` (or pass --start-worker)")
         worker = start_worker(settings, concurrency=2)

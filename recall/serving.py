@@ -257,9 +257,10 @@ class ServiceSources:
         fresh, fresh_scores = self.live.search_delta(self.live.row_vector(row), n, exclude=skip)
         return top_rows(np.concatenate([rows, fresh]), np.concatenate([scores, fresh_scores]), n)
 
-    def neighbors(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """From the v2v table when the row is the snapshot's, else live ANN."""
-        found = self._table_neighbors(row, n, NO_ROWS)
+    def neighbors(self, row: int, n: int, *, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """From the v2v table when the row is the snapshot's, else live ANN; with `complete`, live ANN also
+        when the table row holds fewer than n (a k wider than the table)."""
+        found = self._table_neighbors(row, n, NO_ROWS, complete=complete)
         if found is not None:
             return found
         return self.live.search_rows(self.live.row_vector(row), n, exclude={row})
@@ -454,5 +455,5 @@ def similar_to(
         found = sources.cluster_mates([(row, 1.0)], k)
         rows, scores = found.rows, found.scores
     else:
-        rows, scores = sources.neighbors(row, k)
+        rows, scores = sources.neighbors(row, k, complete=True)  # k wider than the v2v table: live search
     return {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}

@@ -116,18 +116,6 @@ def list_items(session: Session, *, status: str | None = None, limit: int = 100)
     return list(session.scalars(query.where(Item.status == status) if status else query))
 
 
-def search_titles(session: Session, text: str, *, limit: int = 20) -> list[tuple[str, str]]:
-    """(id, title) of live items whose title contains the text, case-insensitively."""
-    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return list(
-        session.execute(
-            select(Item.id, Item.title)
-            .where(Item.title.ilike(pattern, escape="\\"), Item.status != "deleted")
-            .limit(limit)
-        )
-    )
-
-
 def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tuple[str, float, str | None]]:
     """The user's latest interactions as (item id, timestamp, event), oldest first."""
     rows = session.execute(
@@ -137,6 +125,11 @@ def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tu
         .limit(limit)
     ).all()
     return [tuple(row) for row in reversed(rows)]
+
+
+def user_items(session: Session, user_id: str) -> list[str]:
+    """Every item the user ever interacted with, once each (what recall must never return to them)."""
+    return list(session.scalars(select(Interaction.item_id).where(Interaction.user_id == user_id).distinct()))
 
 
 def touch_job(session: Session, job_id: str) -> None:

@@ -27,6 +27,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from mmrecall.storage.title_search import create_title_index
+
 ITEM_STATUSES = ("pending", "encoding", "ready", "failed", "deleted")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 
@@ -138,7 +140,8 @@ def get_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # a database that does not answer fails a request within seconds, not after the OS's TCP timeout
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     create_schema(engine)
     return engine
 
@@ -150,6 +153,7 @@ def create_schema(engine: Engine) -> None:
     def create() -> None:
         Base.metadata.create_all(engine)
         add_missing_columns(engine)
+        create_title_index(engine)
 
     retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
 

@@ -5,7 +5,6 @@ scenarios make `mmrecall bench faults`."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ def test_worker_killed_mid_batch_loses_nothing_and_encodes_once(tmp_path: Path, 
     assert outcome.checks["max_vector_rows_per_item"] == 1  # redelivery wrote nothing twice
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to run a broker of its own")
 def test_broker_restarted_without_its_data_is_reconciled(tmp_path: Path) -> None:
     outcome = faults.redis_restarted_mid_ingest(tmp_path)
     assert outcome.checks["ready_at_restart"] < outcome.enqueued  # queued tasks were really lost

@@ -77,3 +77,20 @@ def test_shared_ml_latest_small(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "9742 items (2947 with a cover), 100836 interactions" in result.output
+
+
+def test_posters_that_match_no_movie_warn_and_fail_with_strict(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Animation\n")
+    (raw / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    wrong = _posters(tmp_path, ["999"])  # a folder of posters, none for this release's movies
+    args = ["data", "import-movielens", str(raw), str(tmp_path / "out"), "--posters", str(wrong)]
+    warned = CliRunner().invoke(app, args)
+    assert warned.exit_code == 0 and "0 with a cover" in warned.output
+    assert "warning: no file in" in warned.output and "named after a movie id" in warned.output
+    strict = CliRunner().invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 2 and "error: no file in" in strict.output
+    (tmp_path / "ok").mkdir()
+    matched = CliRunner().invoke(app, [*args[:-1], str(_posters(tmp_path / "ok", ["1"])), "--strict"])
+    assert matched.exit_code == 0 and "1 with a cover" in matched.output and "warning" not in matched.output

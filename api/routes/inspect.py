@@ -178,5 +178,6 @@ def search(
     q: Annotated[str, Query(min_length=1, max_length=500)],
     k: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> dict:
-    """An item id, else the title text through the active encoder (nearest items), else a title match."""
+    """An item id, else titles: exact and prefix matches first, then full-text relevance fused with the
+    embedding rank of the query through the served encoder."""
     return search_items(settings, serving, q, k)

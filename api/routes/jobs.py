@@ -12,7 +12,8 @@ from mmrecall.api.auth import READ, WRITE
 from mmrecall.api.deps import SessionDep, SettingsDep
 from mmrecall.api.media import confine
 from mmrecall.api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut
-from mmrecall.pipeline.queue import submit_job
+from mmrecall.core.settings import Settings
+from mmrecall.pipeline.queue import no_worker_message, submit_job, workers_alive
 from mmrecall.storage import catalogue
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERRORS)
@@ -20,15 +21,15 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERRORS)
 
 @cache
 def registered_encoders() -> list[str]:
-    """Names in encoders/configs, found without importing `encoders` (that would load torch here)."""
-    spec = importlib.util.find_spec("encoders")
+    """Names in encoders/configs, found without importing `mmrecall.encoders` (that would load torch here)."""
+    spec = importlib.util.find_spec("mmrecall.encoders")
     folders = [Path(p) / "configs" for p in (spec.submodule_search_locations or [])] if spec else []
     return sorted(path.stem for folder in folders for path in folder.glob("*.json"))
 
 
 @router.post("/reindex", status_code=202, response_model=JobCreated, dependencies=[WRITE])
 def post_reindex(settings: SettingsDep) -> JobCreated:
-    return JobCreated(job_id=submit_job(settings, "reindex"), state="queued")
+    return queued(settings, "reindex")
 
 
 @router.post("/eval", status_code=202, response_model=JobCreated, dependencies=[WRITE])
@@ -36,7 +37,7 @@ def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
     """Run `mmrecall eval` on a worker; the report lands in the job's `result`."""
     params = body.model_dump()
     params["dataset"] = confine(body.dataset, settings.media_roots)
-    return JobCreated(job_id=submit_job(settings, "eval", params), state="queued")
+    return queued(settings, "eval", params)
 
 
 @router.post("/encoders/activate", status_code=202, response_model=JobCreated, dependencies=[WRITE])
@@ -46,7 +47,14 @@ def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
     known = registered_encoders()
     if body.encoder not in known and not (Path(body.encoder) / "encoder.json").is_file():
         raise HTTPException(400, f"unknown encoder {body.encoder!r}; known: {known} or a checkpoint directory")
-    return JobCreated(job_id=submit_job(settings, "backfill", {"encoder": body.encoder}), state="queued")
+    return queued(settings, "backfill", {"encoder": body.encoder})
+
+
+def queued(settings: Settings, kind: str, params: dict | None = None) -> JobCreated:
+    """Queue a job (503 when the broker is down); it says so when no worker answers to run it yet."""
+    job_id = submit_job(settings, kind, params, need_worker=False)
+    warning = None if workers_alive(settings) else no_worker_message(settings) + "; the job starts when one does"
+    return JobCreated(job_id=job_id, state="queued", warning=warning)
 
 
 @router.get("/encoders", dependencies=[READ])

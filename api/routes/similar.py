@@ -19,7 +19,7 @@ from mmrecall.storage import catalogue
 from mmrecall.storage.db import Item, session_scope
 
 router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
-HISTORY_LIMIT = 200  # most recent interactions used for a user's recall
+HISTORY_LIMIT = 200  # most recent interactions the channels read (all of them are excluded from the answer)
 SimilarChannel = Literal[SIMILAR_CHANNELS]  # type: ignore[valid-type]  # from the channel registry
 SIMILAR_K, SIMILAR_K_MAX = 50, 1000  # /v1/similar's default and largest k (api.fast checks the same)
 
@@ -49,20 +49,22 @@ async def similar(
 @router.post("/recall", response_model=RecallOut, dependencies=[READ])
 async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
+    seen: list[str] = []
     if body.user_id is not None:
-        rows = await run_in_threadpool(user_history, serving.database_url, body.user_id)
+        rows, seen = await run_in_threadpool(user_history, serving.database_url, body.user_id)
         if not rows:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
         history, times = [item for item, _ in rows], dict(rows)
     else:
         history = list(body.history or [])
         times = dict(zip(history, body.times, strict=True)) if body.times else {}
+    options = {**recall_options(body), "seen_items": seen}
     try:
         try:
-            return history_recall(serving, history, times, in_memory_only=True, **recall_options(body))
+            return history_recall(serving, history, times, in_memory_only=True, **options)
         except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
             return await run_in_threadpool(
-                partial(history_recall, serving, history, times, in_memory_only=False, **recall_options(body))
+                partial(history_recall, serving, history, times, in_memory_only=False, **options)
             )
     except NoKnownHistory as exc:
         raise HTTPException(400, str(exc)) from exc
@@ -73,10 +75,12 @@ def recall_options(body: RecallIn) -> dict:
     return {"k": body.k, "channels": body.channels, "user_id": body.user_id}
 
 
-def user_history(url: str, user_id: str) -> list[tuple[str, float]]:
-    """The user's latest interactions (item id, unix seconds), oldest first."""
+def user_history(url: str, user_id: str) -> tuple[list[tuple[str, float]], list[str]]:
+    """(the user's latest interactions as (item id, unix seconds), oldest first: what the channels read;
+    every item they ever interacted with: what recall never returns to them)."""
     with session_scope(url) as session:
-        return [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
+        latest = [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
+        return latest, catalogue.user_items(session, user_id) if latest else []
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])
