@@ -53,6 +53,8 @@ class ItemOut(BaseModel):
     error: str | None
     cluster_id: int | None = None
     versions: list[str] = Field(description="encoder versions that have a vector for this item")
+    frames_used: int | None = Field(default=None, description="frames of the video or frame list the encoder read")
+    frame_thumbnails: int = Field(default=0, description="frames served at media/frame?n=0.. (sampled at encode)")
 
 
 class InteractionsIn(BaseModel):

@@ -25,7 +25,7 @@ from mmrecall.encoders.media import load_content
 from mmrecall.pipeline.ingest import ingest_items
 from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
 
-ENCODERS = ("skeleton-base", "text-minilm", "image-effnet", "dual-stream-base")
+ENCODERS = ("text-minilm", "skeleton-base", "image-effnet", "dual-stream-base")  # the default first
 
 
 def raw_throughput(encoder_name: str, records, batch_size: int) -> float:

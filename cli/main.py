@@ -11,6 +11,7 @@ from typing import Annotated
 
 import click
 import typer
+from typer._click.exceptions import ClickException as TyperClickException
 from typer.core import TyperGroup
 
 from mmrecall.core.errors import ServiceUnavailable
@@ -25,8 +26,8 @@ class OneLineErrors(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (typer.Exit, typer.Abort, TyperClickException, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # exits and usage errors are typer's to report
         except Exception as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -476,11 +477,16 @@ def demo(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="encode, index, api, perf, faults, scaling or answers")],
+    name: Annotated[
+        str, typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served or homophily")
+    ],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
     scale: Annotated[
         str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf and answers: 10k, 100k or 1m")
     ] = "100k",
+    dataset: Annotated[Path | None, typer.Option(help="served: a dataset directory (interchange format)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="served: the encoder (default: the settings')")] = None,
+    encoders: Annotated[str | None, typer.Option(help="homophily: comma-separated encoders")] = None,
 ) -> None:
     """Run a benchmark: prints a table and writes OUT/NAME.json."""
     from mmrecall.benchmarks import get_benchmark
@@ -489,7 +495,8 @@ def bench(
         runner = get_benchmark(name)
     except KeyError as exc:
         _fail(str(exc))
-    runner(out=out, scale=scale, redis_url=get_settings().redis_url)
+    given = {"dataset": dataset, "encoder": encoder, "encoders": encoders}  # only what was given: each has defaults
+    runner(out=out, scale=scale, redis_url=get_settings().redis_url, **{k: v for k, v in given.items() if v})
     typer.echo(f"wrote {out / (name + '.json')}")
 
 

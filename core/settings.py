@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Directories media paths must resolve into (comma-separated)."
     )
-    encoder: str = Field(default="skeleton-base", description="Active encoder variant (registry name).")
+    # text alone: fused with an image backbone, items split by whether they have a cover (docs/models.md)
+    encoder: str = Field(default="text-minilm", description="Active encoder variant (registry name).")
     image_checkpoint: Path | None = Field(default=None, description="Local state dict for the image backbone.")
     text_model_dir: Path | None = Field(default=None, description="Local Hugging Face model directory.")
     encode_batch_size: int = 32
@@ -114,6 +115,10 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.home / "thumbnails"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.snapshots_dir, self.uploads_dir):

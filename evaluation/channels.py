@@ -24,7 +24,7 @@ from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, best
 class EvalContext:
     data: Dataset
     cache: Path | None = None
-    encoder: str = "skeleton-base"  # the encoder behind mmrecall's own v2v channel
+    encoder: str = "text-minilm"  # the encoder behind mmrecall's own v2v channel (the served default)
     g_features: tuple[str, ...] = ()  # encoders whose vectors feed G (default: text-minilm + `encoder`)
     g_train: dict = field(default_factory=dict)  # GTrainConfig overrides (e.g. fewer epochs in tests)
     sasrec_train: dict = field(default_factory=dict)  # SASRecConfig overrides

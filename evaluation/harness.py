@@ -83,7 +83,7 @@ def run_eval(
     protocol: str = "both",
     split: str = "test",
     cache: Path | None = None,
-    encoder: str = "skeleton-base",
+    encoder: str = "text-minilm",
     g_features: Sequence[str] = (),
     g_train: dict | None = None,
     sasrec_train: dict | None = None,

@@ -12,6 +12,7 @@ from mmrecall.core.fetch import FetchError, fetch_media, is_url
 from mmrecall.core.settings import Settings
 from mmrecall.encoders import ContentInput, Encoder, get_encoder
 from mmrecall.encoders.media import MediaError, load_content
+from mmrecall.pipeline.thumbnails import write_thumbnails
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import Item, session_scope
 
@@ -84,6 +85,10 @@ def encode_batch(
             inputs[item_id] = content_of(item, encoder, settings)
         except MediaError as exc:
             failed[item_id] = str(exc)
+            continue
+        if settings is not None and (item.video or item.frames):  # shown by the inspector, whatever the encoder reads
+            item.frames_used = len(inputs[item_id].all_frames())
+            item.frame_thumbnails = write_thumbnails(settings, item, local_media(item, settings))
     ids = list(inputs)
     try:
         vectors = encoder.encode([inputs[i] for i in ids]) if ids else np.zeros((0, encoder.dim), np.float32)
@@ -110,6 +115,10 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     with session_scope(url) as session:
         if ids:
             catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version)
+            catalogue.set_frame_counts(
+                session,
+                {i: (items[i].frames_used, items[i].frame_thumbnails) for i in ids if items[i].frame_thumbnails},
+            )
         if extra is not None and extra[1]:
             catalogue.store_vectors(
                 session, extra[1], extra[2], encoder=extra[0].name, version=extra[0].version, mark_ready=False

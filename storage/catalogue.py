@@ -127,6 +127,12 @@ def user_history(session: Session, user_id: str, *, limit: int = 200) -> list[tu
     return [tuple(row) for row in reversed(rows)]
 
 
+def set_frame_counts(session: Session, counts: dict[str, tuple[int | None, int | None]]) -> None:
+    """item id -> (frames the encoder read, frame thumbnails kept)."""
+    for item_id, (used, thumbnails) in counts.items():
+        session.execute(update(Item).where(Item.id == item_id).values(frames_used=used, frame_thumbnails=thumbnails))
+
+
 def user_items(session: Session, user_id: str) -> list[str]:
     """Every item the user ever interacted with, once each (what recall must never return to them)."""
     return list(session.scalars(select(Interaction.item_id).where(Interaction.user_id == user_id).distinct()))

@@ -53,6 +53,9 @@ class Item(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time, index=True)
     # encode attempts since the last upsert: a batch that keeps killing its worker is given up, not retried forever
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=0)
+    # frames of a video (or frame list) the active encoder read, and the thumbnails kept of its frames
+    frames_used: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    frame_thumbnails: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ItemVector(Base):

@@ -48,9 +48,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
         redis.Redis.from_url(redis_url).delete(settings.queue)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh schema in the local PostgreSQL; skipped cleanly where none answers."""
+def _postgres_schema() -> Iterator[str]:
     schema = f"mmrecall_test_{uuid.uuid4().hex[:8]}"
     try:
         engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
@@ -62,3 +60,15 @@ def postgres_url() -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL, shared by the session; skipped cleanly where none answers."""
+    yield from _postgres_schema()
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A schema of the test's own: for tests that must not see (or leave) other tests' rows."""
+    yield from _postgres_schema()

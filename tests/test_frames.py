@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -96,3 +97,22 @@ def test_real_microlens_videos_encode() -> None:
     assert len(contents) == 3 and all(len(c.all_frames()) == encoder.n_frames for c in contents)
     vectors = encoder.encode(contents)
     assert vectors.shape == (3, encoder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_a_video_items_frames_are_served_and_counted(service) -> None:
+    """A video-only item, encoded by a real worker: the item says how many frames the encoder read and how
+    many thumbnails it keeps; the media route serves them (in time order) and uses frame 0 as its cover."""
+    video = make_video(service.settings.media_roots[0] / "colours.mp4", seconds_per_colour=2)
+    http = service.http
+    ids = http.post("/v1/items", json={"items": [{"id": "clip", "title": "colours", "video": str(video)}]}).json()
+    assert service.wait_items(ids["ids"])["clip"]["status"] == "ready"
+    item = http.get("/v1/items/clip").json()
+    assert item["frames_used"] == 1 and item["frame_thumbnails"] == 8  # tiny-test reads one; eight are kept
+    colours = []
+    for n in range(8):
+        frame = http.get("/v1/items/clip/media/frame", params={"n": n})
+        assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+        colours.append(dominant(Image.open(io.BytesIO(frame.content)).convert("RGB")))
+    assert colours == sorted(colours) and set(colours) == {0, 1, 2, 3}  # red, green, blue, yellow in order
+    assert http.get("/v1/items/clip/media/cover").status_code == 200
+    assert http.get("/v1/items/clip/media/frame", params={"n": 8}).status_code == 404

@@ -44,7 +44,7 @@ def test_fusion_puts_exact_then_yearless_then_prefix_matches_first() -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_full_text_matches_every_word_the_last_as_a_prefix(backend: str, tmp_path, request) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
     with session_scope(url) as session:
         catalogue.upsert_items(session, [ItemRecord(id=i, title=t) for i, t in TITLES.items()])
     with session_scope(url) as session:

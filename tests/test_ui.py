@@ -80,3 +80,18 @@ def test_user_page_shows_history_interests_and_recall_with_provenance(catalogue:
     assert shown and all("v2v" in channels.split() for channels in shown)
     if os.environ.get("MMRECALL_SCREENSHOTS"):
         page.screenshot(path=str(Path(os.environ["MMRECALL_SCREENSHOTS"]) / "ui-user.png"), full_page=False)
+
+
+def test_video_item_page_shows_its_frames(catalogue: Service, page) -> None:
+    """A video-only item: the page shows the frames sampled at encode time, first as the cover."""
+    from tests.test_frames import make_video
+
+    video = make_video(catalogue.settings.media_roots[0] / "ui-clip.mp4")
+    ids = catalogue.http.post("/v1/items", json={"items": [{"id": "ui-clip", "title": "clip", "video": str(video)}]})
+    assert catalogue.wait_items(ids.json()["ids"])["ui-clip"]["status"] == "ready"
+    open_page(page, f"{catalogue.api.url}/ui/item/ui-clip")
+    page.wait_for_function(IMAGES_LOADED, arg="img[alt^='frame']", timeout=30_000)
+    assert page.eval_on_selector_all("img[alt^='frame']", "imgs => imgs.length") == 8
+    assert page.evaluate(IMAGES_LOADED, ".cover img") and "frames encoded: 1 of 8 shown" in page.inner_text("main")
+    if os.environ.get("MMRECALL_SCREENSHOTS"):
+        page.screenshot(path=str(Path(os.environ["MMRECALL_SCREENSHOTS"]) / "ui-video.png"), full_page=False)

@@ -19,6 +19,7 @@ from mmrecall.core.settings import Settings
 from mmrecall.recall.multi_interest import interests
 from mmrecall.recall.sources import RecallConfig
 from mmrecall.storage import catalogue
+from mmrecall.storage.thumbnails import thumbnail_path
 
 router = APIRouter(prefix="/v1", tags=["inspect"], responses=ERRORS, dependencies=[READ])
 
@@ -50,15 +51,22 @@ def item_media(
     settings: SettingsDep,
     n: Annotated[int, Query(ge=0, le=10_000)] = 0,
 ) -> FileResponse:
-    """The item's cover, or its n-th listed frame, from the media store."""
+    """The item's cover, or its n-th frame: a thumbnail kept at encode time (a video's sampled frames), else
+    the n-th listed frame from the media store. A video item without a cover shows its first frame."""
     item = catalogue.get_item(session, item_id)
     if item is None or item.status == "deleted":
         raise HTTPException(404, f"unknown item id {item_id!r}")
+    headers = {"Cache-Control": "private, max-age=300"}
+    thumbnails = item.frame_thumbnails or 0
+    if kind == "cover" and not item.cover and not item.frames and thumbnails:
+        return FileResponse(thumbnail_path(settings, item_id, 0), headers=headers)
+    if kind == "frame" and n < thumbnails and thumbnail_path(settings, item_id, n).is_file():
+        return FileResponse(thumbnail_path(settings, item_id, n), media_type="image/jpeg", headers=headers)
     if kind == "cover":
         path = item.cover or (item.frames[0] if item.frames else None)
     else:
         path = item.frames[n] if item.frames and n < len(item.frames) else None
-    return FileResponse(media_path(path, settings), headers={"Cache-Control": "private, max-age=300"})
+    return FileResponse(media_path(path, settings), headers=headers)
 
 
 @router.get("/items")

@@ -71,4 +71,6 @@ def get_item(item_id: str, session: SessionDep) -> ItemOut:
         error=item.error,
         cluster_id=item.cluster_id,
         versions=versions,
+        frames_used=item.frames_used,
+        frame_thumbnails=item.frame_thumbnails or len(item.frames or []),
     )

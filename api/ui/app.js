@@ -63,13 +63,13 @@ function grid(results, extra = () => "", cls = "grid") {
 
 async function itemPage(id) {
   const item = await api(`/v1/items/${encodeURIComponent(id)}`);
-  const frames = (item.frames || []).slice(0, 8).map((_, n) =>
+  const frames = Array.from({length: Math.min(item.frame_thumbnails || 0, 8)}, (_, n) => n).map(n =>
     `<img class="thumb" style="width:90px" alt="frame ${n}" data-src="/v1/items/${encodeURIComponent(id)}/media/frame?n=${n}">`).join(" ");
   main.innerHTML = `<div class="item-head"><div class="cover">${cover(id, "", "no cover")}</div><div>
     <h1 id="item-title">${esc(item.title || item.id)}</h1>
     <div class="muted">${esc(item.id)} · status <b>${esc(item.status)}</b>${item.error ? ` · <span class="bad">${esc(item.error)}</span>` : ""}
     · cluster ${item.cluster_id ?? "-"} ${item.cluster_id != null ? `(<a href="/ui/cluster/${item.cluster_id}">open</a>)` : ""}</div>
-    <div class="muted">encoder versions: ${esc((item.versions || []).join(", ") || "none yet")}</div>
+    <div class="muted">encoder versions: ${esc((item.versions || []).join(", ") || "none yet")}${item.frame_thumbnails ? ` · frames encoded: ${item.frames_used ?? 0} of ${item.frame_thumbnails} shown` : ""}</div>
     <div class="tags">${(item.tags || []).map(t => `<span>${esc(t)}</span>`).join("")}</div>
     <div>${frames}</div></div></div>
     <div class="row-label">v2v neighbours</div><div id="v2v"><p class="muted">loading...</p></div>
