@@ -414,17 +414,32 @@ def eval_cmd(
     dataset: Annotated[Path, typer.Option(help="Dataset directory (interchange format)")],
     out: Annotated[Path, typer.Option(help="Report JSON path")] = Path("report.json"),
     plot: Annotated[Path | None, typer.Option(help="PNG plot of hitRate@K per channel")] = None,
-    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (beside the baselines)")] = None,
-    baselines: Annotated[str, typer.Option(help="Comma-separated baselines to report")] = EVAL_BASELINES,
+    channels: Annotated[
+        str | None, typer.Option(help="Comma-separated mmrecall channels (none when only --baselines is given)")
+    ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated baselines ({EVAL_BASELINES}; none when only --channels is given)"),
+    ] = None,
     split: Annotated[str, typer.Option(help="test or valid (leave-last-item-out)")] = "test",
     protocol: Annotated[str, typer.Option(help="last, cold or both")] = "both",
     cache: Annotated[Path | None, typer.Option(help="Reuse encodings and models from here")] = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder behind the v2v channel")] = None,
     on_worker: Annotated[bool, typer.Option(help="Run as a Celery job and follow its progress")] = False,
+    quick: Annotated[bool, typer.Option(help="A smoke run: 100 users, few training epochs, no tuning")] = False,
 ) -> None:
-    """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot."""
-    for name in ("evaluation", "finetune"):  # training epochs and tuning steps, with counts and ETA
+    """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot.
+
+    --channels and --baselines select exactly what runs: with neither, every default channel and baseline;
+    with one, only what it names."""
+    for name in ("mmrecall.evaluation", "mmrecall.finetune"):  # training epochs and tuning steps, with ETA
         logging.getLogger(name).setLevel(logging.INFO)
+    chosen_channels = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
+    chosen_baselines = [b.strip() for b in baselines.split(",") if b.strip()] if baselines else None
+    if chosen_baselines is None:
+        chosen_baselines = [] if chosen_channels else EVAL_BASELINES.split(",")
+    elif chosen_channels is None:
+        chosen_channels = []
     from mmrecall.evaluation.harness import plot_report, render_report, run_eval
 
     if on_worker:
@@ -438,7 +453,9 @@ def eval_cmd(
             "plot": str(plot.resolve()) if plot else None,
             "cache": str(cache.resolve()) if cache else None,
             "encoder": encoder,
-            "channels": channels.split(",") if channels else None,
+            "channels": chosen_channels,
+            "baselines": chosen_baselines,
+            "quick": quick,
         }
         report = _follow(submit_job(get_settings(), "eval", params), timeout=6 * 3600)
         typer.echo(render_report(report))
@@ -446,12 +463,13 @@ def eval_cmd(
     try:
         report = run_eval(
             dataset,
-            channels=[c.strip() for c in channels.split(",") if c.strip()] if channels else None,
+            channels=chosen_channels,
             protocol=protocol,
             split=split,
             cache=cache,
             encoder=encoder or get_settings().encoder,
-            baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+            baselines=chosen_baselines,
+            quick=quick,
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,21 @@ class Dataset:
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
+
+    def first_users(self, n: int) -> Dataset:
+        """The same catalogue with only the first n users' interactions (a smoke run); the item vectors'
+        cache key stays the catalogue's."""
+        if n >= self.n_users:
+            return self
+        keep = self.users < n
+        return replace(
+            self,
+            user_ids=self.user_ids[:n],
+            users=self.users[keep],
+            items_of=self.items_of[keep],
+            timestamps=self.timestamps[keep],
+            weights=self.weights[keep] if self.weights is not None else None,
+        )
 
 
 def _digest(*paths: Path) -> str:

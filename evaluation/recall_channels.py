@@ -16,7 +16,7 @@ import numpy as np
 from mmrecall.core.dataset import Split, category_tags
 from mmrecall.core.features import gap_buckets
 from mmrecall.evaluation.channels import Channel, EvalContext, trained_g
-from mmrecall.index.clusters import ClusterTable, cluster_recall
+from mmrecall.index.clusters import ClusterTable, cluster_recall, popularity_prior
 from mmrecall.index.ranked import Ranked
 from mmrecall.index.v2v import stack_neighbors
 from mmrecall.recall.channels import CHANNELS
@@ -45,7 +45,7 @@ class DenseSources:
         self.trainer = trainer
         self.item_tags = tags
         self.allowed = allowed
-        self.prior = np.log1p(popularity) / max(np.log1p(popularity).max(), 1e-9)
+        self.prior = popularity_prior(popularity)  # as the reindex writes it for serving
         self.known_users = known_users
         self.table = ClusterTable.build(space)
         self.query_gaps: np.ndarray | None = None  # time-gap buckets of the current query's history (seq tower)

@@ -10,6 +10,7 @@ from celery import shared_task
 
 from mmrecall.core.settings import Settings, get_settings
 from mmrecall.evaluation.harness import plot_report, run_eval
+from mmrecall.evaluation.registry import BASELINES
 from mmrecall.pipeline.jobs import heartbeat, run_job
 from mmrecall.pipeline.queue import EVAL_TASK
 
@@ -26,6 +27,8 @@ def evaluate(settings: Settings, job_id: str) -> dict:
             split=params.get("split", "test"),
             cache=Path(params["cache"]) if params.get("cache") else settings.home / "eval-cache",
             encoder=params.get("encoder") or settings.encoder,
+            baselines=params["baselines"] if params.get("baselines") is not None else BASELINES,
+            quick=bool(params.get("quick")),
             progress=False,
             on_progress=lambda step, done, total: report(done, total, step),
         )

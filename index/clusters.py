@@ -14,6 +14,16 @@ from mmrecall.index.ann import as_matrix
 from mmrecall.index.ranked import Ranked, best_entries, member_mask, top_order
 
 SIMILARITY_SLACK = 1e-4  # float32 dot products of unit vectors may pass 1 by rounding
+PRIOR_WEIGHT = 0.1  # cluster recall's score: cos(trigger, item) + this * popularity prior (0..1)
+
+
+def popularity_prior(counts: np.ndarray) -> np.ndarray:
+    """Interactions per row -> float32 prior in [0, 1]: log-damped, the most popular item at 1 (all 0 when
+    nothing was interacted with). Serving and the harness compute it alike."""
+    damped = np.log1p(np.asarray(counts, np.float64))
+    return (damped / max(float(damped.max(initial=0.0)), 1e-9)).astype(np.float32)
+
+
 MAX_DEFAULT_K = 2048  # training cost grows with n * k: at 1M items, 4 sqrt(n) = 4000 took most of a reindex
 
 
@@ -88,7 +98,8 @@ def cluster_recall(
     triggers: list[tuple[int, float]],
     *,
     prior: np.ndarray | None = None,
-    prior_weight: float = 0.1,
+    prior_weight: float = PRIOR_WEIGHT,
+    prior_max: float | None = None,
     k: int = 100,
     trigger_clusters: list[int] | None = None,
     queries: list[np.ndarray | None] | None = None,
@@ -101,7 +112,8 @@ def cluster_recall(
     (cos(trigger, item) + prior_weight * prior[item]); an item keeps its best trigger (the earlier on ties).
     For triggers newer than the table, `trigger_clusters` gives their clusters and `queries` their vectors
     (a trigger row of -1 with no query vector is scored against its cluster's centroid).
-    exclude: rows never returned; allowed: a boolean mask over rows, the only ones returned.
+    exclude: rows never returned; allowed: a boolean mask over rows, the only ones returned; prior_max: the
+    prior's largest value when known (it bounds the scores; else it is read from the prior, O(n)).
 
     Vectors are unit length, so a trigger's scores are at most weight * (1 + prior_weight * max prior):
     once k items score above what every remaining trigger could reach, those triggers are skipped (the
@@ -111,7 +123,10 @@ def cluster_recall(
     excluded = np.asarray(exclude if exclude is not None else [], np.int64)
     excluded = excluded[(excluded >= 0) & (excluded < len(table.assignment))]
     excluded_cluster = table.assignment[excluded]  # each cluster only checks its own excluded rows
-    boost = max(float(np.max(prior_weight * prior)), 0.0) if prior is not None and len(prior) else 0.0
+    if prior is None or not len(prior):
+        boost = 0.0
+    else:
+        boost = max(prior_weight * (float(np.max(prior)) if prior_max is None else prior_max), 0.0)
     ceiling = 1.0 + SIMILARITY_SLACK + boost
     weights = np.array([w for _, w in triggers], np.float64)
     # the best score triggers i onwards could give (no bound with a negative weight)

@@ -71,6 +71,7 @@ def content_of(item: Item, encoder: Encoder, settings: Settings | None = None) -
         video,
         images=encoder.uses_images,
         n_frames=encoder.n_frames,
+        item_id=item.id,  # G adds the item bias EPi of items it was trained on, as its training scored them
     )
 
 

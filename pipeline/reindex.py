@@ -17,7 +17,7 @@ from mmrecall.encoders.registry import checkpoint_dir
 from mmrecall.finetune.common import EtaLogger
 from mmrecall.finetune.export import user_tower_arrays
 from mmrecall.index.ann import VectorIndex, choose_factory
-from mmrecall.index.clusters import ClusterTable
+from mmrecall.index.clusters import ClusterTable, popularity_prior
 from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.v2v import neighbor_table
 from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
@@ -125,6 +125,8 @@ def reindex(
             positions = built.position
             rows = catalogue.iter_item_meta(session)
             writer.item_meta(ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)))
+            counts = catalogue.interaction_counts(session)
+        writer.popularity(popularity_prior(np.array([counts.get(i, 0) for i in built.ids], np.float64)))
 
         def report(done: int, total: int, _metrics: dict) -> None:
             with session_scope(url) as session:

@@ -182,12 +182,15 @@ def wait_for_items(
     timeout: float = 3600.0,
     progress: bool = True,
     poll_s: float = 0.5,
+    stall_s: float = PICKUP_AFTER_S,
 ) -> dict[str, int]:
-    """Block until every item is `ready` or `failed`, with a progress bar; returns the status counts."""
+    """Block until every item is `ready` or `failed`, with a progress bar; returns the status counts. When
+    nothing finishes for `stall_s` and no worker answers, fail with NoWorker instead of waiting on."""
     url = settings.resolved_database_url
     ids = list(item_ids)
     bar = tqdm(total=len(ids), desc="encoding", unit="item", disable=not progress)
     deadline = time.time() + timeout
+    last_finished, moved_at = -1, time.time()
     try:
         while True:
             with session_scope(url) as session:
@@ -203,6 +206,13 @@ def wait_for_items(
                 return counts
             if time.time() > deadline:
                 raise TimeoutError(f"items not finished after {timeout:.0f}s: {counts}")
+            if finished != last_finished:
+                last_finished, moved_at = finished, time.time()
+            elif time.time() - moved_at > stall_s:
+                if not workers_alive(settings):
+                    waiting = len(ids) - finished
+                    raise NoWorker(f"{waiting} items wait for encoding: {no_worker_message(settings)}")
+                moved_at = time.time()  # workers answer: they are busy, look again later
             time.sleep(poll_s)
     finally:
         bar.close()

@@ -50,11 +50,12 @@ class ServingState:
     v2v_scores: np.ndarray | None = None
     user_tower: UserTowerNumpy | SeqTowerNumpy | None = None
     meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
+    popularity: np.ndarray | None = None  # the cluster channel's popularity prior by snapshot row, in [0, 1]
 
     @classmethod
     def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
         item_meta = snapshot.item_meta
-        mapped = [snapshot.index.vectors, snapshot.v2v_rows, snapshot.v2v_scores]
+        mapped = [snapshot.index.vectors, snapshot.v2v_rows, snapshot.v2v_scores, snapshot.popularity]
         if item_meta is not None:
             mapped += [item_meta.blob, item_meta.title_spans, item_meta.tag_offsets, item_meta.tag_codes]
         for array in mapped:
@@ -69,6 +70,7 @@ class ServingState:
             snapshot.v2v_scores,
             tower,
             item_meta,
+            snapshot.popularity,
         )
 
 
@@ -310,6 +312,8 @@ class ServiceSources:
             trigger_clusters=clusters,
             queries=queries,
             exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]),
+            prior=self.state.popularity,
+            prior_max=1.0,  # popularity_prior's largest value (0 when nothing is popular: a looser bound)
         )
         if moved:
             found = Ranked(

@@ -133,6 +133,12 @@ def set_frame_counts(session: Session, counts: dict[str, tuple[int | None, int |
         session.execute(update(Item).where(Item.id == item_id).values(frames_used=used, frame_thumbnails=thumbnails))
 
 
+def interaction_counts(session: Session) -> dict[str, int]:
+    """Interactions per item (the popularity the cluster channel's prior is made of)."""
+    rows = session.execute(select(Interaction.item_id, func.count()).group_by(Interaction.item_id))
+    return {item: int(count) for item, count in rows}
+
+
 def user_items(session: Session, user_id: str) -> list[str]:
     """Every item the user ever interacted with, once each (what recall must never return to them)."""
     return list(session.scalars(select(Interaction.item_id).where(Interaction.user_id == user_id).distinct()))

@@ -29,6 +29,7 @@ META = "snapshot.json"  # encoder_version, count, factory, max_row (the vectors'
 V2V_ROWS = "v2v-rows.npy"  # int (n, N): each row's N nearest rows, best first, -1 padded
 V2V_SCORES = "v2v-scores.npy"  # float32 (n, N): their inner products
 USER_TOWER = "user_tower.npz"  # G's user side as arrays (mmrecall.finetune.export), when G is the encoder
+POPULARITY = "popularity.npy"  # float32 (n,): each row's popularity prior in [0, 1] (index.clusters.popularity_prior)
 FILES = (
     META,
     *ann.FILES.values(),
@@ -36,6 +37,7 @@ FILES = (
     V2V_ROWS,
     V2V_SCORES,
     USER_TOWER,
+    POPULARITY,
     *ITEM_META_FILES,
     *TOP_SET_FILES,
 )  # every file a snapshot may hold
@@ -78,6 +80,9 @@ class SnapshotWriter:
     def user_tower(self, arrays: dict[str, np.ndarray]) -> None:
         np.savez(self.directory / USER_TOWER, **arrays)
 
+    def popularity(self, prior: np.ndarray) -> None:
+        np.save(self.directory / POPULARITY, np.asarray(prior, np.float32))
+
     def publish(self, meta: dict) -> None:
         publish(self.root, self.directory, {**meta, "layout": LAYOUT_VERSION})
 
@@ -103,6 +108,7 @@ class Snapshot:
     v2v_scores: np.ndarray | None
     user_tower: dict[str, np.ndarray] | None  # arrays for mmrecall.recall.towers.tower_from_arrays
     item_meta: ItemMeta | None  # titles and tags by row (None: answered from the database)
+    popularity: np.ndarray | None = None  # the popularity prior by row (None: a snapshot without one)
 
 
 def check_layout(directory: Path, meta: dict) -> None:
@@ -132,6 +138,7 @@ def load_snapshot(directory: Path) -> Snapshot:
         v2v_scores=_mapped(directory / V2V_SCORES) if rows is not None else None,
         user_tower=tower,
         item_meta=ItemMeta.load(directory),
+        popularity=_mapped(directory / POPULARITY),
     )
 
 

@@ -105,3 +105,19 @@ def test_demo_on_a_machine_without_redis_runs_a_private_broker(tmp_path: Path) -
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "no Redis answers at redis://127.0.0.1:6379/0: running a private one" in demo.stdout
     assert "similar to food-baking-000" in demo.stdout and "reindexed 300 vectors" in demo.stdout
+
+
+def test_waiting_on_items_no_worker_encodes_fails_instead_of_hanging(tmp_path: Path, redis_url: str) -> None:
+    from mmrecall.core.interchange import ItemRecord
+    from mmrecall.pipeline.queue import NoWorker
+    from mmrecall.pipeline.runner import wait_for_items
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    settings = make_settings(tmp_path / "home", redis_url)
+    with session_scope(settings.resolved_database_url) as session:
+        catalogue.upsert_items(session, [ItemRecord(id="a", title="a"), ItemRecord(id="b", title="b")])
+    started = time.perf_counter()
+    with pytest.raises(NoWorker, match="2 items wait for encoding: no worker answers"):
+        wait_for_items(settings, ["a", "b"], progress=False, poll_s=0.1, stall_s=1.0)
+    assert time.perf_counter() - started < 10

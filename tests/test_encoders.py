@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrecall.encoders import ContentInput, create_encoder, encoder_version, list_encoders
+from mmrecall.encoders import ContentInput, create_encoder, encoder_version, list_encoders, load_config
 from mmrecall.encoders.backbones import build_backbone
 from mmrecall.encoders.media import MediaError, load_image
 from tests.golden import GOLDEN_DIR, golden_inputs
@@ -114,3 +114,22 @@ def test_media_errors_have_reasons(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="too large"):
         load_image(tmp_path / "big.png", max_pixels=1_000_000)
     assert load_image(tmp_path / "ok.jpg").mode == "RGB"
+
+
+def test_the_default_encoder_has_no_random_backbone_and_covers_do_not_split_the_catalogue() -> None:
+    """The default reads text alone (a fused encoder splits a catalogue where only some items have a
+    cover); the homophily measure sees such a split on tiny data."""
+    from mmrecall.benchmarks.homophily import cover_shares
+    from mmrecall.core.settings import Settings
+
+    default = load_config(Settings().encoder)
+    assert default.image is None or default.image.checkpoint or default.image.backbone == "efficientnet-lite0"
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(400, 16))
+    has_cover = rng.random(400) < 0.3
+    blind = text / np.linalg.norm(text, axis=1, keepdims=True)
+    split = np.concatenate([text, np.where(has_cover[:, None], 3.0, -3.0) * np.ones((400, 4))], axis=1)
+    split /= np.linalg.norm(split, axis=1, keepdims=True)
+    shares = cover_shares(blind.astype(np.float32), has_cover)
+    assert abs(shares["with_cover"] - 0.3) < 0.1 and abs(shares["without_cover"] - 0.3) < 0.1
+    assert cover_shares(split.astype(np.float32), has_cover) == {"with_cover": 1.0, "without_cover": 0.0}

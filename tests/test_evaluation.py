@@ -140,6 +140,8 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
         "tiny-test",
         "--channels",
         "v2v",
+        "--baselines",
+        "random,popular,itemcf,sasrec,text_v2v",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -163,6 +165,12 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     assert list((tmp_path / "c").glob("vectors-*.npy"))  # encodings cached for the next run
     bad = CliRunner().invoke(app, ["eval", "--dataset", str(dataset), "--channels", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown channels" in bad.output
+    # --channels alone runs exactly those (no baseline, no SASRec training); every row has its wall time
+    only = [*args[:9], "--channels", "itemcf,v2v", "--protocol", "last", "--quick"]
+    assert CliRunner().invoke(app, only).exit_code == 0
+    report = json.loads(out.read_text())
+    assert set(report["channels"]) == {"itemcf", "v2v"} and "training" not in report
+    assert set(report["seconds"]) == {"channels/itemcf", "channels/v2v"} and report["users"] == 30
 
 
 def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:

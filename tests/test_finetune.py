@@ -137,6 +137,14 @@ def test_finetune_g_writes_an_encoder_that_encodes_new_items(demo: Path, tmp_pat
     )
     assert not np.allclose(old, new, atol=1e-4)
     assert np.allclose(new, encoder.encode([ContentInput("x", ["food/baking"])])[0], atol=1e-6)
+    # the workers' encode path passes the item id, so a trained item is served with its bias, as G scored it
+    from mmrecall.pipeline.encode import encode_batch
+    from mmrecall.storage.db import Item
+
+    items = {i: Item(id=i, title="x", tags=["food/baking"]) for i in (seen, "brand-new")}
+    ids, served, failed = encode_batch(encoder, items)
+    assert ids == [seen, "brand-new"] and not failed
+    assert np.allclose(served[0], old, atol=1e-6) and np.allclose(served[1], new, atol=1e-6)
 
     # a reindex with G active ships its user tower (in numpy) beside the index for personal recall
     from mmrecall.core.settings import Settings

@@ -68,3 +68,30 @@ def test_similar_answers_a_k_wider_than_the_v2v_table(tmp_path: Path, redis_url:
         for k in (10, 20, 150):
             found = http.get(f"/v1/similar/{ids[0]}", params={"k": k}).json()["results"]
             assert [r["id"] for r in found] == exact[:k], k
+
+
+def test_served_cluster_recall_weighs_popularity_as_the_harness_does(tmp_path: Path, redis_url: str) -> None:
+    """The cluster channel's popularity prior is in the snapshot (counted at reindex) and in the harness,
+    computed by one function: a popular cluster-mate outranks a slightly closer one nobody touched."""
+    from mmrecall.index.clusters import PRIOR_WEIGHT, popularity_prior
+
+    settings = make_settings(tmp_path / "home", redis_url, cluster_k=1)
+    base = np.array([1.0, 0.0, 0.0], np.float32)
+    vectors = np.array([base, [0.90, 0.436, 0], [0.92, 0, 0.392], [0, 1, 0], [0, 0, 1]], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = ["anchor", "popular", "closer", "x", "y"]
+    with session_scope(settings.resolved_database_url) as session:
+        catalogue.upsert_items(session, [ItemRecord(id=i, title=i) for i in ids])
+        catalogue.store_vectors(session, ids, vectors, encoder="synthetic", version="synthetic@1")
+        catalogue.add_interactions(
+            session, [InteractionRecord(user_id=f"u{n}", item_id="popular", timestamp=n) for n in range(30)]
+        )
+        job = catalogue.create_job(session, "reindex").id
+    reindex(settings, job, spec="tiny-test", version="synthetic@1")
+    prior = popularity_prior(np.array([0, 30, 0, 0, 0]))
+    expected = vectors[1:] @ vectors[0] + PRIOR_WEIGHT * prior[1:]
+    with ApiServer(settings) as api, httpx.Client(base_url=api.url, timeout=30) as http:
+        found = http.get("/v1/similar/anchor", params={"k": 4, "channel": "cluster"}).json()["results"]
+    assert [r["id"] for r in found][:2] == ["popular", "closer"]  # by cosine alone "closer" would lead
+    by_id = dict(zip(ids[1:], expected.tolist(), strict=True))
+    assert all(abs(r["score"] - by_id[r["id"]]) < 1e-5 for r in found)
