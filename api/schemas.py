@@ -137,6 +137,13 @@ class JobOut(BaseModel):
     updated_at: float
 
 
+class TrainIn(BaseModel):
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="G's epochs (default: until validation stops)")
+    user_tower: Literal["pool", "seq"] | None = None
+    features: list[str] | None = Field(default=None, min_length=1, max_length=8, description="encoders feeding G")
+    activate: bool = Field(default=True, description="serve the trained G (re-encode, reindex, swap)")
+
+
 class JobCreated(BaseModel):
     job_id: str
     state: str

@@ -231,6 +231,9 @@ def ingest(
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads")] = "prefork",
+    beat: Annotated[
+        bool, typer.Option(help="Also run the schedule (MMRECALL_TRAIN_EVERY_S); one per deployment")
+    ] = False,
 ) -> None:
     """Run a Celery worker for this instance's queue (foreground)."""
 
@@ -239,7 +242,7 @@ def worker(
     settings = get_settings()
     env = settings_env(settings)
     env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
-    command = worker_command(settings, concurrency=concurrency, pool=pool)
+    command = worker_command(settings, concurrency=concurrency, pool=pool, beat=beat)
     os.execvpe(command[0], command, env)
 
 
@@ -314,6 +317,59 @@ def reindex(
             return
         result = _follow(job_id, timeout=3600)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("train")
+def train_cmd(
+    local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
+    epochs: Annotated[int | None, typer.Option(help="G's training epochs (default: until validation stops)")] = None,
+    user_tower: Annotated[str | None, typer.Option(help="pool or seq")] = None,
+    features: Annotated[str | None, typer.Option(help="Comma-separated encoders feeding G (default: active)")] = None,
+    activate: Annotated[bool, typer.Option(help="Serve the trained G: re-encode, reindex, swap")] = True,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish")] = True,
+) -> None:
+    """Train G from the catalogue's items and interactions, then serve it. Blocks until the job ends and
+    exits non-zero when it failed; the previous model serves until the swap."""
+    from mmrecall.pipeline.jobs import run_job
+    from mmrecall.pipeline.queue import submit_job
+    from mmrecall.pipeline.train import train_from_catalogue
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    params: dict = {"activate": activate}
+    if epochs is not None:
+        params["epochs"] = epochs
+    if user_tower is not None:
+        if user_tower not in ("pool", "seq"):
+            _fail(f"--user-tower is pool or seq, not {user_tower!r}")
+        params["user_tower"] = user_tower
+    if features:
+        params["features"] = [f.strip() for f in features.split(",") if f.strip()]
+    settings = get_settings()
+    settings.ensure_dirs()
+    if local:
+        with session_scope(settings.resolved_database_url) as session:
+            job_id = catalogue.create_job(session, "train", params).id
+        logging.getLogger("mmrecall.finetune").setLevel(logging.INFO)
+        result = run_job(settings, job_id, lambda _job, report: train_from_catalogue(settings, job_id, params, report))
+    else:
+        job_id = submit_job(settings, "train", params)
+        if not wait:
+            typer.echo(f"job {job_id} queued")
+            return
+        result = _follow(job_id, timeout=24 * 3600)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("export")
+def export_cmd(
+    directory: Annotated[Path, typer.Argument(help="Where to write items.jsonl and interactions.csv")],
+) -> None:
+    """Write the catalogue's ready items and their interactions in the interchange format."""
+    from mmrecall.storage.export import export_catalogue
+
+    settings = get_settings()
+    typer.echo(json.dumps(export_catalogue(settings.resolved_database_url, directory)))
 
 
 @app.command("activate")

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
     )
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
+    train_every_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Retrain G from the catalogue and serve it this often (the worker started with --beat "
+        "schedules it); 0: never.",
+    )
     merge: dict[str, Any] = Field(
         default_factory=dict,
         description='Recall-set merge weights as JSON, e.g. {"mode": "rank", "rrf_k": 10, "explore": 4}: the fields '

@@ -22,6 +22,7 @@ REINDEX_TASK = "mmrecall.reindex"
 EVAL_TASK = "mmrecall.evaluate"
 TRAIN_TASK = "mmrecall.train"
 BACKFILL_TASK = "mmrecall.backfill"
+SCHEDULED_TRAIN_TASK = "mmrecall.scheduled_train"  # sent by the beat every MMRECALL_TRAIN_EVERY_S
 BROKER_TIMEOUT_S = 2.0  # a broker that does not answer a ping in this long is down, for every caller
 
 
@@ -62,6 +63,17 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
         task_default_routing_key=settings.queue,
         worker_prefetch_multiplier=1,
+        beat_schedule=(
+            {
+                "retrain": {
+                    "task": SCHEDULED_TRAIN_TASK,
+                    "schedule": settings.train_every_s,
+                    "options": {"queue": settings.queue},
+                }
+            }
+            if settings.train_every_s > 0
+            else {}
+        ),
         broker_connection_retry_on_startup=True,
         # a producer whose broker is gone fails within seconds instead of retrying for ever
         broker_connection_timeout=BROKER_TIMEOUT_S,
@@ -98,7 +110,7 @@ def enqueue_encode(settings: Settings, item_ids: Sequence[str]) -> list[str]:
 
 def task_for(kind: str) -> str:
     """The Celery task that runs a job of this kind."""
-    if kind.startswith("finetune:"):
+    if kind.startswith("finetune:") or kind == "train":
         return TRAIN_TASK
     tasks = {"reindex": REINDEX_TASK, "eval": EVAL_TASK, "backfill": BACKFILL_TASK}
     if kind not in tasks:
@@ -125,10 +137,11 @@ def submit_job(settings: Settings, kind: str, params: dict | None = None, *, nee
 
 
 def workers_alive(settings: Settings, timeout: float = 1.0) -> int:
-    """How many workers answer a ping on this instance's broker (0 when the broker itself is down)."""
+    """How many workers consume this instance's queue and answer (0 when the broker itself is down). Workers
+    of other instances on the same broker answer the broadcast too; only those on our queue count."""
     try:
         check_broker(settings)
     except BrokerUnavailable:
         return 0
-    replies = client(settings).control.ping(timeout=timeout)
-    return len(replies or [])
+    replies = client(settings).control.inspect(timeout=timeout).active_queues() or {}
+    return sum(any(q.get("name") == settings.queue for q in queues) for queues in replies.values())

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def _env_value(value: object) -> str:
 
 
 def worker_command(
-    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", name: str = "mmrecall"
+    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", name: str = "mmrecall", beat: bool = False
 ) -> list[str]:
+    """beat: this worker also runs the schedule (one per deployment): MMRECALL_TRAIN_EVERY_S's retraining."""
+    schedule = ["--beat", "--schedule", str((settings.home / "beat-schedule").resolve())] if beat else []
     return [
         sys.executable,
         "-m",
@@ -69,21 +72,30 @@ def worker_command(
         "--queues",
         settings.queue,
         "--hostname",
-        f"{name}-{os.getpid()}@%h",
+        f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}@%h",  # unique: workers count by node name
         "--without-gossip",
         "--without-mingle",
+        *schedule,
     ]
 
 
 def start_worker(
-    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", log_path: str | None = None
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    log_path: str | None = None,
+    beat: bool = False,
 ) -> subprocess.Popen:
     env = settings_env(settings)
     # Each worker process gets an equal share of the cores unless told otherwise.
     env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
     return subprocess.Popen(
-        worker_command(settings, concurrency=concurrency, pool=pool), env=env, stdout=out, stderr=subprocess.STDOUT
+        worker_command(settings, concurrency=concurrency, pool=pool, beat=beat),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 

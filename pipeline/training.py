@@ -11,6 +11,7 @@ from mmrecall.finetune.g_job import DEFAULT_FEATURES, train_g
 from mmrecall.finetune.g_train import GTrainConfig
 from mmrecall.finetune.tag_image import train_tag_image
 from mmrecall.pipeline.jobs import run_job
+from mmrecall.pipeline.train import train_from_catalogue
 
 KINDS = ("tag-image", "pretrain-dualstream", "g")
 
@@ -68,6 +69,8 @@ def training_job(settings: Settings, job_id: str) -> dict:
         def progress(done: int, total: int, metrics: dict) -> None:
             report(done, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
+        if job.kind == "train":  # from the catalogue, then activated
+            return train_from_catalogue(settings, job_id, dict(job.params), report)
         return run_training(settings, job.kind.removeprefix("finetune:"), dict(job.params), on_progress=progress)
 
     return run_job(settings, job_id, work)

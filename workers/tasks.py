@@ -6,7 +6,7 @@ from mmrecall.core.settings import get_settings
 from mmrecall.pipeline import encode
 from mmrecall.pipeline import reindex as reindexing
 from mmrecall.pipeline.jobs import heartbeat
-from mmrecall.pipeline.queue import BACKFILL_TASK, ENCODE_TASK, REINDEX_TASK, TRAIN_TASK
+from mmrecall.pipeline.queue import BACKFILL_TASK, ENCODE_TASK, REINDEX_TASK, SCHEDULED_TRAIN_TASK, TRAIN_TASK
 from mmrecall.pipeline.training import training_job
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import session_scope
@@ -37,6 +37,18 @@ def reindex(job_id: str) -> dict:
 def train(job_id: str) -> dict:
     with heartbeat(get_settings(), job_id):
         return training_job(get_settings(), job_id)  # records its own failure on the job row
+
+
+@app.task(name=SCHEDULED_TRAIN_TASK)
+def scheduled_train() -> dict:
+    """The beat's retraining: a train job row, then the training here (skipped while one is under way)."""
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        if any(job.kind == "train" and job.state in ("queued", "running") for job in catalogue.recent_jobs(session)):
+            return {"skipped": "a training is under way"}
+        job_id = catalogue.create_job(session, "train", {"scheduled": True}).id
+    with heartbeat(settings, job_id):
+        return training_job(settings, job_id)
 
 
 @app.task(name=BACKFILL_TASK)

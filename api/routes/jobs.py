@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException
 from mmrecall.api.auth import READ, WRITE
 from mmrecall.api.deps import SessionDep, SettingsDep
 from mmrecall.api.media import confine
-from mmrecall.api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut
+from mmrecall.api.schemas import ERRORS, ActivateIn, EvalIn, JobCreated, JobOut, TrainIn
 from mmrecall.core.settings import Settings
 from mmrecall.pipeline.queue import no_worker_message, submit_job, workers_alive
 from mmrecall.storage import catalogue
@@ -40,6 +40,17 @@ def post_eval(body: EvalIn, settings: SettingsDep) -> JobCreated:
     return queued(settings, "eval", params)
 
 
+@router.post("/train", status_code=202, response_model=JobCreated, dependencies=[WRITE])
+def post_train(body: TrainIn, settings: SettingsDep) -> JobCreated:
+    """Train G from the catalogue on a worker, then serve it (re-encode, reindex, swap); the job's result
+    holds G's validation figures. The previous model serves until the swap, and on failure."""
+    known = registered_encoders()
+    for spec in body.features or ():
+        if spec not in known and not (Path(spec) / "encoder.json").is_file():
+            raise HTTPException(400, f"unknown encoder {spec!r} in features; known: {known} or a checkpoint directory")
+    return queued(settings, "train", body.model_dump(exclude_none=True))
+
+
 @router.post("/encoders/activate", status_code=202, response_model=JobCreated, dependencies=[WRITE])
 def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
     """Re-encode the catalogue with another encoder, rebuild the index from it, then swap; queries keep
@@ -52,8 +63,9 @@ def activate_encoder(body: ActivateIn, settings: SettingsDep) -> JobCreated:
 
 def queued(settings: Settings, kind: str, params: dict | None = None) -> JobCreated:
     """Queue a job (503 when the broker is down); it says so when no worker answers to run it yet."""
+    alive = workers_alive(settings)  # asked first: a solo worker that takes the job stops answering pings
     job_id = submit_job(settings, kind, params, need_worker=False)
-    warning = None if workers_alive(settings) else no_worker_message(settings) + "; the job starts when one does"
+    warning = None if alive else no_worker_message(settings) + "; the job starts when one does"
     return JobCreated(job_id=job_id, state="queued", warning=warning)
 
 

@@ -1,0 +1,98 @@
+"""Training from the catalogue: G learns from what the service holds, then serves (re-encode, reindex,
+swap), through a real worker; a training that cannot run leaves the previous model serving."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mmrecall.cli.main import app as cli
+from mmrecall.core.demo_data import generate_demo
+from mmrecall.core.interchange import read_interactions, read_items
+from mmrecall.core.settings import get_settings
+from mmrecall.pipeline.ingest import bulk_ingest
+from mmrecall.pipeline.runner import settings_env
+from mmrecall.storage.export import export_catalogue
+from tests.helpers import Service, make_settings
+
+
+def test_train_from_the_catalogue_then_serve_it(service: Service) -> None:
+    demo = generate_demo(service.settings.media_roots[0] / "train-demo", per_leaf=4, users=24)
+    assert bulk_ingest(service.settings, demo)["failed"] == 0
+    http = service.http
+    bad = http.post("/v1/train", json={"features": ["/etc"]})
+    assert bad.status_code == 400 and "unknown encoder" in bad.json()["detail"]
+    job = http.post("/v1/train", json={"epochs": 2, "features": ["tiny-test"]}).json()
+    assert job["state"] == "queued" and job["warning"] is None
+    done = service.wait_job(job["job_id"], timeout=300)
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    assert result["interactions"] == sum(1 for _ in read_interactions(demo)) and "valid_hitrate@50" in result
+    assert http.get("/v1/encoders").json()["active"] == result["checkpoint"]
+    assert result["encoder_version"].startswith("g@")
+    # the API follows the new snapshot: G's vectors, its user tower in the personal channel
+    for _ in range(100):
+        if http.get("/healthz").json()["snapshot"] == result["snapshot"]:
+            break
+        time.sleep(0.1)
+    assert http.get("/healthz").json()["encoder_version"] == result["encoder_version"]
+    recalled = http.post("/v1/recall", json={"user_id": "u000", "k": 10, "channels": ["personal"]}).json()
+    assert len(recalled["results"]) == 10
+
+
+def test_a_training_that_cannot_run_fails_and_keeps_the_model(tmp_path: Path, redis_url: str, monkeypatch) -> None:
+    settings = make_settings(tmp_path / "home", redis_url)
+    for name, value in settings_env(settings).items():
+        if name.startswith("MMRECALL_"):
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["train", "--local", "--epochs", "1"])
+        assert result.exit_code == 2 and "no interactions" in result.output
+        jobs = CliRunner().invoke(cli, ["status"])
+        assert json.loads(jobs.output)["snapshot"] is None  # nothing was swapped in
+    finally:
+        get_settings.cache_clear()
+
+
+def test_export_round_trips_the_catalogue(service: Service, tmp_path: Path) -> None:
+    demo = generate_demo(service.settings.media_roots[0] / "export-demo", per_leaf=2, users=5)
+    bulk_ingest(service.settings, demo)
+    exported = export_catalogue(service.settings.resolved_database_url, tmp_path / "out")
+    items = {i.id: i for i in read_items(tmp_path / "out")}
+    source = {i.id: i for i in read_items(demo)}
+    assert set(source) <= set(items) and exported["items"] == len(items)
+    assert all(items[i].model_dump() == source[i].model_dump() for i in source)
+    rows = {(r.user_id, r.item_id, r.timestamp) for r in read_interactions(tmp_path / "out")}
+    assert {(r.user_id, r.item_id, r.timestamp) for r in read_interactions(demo)} <= rows
+
+
+def test_the_schedule_retrains_and_serves(tmp_path: Path, redis_url: str) -> None:
+    """MMRECALL_TRAIN_EVERY_S with a worker started with --beat: a train job runs on its own and swaps in G."""
+    from mmrecall.pipeline.runner import start_worker, wait_for_workers
+    from mmrecall.storage import catalogue, snapshots
+    from mmrecall.storage.db import session_scope
+
+    settings = make_settings(tmp_path / "home", redis_url, train_every_s=2.0)
+    demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=3, users=12)
+    assert bulk_ingest(settings, demo, ensure_worker=True)["failed"] == 0
+    worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(settings.home / "beat.log"), beat=True)
+    try:
+        wait_for_workers(settings, timeout=90)
+        deadline = time.time() + 240
+        trained = None
+        while time.time() < deadline and trained is None:
+            with session_scope(settings.resolved_database_url) as session:
+                jobs = [j for j in catalogue.recent_jobs(session) if j.kind == "train"]
+                trained = next((j.result for j in jobs if j.state == "succeeded"), None)
+                assert all(j.state != "failed" for j in jobs), [j.error for j in jobs]
+            time.sleep(0.5)
+        assert trained is not None and trained["encoder_version"].startswith("g@")
+        current = snapshots.current_snapshot(settings.snapshots_dir)
+        assert snapshots.read_meta(current)["encoder_version"].startswith("g@")  # (a later run may have swapped)
+    finally:
+        worker.terminate()
+        worker.wait(60)
