@@ -332,7 +332,7 @@ def train_cmd(
     exits non-zero when it failed; the previous model serves until the swap."""
     from mmrecall.pipeline.jobs import run_job
     from mmrecall.pipeline.queue import submit_job
-    from mmrecall.pipeline.train import train_from_catalogue
+    from mmrecall.pipeline.training import train_from_catalogue
     from mmrecall.storage import catalogue
     from mmrecall.storage.db import session_scope
 

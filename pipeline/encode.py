@@ -76,9 +76,15 @@ def content_of(item: Item, encoder: Encoder, settings: Settings | None = None) -
 
 
 def encode_batch(
-    encoder: Encoder, items: dict[str, Item], settings: Settings | None = None
+    encoder: Encoder,
+    items: dict[str, Item],
+    settings: Settings | None = None,
+    *,
+    frame_counts: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """(encoded ids, float32 vectors, {failed id: reason}); a bad item never stops the others."""
+    """(encoded ids, float32 vectors, {failed id: reason}); a bad item never stops the others.
+    frame_counts: when given, a video or frame-list item's thumbnails are written (for the inspector) and
+    its (frames the encoder read, thumbnails kept) recorded here."""
     inputs: dict[str, ContentInput] = {}
     failed: dict[str, str] = {}
     for item_id, item in items.items():
@@ -87,9 +93,9 @@ def encode_batch(
         except MediaError as exc:
             failed[item_id] = str(exc)
             continue
-        if settings is not None and (item.video or item.frames):  # shown by the inspector, whatever the encoder reads
-            item.frames_used = len(inputs[item_id].all_frames())
-            item.frame_thumbnails = write_thumbnails(settings, item, local_media(item, settings))
+        if frame_counts is not None and settings is not None and (item.video or item.frames):
+            thumbnails = write_thumbnails(settings, item, local_media(item, settings))
+            frame_counts[item_id] = (len(inputs[item_id].all_frames()), thumbnails)
     ids = list(inputs)
     try:
         vectors = encoder.encode([inputs[i] for i in ids]) if ids else np.zeros((0, encoder.dim), np.float32)
@@ -108,7 +114,8 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     url = settings.resolved_database_url
     with session_scope(url) as session:
         items, given_up = catalogue.start_encoding(session, item_ids, max_attempts=settings.max_encode_attempts)
-    ids, vectors, failed = encode_batch(encoder, items, settings)
+    frame_counts: dict[str, tuple[int, int]] = {}  # the active encoder's pass writes the thumbnails, once
+    ids, vectors, failed = encode_batch(encoder, items, settings, frame_counts=frame_counts)
     extra = None
     if pending and pending != active:
         extra_encoder = load_encoder(settings, pending)
@@ -116,10 +123,7 @@ def encode_items(settings: Settings, item_ids: Sequence[str]) -> dict[str, int]:
     with session_scope(url) as session:
         if ids:
             catalogue.store_vectors(session, ids, vectors, encoder=encoder.name, version=encoder.version)
-            catalogue.set_frame_counts(
-                session,
-                {i: (items[i].frames_used, items[i].frame_thumbnails) for i in ids if items[i].frame_thumbnails},
-            )
+            catalogue.set_frame_counts(session, {i: counts for i, counts in frame_counts.items() if i in ids})
         if extra is not None and extra[1]:
             catalogue.store_vectors(
                 session, extra[1], extra[2], encoder=extra[0].name, version=extra[0].version, mark_ready=False

@@ -34,14 +34,16 @@ class NoWorker(ServiceUnavailable):
     """No worker answers on this instance's queue: a job would wait for ever (HTTP 503)."""
 
 
-def check_broker(settings: Settings, *, timeout: float = BROKER_TIMEOUT_S) -> None:
-    """Raise BrokerUnavailable within `timeout` when the broker does not answer a ping."""
+@lru_cache(maxsize=8)
+def _broker(url: str) -> redis.Redis:
+    """One pooled connection per broker URL: the check before every write costs a ping, not a connect."""
+    return redis.Redis.from_url(url, socket_connect_timeout=BROKER_TIMEOUT_S, socket_timeout=BROKER_TIMEOUT_S)
+
+
+def check_broker(settings: Settings) -> None:
+    """Raise BrokerUnavailable within BROKER_TIMEOUT_S when the broker does not answer a ping."""
     try:
-        broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        try:
-            broker.ping()
-        finally:
-            broker.close()
+        _broker(settings.redis_url).ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(f"the broker at {settings.redis_url} does not answer ({exc})") from exc
 

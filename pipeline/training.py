@@ -1,17 +1,23 @@
-"""Training jobs by kind: the same call from the CLI (in process) and from the Celery task."""
+"""Training jobs by kind: the same call from the CLI (in process) and from the Celery task, and training
+from the catalogue (`mmrecall train`, POST /v1/train, the scheduled retraining)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mmrecall.core.settings import Settings
+from mmrecall.encoders.content_g import CONFIG_FILE as G_CONFIG_FILE
+from mmrecall.encoders.content_g import GConfig
 from mmrecall.finetune.common import Progress
 from mmrecall.finetune.dual_stream import pretrain_dual_stream
 from mmrecall.finetune.g_job import DEFAULT_FEATURES, train_g
 from mmrecall.finetune.g_train import GTrainConfig
 from mmrecall.finetune.tag_image import train_tag_image
-from mmrecall.pipeline.jobs import run_job
-from mmrecall.pipeline.train import train_from_catalogue
+from mmrecall.pipeline.encode import encoder_specs
+from mmrecall.pipeline.jobs import Report, run_job
+from mmrecall.pipeline.reindex import backfill
+from mmrecall.storage.export import export_catalogue
 
 KINDS = ("tag-image", "pretrain-dualstream", "g")
 
@@ -62,15 +68,55 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
 
 
+def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: Report | None = None) -> dict:
+    """`mmrecall train`: export the catalogue, train G on it (the "g" kind above; features: the active
+    encoder unless named), then activate it unless `params["activate"]` is false: re-encode, reindex, swap.
+    Until the swap the previous model keeps serving, and it stays when the training fails."""
+    started = time.time()
+    run = settings.home / "train" / time.strftime("%Y%m%dT%H%M%S", time.gmtime()) / job_id[:8]
+    exported = export_catalogue(settings.resolved_database_url, run / "dataset")
+    if not exported["interactions"]:
+        raise ValueError("the catalogue holds no interactions with ready items: nothing to learn from")
+    if report:
+        report(0, 1, f"training G on {exported['items']} items, {exported['interactions']} interactions")
+    features = list(params.get("features") or _base_features(settings))
+    g_params = {**params, "dataset": str(run / "dataset"), "features": features}
+    trained = run_training(settings, "g", g_params, on_progress=metrics_reporter(report) if report else None)
+    result = {**exported, **trained, "features": features, "train_s": round(time.time() - started, 1)}
+    if params.get("activate", True):
+        if report:
+            report(0, exported["items"], f"activating {trained['checkpoint']}: re-encode, reindex, swap")
+        activated = backfill(settings, job_id, trained["checkpoint"])
+        result |= {"snapshot": activated["snapshot"], "encoder_version": activated["encoder_version"]}
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def _base_features(settings: Settings) -> tuple[str, ...]:
+    """G's input features: the active encoder, or, when a G is active already, the features it was trained on."""
+    active = encoder_specs(settings)[0]
+    config = Path(active) / G_CONFIG_FILE
+    if config.is_file():
+        return tuple(GConfig.from_json(config.read_text()).feature_encoders)
+    return (active,)
+
+
+def metrics_reporter(report: Report) -> Progress:
+    """A trainer's (done, total, metrics) progress onto a job row's (done, total, message)."""
+
+    def progress(done: int, total: int, metrics: dict) -> None:
+        report(done, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+
+    return progress
+
+
 def training_job(settings: Settings, job_id: str) -> dict:
     """The Celery side: parameters from the job row, progress onto it, the report into its result."""
 
     def work(job, report) -> dict:
-        def progress(done: int, total: int, metrics: dict) -> None:
-            report(done, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-
         if job.kind == "train":  # from the catalogue, then activated
             return train_from_catalogue(settings, job_id, dict(job.params), report)
-        return run_training(settings, job.kind.removeprefix("finetune:"), dict(job.params), on_progress=progress)
+        kind = job.kind.removeprefix("finetune:")
+        return run_training(settings, kind, dict(job.params), on_progress=metrics_reporter(report))
 
     return run_job(settings, job_id, work)
