@@ -18,14 +18,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from mmrecall.benchmarks.common import table, write_result
+from mmrecall.benchmarks.homophily import cover_shares
 from mmrecall.core.interchange import InteractionRecord, read_interactions, read_items, write_interactions
 from mmrecall.core.settings import Settings
 from mmrecall.pipeline.ingest import bulk_ingest
 from mmrecall.pipeline.queue import submit_job
 from mmrecall.pipeline.runner import free_port, settings_env, start_worker, wait_for_api, wait_for_job, wait_for_workers
 from mmrecall.recall.channels import CHANNELS
+from mmrecall.storage.snapshots import load_snapshot
 
 K = 50
 TITLE_QUERIES = 50
@@ -78,6 +81,14 @@ def recall_hits(url: str, targets: dict[str, InteractionRecord], seen: dict[str,
     return found
 
 
+def served_homophily(snapshot_dir: Path, dataset: Path) -> dict[str, float]:
+    """Cover homophily (benchmarks.homophily) on the vectors the workers stored, as the snapshot serves them."""
+    index = load_snapshot(snapshot_dir).index
+    covered = {item.id for item in read_items(dataset, resolve_media=False) if item.cover}
+    has_cover = np.array([item in covered for item in index.ids])
+    return cover_shares(np.asarray(index.vectors, np.float32), has_cover)
+
+
 def title_search(url: str, dataset: Path, *, queries: int = TITLE_QUERIES, seed: int = 0) -> dict:
     """Random titles as queries: the exact title must come first; the title without its year in the top 3."""
     items = [item for item in read_items(dataset, resolve_media=False) if item.title]
@@ -115,8 +126,9 @@ def run(out: Path, dataset: Path | None = None, encoder: str | None = None, **_k
             result["ingest_s"] = round(time.perf_counter() - started, 1)
             result["items"], result["failed"] = report["items"], report["failed"]
             started = time.perf_counter()
-            wait_for_job(settings, submit_job(settings, "reindex"))
+            reindexed = wait_for_job(settings, submit_job(settings, "reindex"))
             result["reindex_s"] = round(time.perf_counter() - started, 1)
+            result["cover_homophily"] = served_homophily(settings.snapshots_dir / reindexed["snapshot"], dataset)
             port = free_port()
             server = subprocess.Popen(
                 [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--no-access-log"],
@@ -139,6 +151,7 @@ def run(out: Path, dataset: Path | None = None, encoder: str | None = None, **_k
             worker.wait(60)
     rows = [{"channel": name, **measured} for name, measured in result["recall"].items()]
     print(table(rows, ["channel", "hitRate@10", "hitRate@50", "seen_returned", "p50_ms"]))
+    print(f"cover homophily (share of the 10 nearest with a cover): {result['cover_homophily']}")
     search = result["title_search"]
     print(
         f"title search: exact title first {search['exact_first']}/{search['queries']}, "
