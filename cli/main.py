@@ -462,7 +462,7 @@ def encoders() -> None:
         typer.echo(name)
 
 
-EVAL_BASELINES = "random,popular,itemcf,sasrec,text_v2v"  # evaluation.registry.BASELINES, without importing it
+EVAL_BASELINES = "random,popular,itemcf,mf,sasrec,text_v2v"  # evaluation.registry.BASELINES, without importing it
 
 
 @app.command("eval")

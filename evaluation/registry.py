@@ -10,6 +10,7 @@ from mmrecall.evaluation.channels import (
     GChannel,
     GV2VChannel,
     ItemCFChannel,
+    MFChannel,
     MultiInterestSeqChannel,
     PopularChannel,
     RandomChannel,
@@ -29,6 +30,7 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "random": RandomChannel,
         "popular": PopularChannel,
         "itemcf": ItemCFChannel,
+        "mf": MFChannel,
         "sasrec": SASRecChannel,
         "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
         "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
@@ -47,4 +49,4 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
     return factories
 
 
-BASELINES = ("random", "popular", "itemcf", "sasrec", "text_v2v")
+BASELINES = ("random", "popular", "itemcf", "mf", "sasrec", "text_v2v")

@@ -10,6 +10,11 @@ training interaction, held out for validation.
 The sequence tower trains as SASRec does: one causal pass over a window of a user's items yields a user
 after every slot, each predicting the next item, so an epoch costs a transformer pass per window (`seq_run`
 rows) instead of one per row.
+
+The user towers read the history as the index serves it: normalize(ECi + EPi) of each history item (EPi
+only for items seen in training), the vectors the API gathers from its snapshot, so the tower sees the
+same inputs (scale included: the sequence tower adds position and gap embeddings to them) in training,
+validation and serving.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ class GTrainer:
         self.activations = np.zeros((len(user_ids), config.interests), np.int64)
         self.active: torch.Tensor | None = None
         self.gap_seqs: dict[int, np.ndarray] = {}
+        self.known = torch.zeros(self.n_items, dtype=torch.bool)  # items seen in training (set by fit)
 
     # ---- data ------------------------------------------------------------------------------------
     def examples(self, sequences: dict[int, np.ndarray]) -> np.ndarray:
@@ -190,7 +196,9 @@ class GTrainer:
         self.model.eval()
         with torch.no_grad():
             index, mask = history_matrix(histories, self.config.history)
-            content = self.model.g(self.features[torch.from_numpy(index).reshape(-1)]).reshape(*index.shape, -1)
+            flat = torch.from_numpy(index).reshape(-1)
+            served = self.model.items(self.model.g(self.features[flat]), self.item_keys[flat], self.known[flat])
+            content = served.reshape(*index.shape, -1)  # (b, L, dim): the vectors the index serves
             keys = self.user_keys[torch.from_numpy(users)] if users is not None else None
             if gaps is None and times is not None:
                 gaps = [gap_buckets(t) for t in times]
@@ -242,6 +250,7 @@ class GTrainer:
         fit_seqs = {u: (s[:-1] if u in set(valid_users.tolist()) else s) for u, s in sequences.items()}
         known = torch.zeros(self.n_items, dtype=torch.bool)
         known[torch.from_numpy(np.concatenate(list(fit_seqs.values())))] = True
+        self.known = known  # validation reads histories as they will be served
         # the sequence tower steps over windows of `seq_run` rows each, the pooling tower over rows
         units = self.windows(fit_seqs, cfg.seq_run) if self.seq else self.examples(fit_seqs)
         per_step = max(1, cfg.batch_size // cfg.seq_run) if self.seq else cfg.batch_size  # about batch_size rows
@@ -349,7 +358,7 @@ class GTrainer:
             weights = torch.tensor([state.weight_seqs[u][p] for u, p in batch], dtype=torch.float32)
         negatives = self._negatives(users, targets, state)
         content, position = self._content(index[mask], targets, negatives)
-        history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
+        history = self._history_vectors(index, mask, content, position, state.known)  # (b, L, dim)
         user_vec = self.model.users(history, torch.from_numpy(mask), self.user_keys[torch.from_numpy(users)])
         target_vec = self._item_vectors(targets, content, position, state.known)
         return self._softmax_loss(user_vec, target_vec, users, targets, negatives, content, position, weights, state)
@@ -379,7 +388,7 @@ class GTrainer:
         later = self._later_items(users, next_pos, state) if cfg.future_loss > 0 else None
         needed = targets if later is None else np.concatenate([targets, later])
         content, position = self._content(index[mask], needed, negatives)
-        history = content[position[torch.from_numpy(index)]] * torch.from_numpy(mask).unsqueeze(-1)  # (b, L, dim)
+        history = self._history_vectors(index, mask, content, position, state.known)  # (b, L, dim)
         masked = self._mask_one_slot(mask) if cfg.mask_loss > 0 else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # the transformer is the cost here
             interests, states = model.seq_users(
@@ -405,7 +414,7 @@ class GTrainer:
             items = index[masked.numpy()]  # (m,) the hidden items, contrasted against the batch's
             aux = aux + cfg.mask_loss * losses.masked_item_loss(
                 model.user_tower.reconstruct(states[masked]),  # (m, dim)
-                content[position[torch.from_numpy(items)]],  # (m, dim): their G vectors
+                history[masked],  # (m, dim): their vectors as the tower reads them
                 torch.from_numpy(items),
                 self.config.temperature,
             )
@@ -452,6 +461,13 @@ class GTrainer:
         position = torch.full((self.n_items,), -1, dtype=torch.long)
         position[torch.from_numpy(needed)] = torch.arange(len(needed))
         return self.model.g(self.features[torch.from_numpy(needed)]), position
+
+    def _history_vectors(
+        self, index: np.ndarray, mask: np.ndarray, content: torch.Tensor, position: torch.Tensor, known: torch.Tensor
+    ) -> torch.Tensor:
+        """(b, L, dim) the served vectors normalize(ECi + EPi) of the history slots, zeros at padding."""
+        served = self._item_vectors(index.reshape(-1), content, position, known).reshape(*index.shape, -1)
+        return served * torch.from_numpy(mask).unsqueeze(-1)
 
     def _item_vectors(
         self, idx: np.ndarray, content: torch.Tensor, position: torch.Tensor, known: torch.Tensor

@@ -13,7 +13,7 @@ from mmrecall.cli.main import app
 from mmrecall.core.dataset import cold_items_split, leave_last_out, load_dataset
 from mmrecall.core.demo_data import generate_demo
 from mmrecall.core.interchange import InteractionRecord, ItemRecord, write_interactions, write_items
-from mmrecall.evaluation.channels import EvalContext, ItemCFChannel, PopularChannel
+from mmrecall.evaluation.channels import EvalContext, ItemCFChannel, MFChannel, PopularChannel
 from mmrecall.evaluation.harness import evaluate_channel
 from mmrecall.evaluation.metrics import MetricAccumulator, target_ranks
 from tests.helpers import shared_dataset
@@ -105,7 +105,8 @@ def test_itemcf_matches_brute_force(tmp_path: Path) -> None:
 
 
 def test_reference_figures_on_ml_latest_small(tmp_path: Path) -> None:
-    """Popularity and itemCF on the shared MovieLens set reproduce their independently measured figures (±0.01)."""
+    """Popularity and itemCF on the shared MovieLens set reproduce their independently measured figures (±0.01);
+    MF (implicit's ALS, at the setting the valid split chose) reproduces the harness's measured figure."""
     raw = shared_dataset("movielens-small-posters", "ml-latest-small")
     from mmrecall.core.movielens import import_movielens
 
@@ -114,13 +115,14 @@ def test_reference_figures_on_ml_latest_small(tmp_path: Path) -> None:
     split = leave_last_out(data, "test")
     ctx = EvalContext(data)
     results = {}
-    for channel in (PopularChannel(), ItemCFChannel()):
+    for channel in (PopularChannel(), ItemCFChannel(), MFChannel(factors=128, regularization=0.01, alpha=1.0)):
         channel.fit(ctx, split)
         results[channel.name] = evaluate_channel(channel, split, ctx, reference=None, exclude_history=True)
     assert results["popular"]["hitrate@50"] == pytest.approx(0.110, abs=0.01)
     assert results["popular"]["hitrate@10"] == pytest.approx(0.041, abs=0.01)
     assert results["itemcf"]["hitrate@50"] == pytest.approx(0.213, abs=0.01)
     assert results["itemcf"]["hitrate@10"] == pytest.approx(0.062, abs=0.01)
+    assert results["mf"]["hitrate@50"] == pytest.approx(0.231, abs=0.015)  # above popular and itemCF
 
 
 def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
@@ -242,6 +244,7 @@ def test_sasrec_learns_sequential_structure() -> None:
     top = scores.topk(3, dim=1).indices.numpy()
     assert 8 in top[0] and 146 in top[1], top
     assert report["valid_hitrate@50"] > 0.9 and report["best_epoch"] > 0
+    assert report["retrained_epochs"] == report["best_epoch"]  # then trained afresh on everything
 
 
 def test_cli_baselines_match_the_harness() -> None:
