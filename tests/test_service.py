@@ -155,8 +155,8 @@ def test_eval_runs_as_a_worker_job(service: Service) -> None:
     assert created.status_code == 202, created.text
     job = service.wait_job(created.json()["job_id"], timeout=300)
     assert job["state"] == "succeeded", job
-    assert job["done"] == job["total"] == 12  # 6 channels (5 baselines + v2v) x 2 protocols, each a step
-    assert set(job["result"]["channels"]) == {"random", "popular", "itemcf", "sasrec", "text_v2v", "v2v"}
+    assert job["done"] == job["total"] == 14  # 7 channels (6 baselines + v2v) x 2 protocols, each a step
+    assert set(job["result"]["channels"]) == {"random", "popular", "itemcf", "mf", "sasrec", "text_v2v", "v2v"}
     refused = service.http.post("/v1/eval", json={"dataset": "/etc"})
     assert refused.status_code == 400
 
