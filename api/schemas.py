@@ -87,6 +87,9 @@ class RecallIn(BaseModel):
     )
     k: int = Field(default=100, ge=1, le=1000)
     channels: list[Literal[CHANNELS]] = Field(default=list(CHANNELS), min_length=1)  # type: ignore[valid-type]
+    new_only: bool = Field(
+        default=False, description="only items without behaviour yet (no interaction counted at the last reindex)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RecallIn:

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     merge: dict[str, Any] = Field(
         default_factory=dict,
         description='Recall-set merge weights as JSON, e.g. {"mode": "rank", "rrf_k": 10, "explore": 4}: the fields '
-        "of core.merge_weights.MergeWeights; `mmrecall eval` reports the tuned ones. Empty: MIC's 1 : 0.5 : 0.2.",
+        "of core.merge_weights.MergeWeights, replacing the ones the snapshot's reindex tuned. Empty: the tuned ones "
+        "(a G snapshot's, in its snapshot.json under `recall`), else MIC's 1 : 0.5 : 0.2.",
     )
 
     @field_validator("merge")

@@ -29,6 +29,9 @@ CONFIG_FILE = "g.json"
 WEIGHTS_FILE = "model.pt"
 KNOWN_ITEMS_FILE = "known_items.json"  # ids G saw in training: only these get their item bias at serving
 ACTIVE_INTERESTS_FILE = "active_interests.npz"  # sequence tower: users and the interests that serve them
+# what early stopping held out, as ids: {"user", "history", "times", "target"} per user; the reindex tunes
+# the recall set's parameters (trigger decay, merge weights) on it through the served path
+HELD_OUT_FILE = "held_out.json"
 
 
 @dataclass(frozen=True)

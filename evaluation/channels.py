@@ -30,6 +30,7 @@ class EvalContext:
     g_train: dict = field(default_factory=dict)  # GTrainConfig overrides (e.g. fewer epochs in tests)
     sasrec_train: dict = field(default_factory=dict)  # SASRecConfig overrides
     progress: bool = True
+    workdir: Path | None = None  # where the served rows' homes are built (a temporary directory when None)
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     models: dict = field(default_factory=dict)  # trained models shared between channels of one split
 
@@ -226,7 +227,7 @@ class VectorV2VChannel(Channel):
 
 # the sequence tower with elastic K (up to 4 interests) over the latest 30 items (tags: the latest 200)
 SEQ = {"user_tower": "seq", "interests": 4, "history": 30}
-G_VARIANTS = {  # channel name -> (training overrides, model overrides)
+G_VARIANTS = {  # ablation row -> (training overrides, model overrides); "personal": the served training
     "personal": ({}, {}),
     "personal_nobias": ({}, {"use_bias": False}),
     "personal_nologq": ({"log_q": False}, {}),
@@ -266,13 +267,13 @@ def trained_g(ctx: EvalContext, split: Split, variant: str):
 
 
 class GChannel(Channel):
-    """Personalized recall: the user tower over G of the history (+ EPu for known users) against every
-    item's normalize(ECi + EPi) (EPi only for items seen in training; new items by content alone).
-    `content_items` serves every item by normalize(ECi) alone, to decide what the index should hold."""
+    """An ablation of G's training, scored exactly (not served): the user tower over the history (+ EPu for
+    known users) against every item's normalize(ECi + EPi) (EPi only for items seen in training). The
+    served `personal` row is evaluation.recall_channels'; these rows say what a training choice is worth."""
 
-    def __init__(self, name: str, variant: str, *, content_items: bool = False) -> None:
+    def __init__(self, name: str, variant: str) -> None:
         super().__init__()
-        self.name, self.variant, self.content_items = name, variant, content_items
+        self.name, self.variant = name, variant
 
     uses_times = True
 
@@ -281,7 +282,7 @@ class GChannel(Channel):
 
         self.torch = torch
         self.trainer = trained_g(ctx, split, self.variant)
-        self.items = self.trainer.item_matrix(self.trainer.known, content_only=self.content_items)
+        self.items = self.trainer.item_matrix(self.trainer.known)
         self.known_users = np.zeros(ctx.data.n_users, bool)
         self.known_users[np.unique(split.train_users)] = True
 
@@ -337,19 +338,3 @@ class MultiInterestSeqChannel(GChannel):
                 top = np.argpartition(-per_interest[row, k], quota[k] - 1)[: quota[k]]
                 out[row, top] = np.maximum(out[row, top], per_interest[row, k, top])
         return out
-
-
-class GV2VChannel(VectorV2VChannel):
-    """v2v on G's content vectors normalize(ECi): what G learned from clicks, usable for any item.
-    Not tuned separately (that would train G on the valid split too): it takes v2v's recency decay."""
-
-    param_grid: dict[str, list] = {}
-
-    def __init__(self) -> None:
-        super().__init__("v2v_g", "")
-
-    def fit(self, ctx: EvalContext, split: Split) -> None:
-        trainer = trained_g(ctx, split, "personal")
-        self.vectors = trainer.item_matrix(None, content_only=True).numpy()
-        self.n_recent = self.params.get("n_recent", 20)
-        self.decay = self.params.get("decay", 0.5)

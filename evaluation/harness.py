@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,6 @@ OPT_IN = {
     "personal_nobias",
     "personal_nologq",
     "personal_nohard",
-    "personal_content",
     "personal_seq_nocate",
     "personal_seq_nomask",
     "personal_seq_k1",
@@ -92,9 +92,11 @@ def run_eval(
     progress: bool = True,
     on_progress: Progress | None = None,
     quick: bool = False,
+    workdir: Path | None = None,
 ) -> dict:
     """channels: mmrecall's channels to run (None: the default set; [] none); baselines likewise.
-    quick: a smoke run: 100 users, 2 training epochs for G and SASRec, no tuning on the valid split."""
+    quick: a smoke run: 100 users, 2 training epochs for G and SASRec, no tuning on the valid split.
+    workdir: where the served rows' homes are built and kept (default: a temporary directory, removed)."""
     known = channel_factories(channels or ())
     names = list(channels) if channels is not None else [n for n in known if n not in OPT_IN and n not in BASELINES]
     unknown = [n for n in names if n not in known] + [n for n in baselines if n not in BASELINES]
@@ -116,7 +118,18 @@ def run_eval(
         g_train=g_train or {},
         sasrec_train=sasrec_train or {},
         progress=progress,
+        workdir=workdir,
     )
+    try:
+        return _run(ctx, dataset_dir, names, known, protocol, split, encoder, quick, on_progress)
+    finally:
+        if workdir is None and ctx.workdir is not None:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+
+
+def _run(ctx: EvalContext, dataset_dir: Path, names, known, protocol, split, encoder, quick, on_progress) -> dict:
+    data = ctx.data
+    progress = ctx.progress
     reference = ctx.vectors("text-minilm")  # one space for intra-list distance, whatever the channel
     report: dict = {
         **provenance(),

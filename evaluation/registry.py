@@ -8,7 +8,6 @@ from mmrecall.evaluation.channels import (
     G_VARIANTS,
     Channel,
     GChannel,
-    GV2VChannel,
     ItemCFChannel,
     MFChannel,
     MultiInterestSeqChannel,
@@ -18,6 +17,9 @@ from mmrecall.evaluation.channels import (
     VectorV2VChannel,
 )
 from mmrecall.evaluation.recall_channels import RecallSetChannel
+from mmrecall.recall.channels import CHANNELS
+
+SERVED_G = ("personal", "personal_seq")  # G's rows that are served rows, not harness ablations
 
 
 def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Channel]]:
@@ -33,15 +35,14 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
         "mf": MFChannel,
         "sasrec": SASRecChannel,
         "text_v2v": lambda: VectorV2VChannel("text_v2v", "text-minilm"),
-        "v2v": lambda: VectorV2VChannel("v2v", lambda ctx: ctx.encoder),
-        "v2v_g": GV2VChannel,
-        **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS},
-        "personal_content": lambda: GChannel("personal_content", "personal", content_items=True),
+        # ablations of G's training, scored exactly by the harness (the served rows are below)
+        **{name: (lambda name=name: GChannel(name, name)) for name in G_VARIANTS if name not in SERVED_G},
         "multi_interest_seq": MultiInterestSeqChannel,
     }
-    for name in ("cluster", "multi_interest", "merged"):
+    for name in (*CHANNELS, "merged"):  # served: what /v1/recall answers (evaluation.recall_channels)
         factories[name] = lambda name=name: RecallSetChannel(name)
-    factories["merged_seq"] = lambda: RecallSetChannel("merged", variant="personal_seq", report_name="merged_seq")
+    for name in ("personal", "merged"):  # served, G trained with the sequence tower
+        factories[f"{name}_seq"] = lambda name=name: RecallSetChannel(name, tower="seq", report_name=f"{name}_seq")
     for name in extra:
         if name.startswith("v2v@"):
             encoder = name.split("@", 1)[1]

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from mmrecall.core.features import TAG_HISTORY, gap_buckets, keys_of
 from mmrecall.encoders.content_g import (
     ACTIVE_INTERESTS_FILE,
+    HELD_OUT_FILE,
     KNOWN_ITEMS_FILE,
     GConfig,
     TwoTower,
@@ -303,6 +304,7 @@ class GTrainer:
             self.active = torch.from_numpy(activity(self.activations, cfg.min_activation))
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
+        self.held_out_times = user_sequences(data, data.times) if data.times is not None else None
         report = {
             "best_epoch": best["epoch"],
             "valid_hitrate@50": best["hitrate@50"],
@@ -550,6 +552,8 @@ class GTrainer:
         if item_ids is not None:
             known = [item_ids[i] for i in np.flatnonzero(self.known.numpy())]
             (out / KNOWN_ITEMS_FILE).write_text(json.dumps(known))
+        if item_ids is not None and user_ids is not None and getattr(self, "held_out", None):
+            (out / HELD_OUT_FILE).write_text(json.dumps(self.held_out_ids(item_ids, user_ids)))
         if user_ids is not None and self.active is not None:
             recorded = np.flatnonzero(self.activations.sum(axis=1) > 0)
             np.savez(
@@ -558,6 +562,20 @@ class GTrainer:
                 mask=self.active.numpy()[recorded],
             )
         return out
+
+    def held_out_ids(self, item_ids: list[str], user_ids: list[str]) -> list[dict]:
+        """The held-out queries by id: each user's history (oldest first, with unix seconds when known) and
+        the item it held out."""
+        times = self.held_out_times
+        return [
+            {
+                "user": user_ids[u],
+                "history": [item_ids[i] for i in history.tolist()],
+                "times": times[u][: len(history)].tolist() if times is not None else None,
+                "target": item_ids[target],
+            }
+            for u, history, target in self.held_out
+        ]
 
 
 def activity(activations: np.ndarray, min_share: float) -> np.ndarray:

@@ -101,6 +101,16 @@ class VectorIndex:
                 break
         return max(ef, k), recall  # faiss needs efSearch >= k
 
+    def _filter_params(self, selector: faiss.IDSelector, k: int) -> faiss.SearchParameters:
+        """The index kind's search parameters with the selector, at the breadth it serves with."""
+        if self.is_hnsw:
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError:  # not an IVF index
+            return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+
     @property
     def is_hnsw(self) -> bool:
         return isinstance(self.index, faiss.IndexHNSW)
@@ -116,14 +126,35 @@ class VectorIndex:
         pos = self.position.get(item_id)
         return None if pos is None else np.asarray(self.vectors[pos], dtype=np.float32)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions), each (q, k), best first; position -1 where fewer than k exist."""
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions), each (q, k), best first; position -1 where fewer than k exist.
+        allowed: a boolean mask over positions, the only ones returned, applied inside the search (faiss's
+        ID selector), so a narrow filter still fills k where that many pass it."""
         k = max(1, min(k, len(self.ids)))
         queries = as_matrix(queries)
+        if allowed is not None:
+            return self._filtered(queries, k, np.asarray(allowed, bool))
         if self.factory == "Flat" and len(queries) <= NUMPY_FLAT_MAX_QUERIES:
             return _exact_top_k(self.vectors, queries, k)
         scores, positions = self.index.search(queries, k)
         return (scores, positions) if self.exact_scores else self._rescored(queries, positions)
+
+    def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.factory == "Flat":
+            scores = queries @ np.asarray(self.vectors).T  # (q, n)
+            scores[:, ~allowed] = -np.inf
+            found_scores, positions = _exact_top_k_scores(scores, k)
+        else:
+            bits = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            params = self._filter_params(selector, k)
+            found_scores, positions = self.index.search(queries, k, params=params)
+            if not self.exact_scores:
+                found_scores, positions = self._rescored(queries, positions)
+        positions = np.where(np.isfinite(found_scores), positions, -1)
+        return found_scores, positions
 
     def _rescored(self, queries: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of the found positions from the float vectors, re-sorted (a quantised
@@ -154,7 +185,11 @@ class VectorIndex:
 
 def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k by one matrix product and a partial sort."""
-    scores = queries @ np.asarray(vectors).T  # (q, n)
+    return _exact_top_k_scores(queries @ np.asarray(vectors).T, k)
+
+
+def _exact_top_k_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of each row's k best columns of a (q, n) score matrix, best first."""
     if k < scores.shape[1]:
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:

@@ -122,21 +122,30 @@ class LiveIndex:
         blocked.update(base + self.delta_pos[i] for i in self.deleted if i in self.delta_pos)
         return blocked
 
-    def search_rows(self, query: np.ndarray, k: int, *, exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def search_rows(
+        self, query: np.ndarray, k: int, *, exclude: Collection[int] = (), allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the k best neighbours of one query vector, best first, skipping `exclude`
-        rows and blocked ones."""
+        rows and blocked ones. allowed: a boolean mask over rows (snapshot rows, then the delta's), the only
+        ones returned, applied inside the snapshot's search."""
         query = as_matrix(np.asarray(query, np.float32).reshape(1, -1))
         with self._lock:
             snapshot, delta_index = self.snapshot, self.delta_index
             skip = self.blocked_rows() | set(exclude)
         base, rows, scores = self.base, [], []
         if snapshot is not None and base:
-            found_scores, positions = snapshot.search(query, k + len(skip))
+            found_scores, positions = snapshot.search(
+                query, k + len(skip), allowed=None if allowed is None else allowed[:base]
+            )
             rows.append(positions[0])
             scores.append(found_scores[0])
         if delta_index is not None and delta_index.ntotal:
-            found_scores, positions = delta_index.search(query, min(k + len(skip), delta_index.ntotal))
-            rows.append(np.where(positions[0] >= 0, positions[0] + base, -1))
+            wanted = delta_index.ntotal if allowed is not None else min(k + len(skip), delta_index.ntotal)
+            found_scores, positions = delta_index.search(query, wanted)  # filtered: the whole (small, exact) delta
+            delta_rows = np.where(positions[0] >= 0, positions[0] + base, -1)
+            if allowed is not None:
+                delta_rows = np.where(allowed[np.maximum(delta_rows, 0)] & (delta_rows >= 0), delta_rows, -1)
+            rows.append(delta_rows)
             scores.append(found_scores[0])
         if not rows:
             return NO_ROWS, np.zeros(0, np.float32)

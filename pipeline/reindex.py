@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import numpy as np
 from mmrecall.core.settings import Settings
 from mmrecall.encoders import encoder_version
 from mmrecall.encoders.content_g import CONFIG_FILE as G_CONFIG_FILE
-from mmrecall.encoders.content_g import load_active_interests, load_g
+from mmrecall.encoders.content_g import HELD_OUT_FILE, load_active_interests, load_g
 from mmrecall.encoders.registry import checkpoint_dir
 from mmrecall.finetune.common import EtaLogger
 from mmrecall.finetune.export import user_tower_arrays
@@ -21,6 +22,8 @@ from mmrecall.index.clusters import ClusterTable, popularity_prior
 from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.v2v import neighbor_table
 from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
+from mmrecall.recall.serving import ServiceSources, ServingState
+from mmrecall.recall.tuning import HeldOut, sample_queries, tune_recall
 from mmrecall.storage import catalogue, snapshots
 from mmrecall.storage.db import session_scope
 
@@ -144,6 +147,9 @@ def reindex(
             **tuned,
             **extras,
         }
+        tuned = tune_recall_set(settings, writer.directory, meta, spec, report)
+        if tuned:
+            meta["recall"] = tuned
         with session_scope(url) as session:
             catalogue.set_cluster_ids(session, built.ids, table.assignment)
         writer.publish(meta)
@@ -212,3 +218,30 @@ def write_recall_tables(
         writer.user_tower(user_tower_arrays(load_g(directory), load_active_interests(directory)))
         extras["user_tower"] = True
     return extras
+
+
+def tune_recall_set(
+    settings: Settings, directory, meta: dict, spec: str, report: Callable | None = None
+) -> dict | None:
+    """The recall set's parameters tuned on G's held-out interactions (recall.tuning) over this snapshot,
+    before it serves: None when the encoder is not a G checkpoint with held-out queries."""
+    checkpoint = checkpoint_dir(spec)
+    if checkpoint is None or not (checkpoint / HELD_OUT_FILE).is_file():
+        return None
+    started = time.time()
+    queries = sample_queries([HeldOut(**q) for q in json.loads((checkpoint / HELD_OUT_FILE).read_text())])
+    snapshots.write_meta(directory, meta)  # loadable, not yet serving
+    state = ServingState.from_snapshot(snapshots.load_snapshot(directory))
+    url = settings.resolved_database_url
+
+    def sources_for(query: HeldOut) -> ServiceSources:
+        times = dict(zip(query.history, query.times, strict=True)) if query.times else None
+        return ServiceSources(state, url, history_times=times)
+
+    def progress(done: int, total: int) -> None:
+        if report and (done == total or done % 20 == 0):
+            report(done, total, {})
+
+    tuned = tune_recall(sources_for, queries, len(state.live), on_progress=progress)
+    log.info("reindex: recall set tuned on %d held-out queries in %.1fs", len(queries), time.time() - started)
+    return {**tuned, "seconds": round(time.time() - started, 1)} if tuned else None

@@ -13,12 +13,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mmrecall.core.merge_weights import MergeWeights
 from mmrecall.index.ranked import NO_ROWS, Ranked
 from mmrecall.recall.channels import CHANNELS, REGISTRY, ChannelRequest
 from mmrecall.recall.merge import Pick, Pool, describe, merge
-from mmrecall.recall.serving import ServiceSources, ServingIndex
+from mmrecall.recall.serving import ServiceSources, ServingIndex, new_rows
 from mmrecall.recall.sources import RecallConfig, RecallSources, history_rows, latest_distinct
+from mmrecall.recall.tuning import recall_config
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
+
+HISTORY_LIMIT = 200  # latest interactions of a stored user the channels read
 
 
 class NoKnownHistory(LookupError):
@@ -96,9 +100,10 @@ def recall_answer(
     seen: np.ndarray | None = None,
 ) -> dict:
     """The /v1/recall body for a history's rows (`known`): merged results with titles and provenance, and
-    how many candidates each channel gave. merge_weights: the deployment's (settings.merge); seen: sorted
-    rows of everything the user has seen (default: the history's)."""
-    config = RecallConfig(per_channel=max(k, 100), merge=MergeWeights(**(merge_weights or {})))
+    how many candidates each channel gave. The parameters are the snapshot's tuned ones (recall.tuning);
+    merge_weights: the deployment's explicit ones (settings.merge), which replace the tuned merge; seen:
+    sorted rows of everything the user has seen (default: the history's)."""
+    config = recall_config(sources.state.recall, k, merge_weights)
     pool, picks, candidates = recall_set(sources, known, user=user_id, k=k, channels=channels, config=config, seen=seen)
     rows = pool.picked_rows(picks).tolist()
     titles = sources.titles(rows)
@@ -122,12 +127,21 @@ def history_recall(
     channels: Sequence[str] = CHANNELS,
     user_id: str | None = None,
     seen_items: Sequence[str] = (),
+    new_only: bool = False,
     in_memory_only: bool,
 ) -> dict:
     """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
     seen_items: everything else the user has seen (their whole stored history): never returned.
+    new_only: recall only items without behaviour yet (serving.new_rows), filtered inside each search.
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
-    sources = ServiceSources(serving.state, serving.database_url, in_memory_only=in_memory_only, history_times=times)
+    state = serving.state
+    sources = ServiceSources(
+        state,
+        serving.database_url,
+        in_memory_only=in_memory_only,
+        history_times=times,
+        allowed=new_rows(state) if new_only else None,
+    )
     known = history_rows(sources, history)
     if not len(known):
         raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
@@ -138,3 +152,11 @@ def history_recall(
     return recall_answer(
         sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge, seen=seen
     )
+
+
+def stored_history(database_url: str, user_id: str) -> tuple[list[tuple[str, float]], list[str]]:
+    """(the user's latest interactions as (item id, unix seconds), oldest first: what the channels read;
+    every item they ever interacted with: what recall never returns to them)."""
+    with session_scope(database_url) as session:
+        latest = [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
+        return latest, catalogue.user_items(session, user_id) if latest else []

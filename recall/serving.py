@@ -51,6 +51,7 @@ class ServingState:
     user_tower: UserTowerNumpy | SeqTowerNumpy | None = None
     meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
     popularity: np.ndarray | None = None  # the cluster channel's popularity prior by snapshot row, in [0, 1]
+    recall: dict | None = None  # the recall set's parameters tuned at reindex (recall.tuning; None: defaults)
 
     @classmethod
     def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
@@ -71,6 +72,7 @@ class ServingState:
             tower,
             item_meta,
             snapshot.popularity,
+            snapshot.meta.get("recall"),
         )
 
 
@@ -82,6 +84,20 @@ def prefault(array: np.ndarray | None, page: int = 4096) -> None:
     if array is None or not array.size or not array.flags.c_contiguous:
         return
     array.reshape(-1).view(np.uint8)[::page].max()
+
+
+def new_rows(state: ServingState) -> np.ndarray:
+    """(rows,) bool: the items without behaviour as of the snapshot (no interaction counted at its reindex),
+    and every item encoded since (newer than its counts), the `new_only` filter's rows."""
+    live = state.live
+    mask = np.ones(live.base + len(live.delta_ids), bool)
+    if state.popularity is not None and live.base:
+        mask[: live.base] = np.asarray(state.popularity[: live.base]) <= 0
+        position = live.snapshot.position  # type: ignore[union-attr]  # base > 0: a snapshot
+        for item in live.superseded:  # re-encoded since: the snapshot's count still holds for it
+            if item in live.delta_pos:
+                mask[live.base + live.delta_pos[item]] = mask[position[item]]
+    return mask
 
 
 class ServingIndex:
@@ -218,8 +234,12 @@ class ServiceSources:
         *,
         in_memory_only: bool = False,
         history_times: dict[str, float] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> None:
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
+        # a boolean mask over rows (snapshot rows, then the delta's): the only ones any channel returns,
+        # applied inside each search (a query-time filter), not to a list found without it
+        self.allowed = allowed
         self.live = state.live
         self.base = self.live.base  # rows from here on are newer than the snapshot's tables
         self.row, self.item = self.live.row, self.live.item  # item id <-> row
@@ -262,10 +282,10 @@ class ServiceSources:
     def neighbors(self, row: int, n: int, *, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """From the v2v table when the row is the snapshot's, else live ANN; with `complete`, live ANN also
         when the table row holds fewer than n (a k wider than the table)."""
-        found = self._table_neighbors(row, n, NO_ROWS, complete=complete)
+        found = None if self.allowed is not None else self._table_neighbors(row, n, NO_ROWS, complete=complete)
         if found is not None:
             return found
-        return self.live.search_rows(self.live.row_vector(row), n, exclude={row})
+        return self.live.search_rows(self.live.row_vector(row), n, exclude={row}, allowed=self.allowed)
 
     def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """Several rows' neighbours (index.v2v.stack_neighbors' shape): in one gather from the v2v table
@@ -273,6 +293,7 @@ class ServiceSources:
         state = self.state
         if (
             state.v2v_rows is not None
+            and self.allowed is None
             and not self.blocked
             and not self.live.has_delta
             and len(rows)
@@ -284,7 +305,7 @@ class ServiceSources:
 
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
-        found = self._table_neighbors(row, n, exclude, complete=True)
+        found = None if self.allowed is not None else self._table_neighbors(row, n, exclude, complete=True)
         return found if found is not None else self.search(vector, n, exclude)
 
     def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray = NO_ROWS) -> Ranked:
@@ -313,6 +334,7 @@ class ServiceSources:
             queries=queries,
             exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]),
             prior=self.state.popularity,
+            allowed=None if self.allowed is None else self.allowed[: self.base],
             prior_max=1.0,  # popularity_prior's largest value (0 when nothing is popular: a looser bound)
         )
         if moved:
@@ -363,10 +385,10 @@ class ServiceSources:
         """Nearest rows to a vector, or to several (interests): each row scored by its best one."""
         skip = set(np.asarray(exclude).tolist())
         if vector.ndim == 1:
-            return self.live.search_rows(vector, n, exclude=skip)
+            return self.live.search_rows(vector, n, exclude=skip, allowed=self.allowed)
         best: dict[int, float] = {}
         for interest in vector:
-            rows, scores = self.live.search_rows(interest, n, exclude=skip)
+            rows, scores = self.live.search_rows(interest, n, exclude=skip, allowed=self.allowed)
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
                 best[row] = max(best.get(row, -np.inf), score)
         return top_rows(np.fromiter(best, np.int64, len(best)), np.fromiter(best.values(), np.float64, len(best)), n)

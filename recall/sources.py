@@ -1,7 +1,7 @@
 """What the recall channels ask of the item space they run over, and the request's tuning.
 
-The API answers from its serving state (`mmrecall.recall.serving.ServiceSources`); the evaluation harness
-from dense arrays (`mmrecall.evaluation.recall_channels.DenseSources`). Everything is in rows
+The API, the CLI, the benchmarks and the evaluation harness all answer from a serving state
+(`mmrecall.recall.serving.ServiceSources`). Everything is in rows
 (`mmrecall.index.ranked`): an item's position in the sources' space.
 """
 

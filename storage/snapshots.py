@@ -87,6 +87,11 @@ class SnapshotWriter:
         publish(self.root, self.directory, {**meta, "layout": LAYOUT_VERSION})
 
 
+def write_meta(snapshot_dir: Path, meta: dict) -> None:
+    """The metadata alone: the snapshot loads (`load_snapshot`) but does not serve until `publish`."""
+    (snapshot_dir / META).write_text(json.dumps({**meta, "layout": LAYOUT_VERSION}, indent=2))
+
+
 def publish(root: Path, snapshot_dir: Path, meta: dict) -> None:
     """Write the snapshot's metadata, then swap CURRENT with one atomic rename."""
     (snapshot_dir / META).write_text(json.dumps(meta, indent=2))

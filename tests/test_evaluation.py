@@ -171,23 +171,26 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     only = [*args[:9], "--channels", "itemcf,v2v", "--protocol", "last", "--quick"]
     assert CliRunner().invoke(app, only).exit_code == 0
     report = json.loads(out.read_text())
-    assert set(report["channels"]) == {"itemcf", "v2v"} and "training" not in report
+    assert set(report["channels"]) == {"itemcf", "v2v"} and set(report["training"]) == {"channels/v2v"}  # G, no SASRec
     assert set(report["seconds"]) == {"channels/itemcf", "channels/v2v"} and report["users"] == 30
 
 
 def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
-    """G, the recall-set channels and the merge run end to end through the harness (tiny settings)."""
+    """The served channels and the merge, end to end through the harness (tiny settings): each split's
+    serving state is built by the train job, its recall set tuned at reindex."""
     from mmrecall.evaluation.harness import run_eval
 
     dataset = generate_demo(tmp_path / "demo", per_leaf=6, users=30)
-    channels = ["personal", "v2v_g", "cluster", "multi_interest", "merged"]
+    channels = ["v2v", "personal", "cluster", "multi_interest", "merged"]
     report = run_eval(
         dataset,
         channels=channels,
+        baselines=["random"],
         encoder="tiny-test",
         cache=tmp_path / "c",
         progress=False,
-        g_train={"epochs": 2, "batch_size": 64, "random_negatives": 32},
+        g_train={"epochs": 2, "batch_size": 64},
+        workdir=tmp_path / "homes",
     )
     for key in ("channels", "cold"):
         assert set(channels) <= set(report[key])
@@ -197,7 +200,9 @@ def test_recall_set_channels_in_the_harness(tmp_path: Path) -> None:
         assert cluster["diversity"] <= merged["diversity"]
     assert report["cold"]["personal"]["hitrate@10"] > report["cold"]["random"]["hitrate@10"]
     assert "channels/personal" in report["training"]
-    assert {"alpha", "beta", "trust"} <= set(report["params"]["channels/merged"])  # tuned on held-out data
+    tuned = report["params"]["channels/merged"]  # tuned at reindex on G's held-out interactions
+    assert {"decay", "merge", "held_out"} <= set(tuned) and {"alpha", "beta", "trust"} <= set(tuned["merge"])
+    assert {p.name for p in (tmp_path / "homes").iterdir()} == {"last-test-pool", "cold-test-pool"}
 
 
 def test_multi_interest_seq_fills_its_quotas_with_items_the_split_ranks(tmp_path: Path) -> None:

@@ -198,3 +198,25 @@ def test_the_snapshot_layout_owns_every_file_and_refuses_other_versions(tmp_path
     meta_path.write_text(json.dumps({**meta, "layout": snapshots.LAYOUT_VERSION + 1}))
     with pytest.raises(snapshots.SnapshotLayoutError, match="mmrecall reindex"):
         snapshots.load_snapshot(writer.directory)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "HNSW32,SQ8", "IVF16,Flat"])
+def test_a_filtered_search_is_exact_search_among_the_allowed_rows(factory: str) -> None:
+    """The filter runs inside the search: a filter passing 5% of the rows still fills k with them."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    allowed = rng.random(len(vectors)) < 0.05
+    index = VectorIndex.build([str(i) for i in range(len(vectors))], vectors, factory)
+    queries = vectors[:20]
+    exact = np.argsort(-(queries @ vectors.T) + np.where(allowed, 0.0, 10.0), axis=1)[:, :20]
+    _, found = index.search(queries, 20, allowed=allowed)
+    assert allowed[found].all()
+    recall = np.mean([len(set(f) & set(e)) / 20 for f, e in zip(found, exact, strict=True)])
+    assert recall >= (1.0 if factory == "Flat" else 0.9)
+    live = LiveIndex(index)
+    fresh = rng.normal(size=32).astype(np.float32)
+    fresh /= np.linalg.norm(fresh)
+    live.add(["new"], fresh[None])  # a delta row, allowed: the query's own vector ranks first
+    rows, _ = live.search_rows(fresh, 5, allowed=np.append(allowed, True))
+    assert rows[0] == len(vectors) and np.append(allowed, True)[rows].all()

@@ -318,8 +318,8 @@ def test_numpy_user_tower_matches_torch(tmp_path) -> None:
 
 
 def test_merge_tuning_wants_the_best_channels_hits_and_more_coverage() -> None:
-    from mmrecall.evaluation.recall_channels import pick_merge
     from mmrecall.recall.merge import MergeWeights
+    from mmrecall.recall.tuning import pick_merge
 
     narrow, wide, wider_but_worse = MergeWeights(alpha=0.1), MergeWeights(alpha=0.2), MergeWeights(alpha=0.3)
     singles = {"personal": (0.30, 0.40), "cluster": (0.15, 0.70)}

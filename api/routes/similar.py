@@ -13,13 +13,11 @@ from mmrecall.api.auth import READ
 from mmrecall.api.deps import ServingDep, SessionDep
 from mmrecall.api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
 from mmrecall.recall.channels import SIMILAR_CHANNELS
-from mmrecall.recall.service import NoKnownHistory, history_recall
+from mmrecall.recall.service import NoKnownHistory, history_recall, stored_history
 from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
-from mmrecall.storage import catalogue
-from mmrecall.storage.db import Item, session_scope
+from mmrecall.storage.db import Item
 
 router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
-HISTORY_LIMIT = 200  # most recent interactions the channels read (all of them are excluded from the answer)
 SimilarChannel = Literal[SIMILAR_CHANNELS]  # type: ignore[valid-type]  # from the channel registry
 SIMILAR_K, SIMILAR_K_MAX = 50, 1000  # /v1/similar's default and largest k (api.fast checks the same)
 
@@ -51,7 +49,7 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     seen: list[str] = []
     if body.user_id is not None:
-        rows, seen = await run_in_threadpool(user_history, serving.database_url, body.user_id)
+        rows, seen = await run_in_threadpool(stored_history, serving.database_url, body.user_id)
         if not rows:
             raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
         history, times = [item for item, _ in rows], dict(rows)
@@ -72,15 +70,7 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
 
 def recall_options(body: RecallIn) -> dict:
     """What of a /v1/recall body the recall service reads besides the history."""
-    return {"k": body.k, "channels": body.channels, "user_id": body.user_id}
-
-
-def user_history(url: str, user_id: str) -> tuple[list[tuple[str, float]], list[str]]:
-    """(the user's latest interactions as (item id, unix seconds), oldest first: what the channels read;
-    every item they ever interacted with: what recall never returns to them)."""
-    with session_scope(url) as session:
-        latest = [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
-        return latest, catalogue.user_items(session, user_id) if latest else []
+    return {"k": body.k, "channels": body.channels, "user_id": body.user_id, "new_only": body.new_only}
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])
