@@ -107,6 +107,10 @@ def test_demo_on_a_machine_without_redis_runs_a_private_broker(tmp_path: Path) -
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "no Redis answers at redis://127.0.0.1:6379/0: running a private one" in demo.stdout
     assert "similar to food-baking-000" in demo.stdout and "reindexed 300 vectors" in demo.stdout
+    # it trains G from the ingested interactions and prints one user's recall with provenance
+    assert "trained G in" in demo.stdout and "personalised recall for u000" in demo.stdout
+    listed = demo.stdout.split("personalised recall for u000")[1].splitlines()[1:11]
+    assert len(listed) == 10 and sum("personal" in line for line in listed) >= 3, listed
 
 
 def test_waiting_on_items_no_worker_encodes_fails_instead_of_hanging(tmp_path: Path, redis_url: str) -> None:
