@@ -72,7 +72,10 @@ class SASRec(nn.Module):
         x = self.items(sequence) * self.config.dim**0.5 + self.positions.weight[-length:][None]  # (b, L, d)
         x = self.dropout(x) * (sequence > 0).unsqueeze(-1)
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)  # (L, L) True = blocked
-        x = self.encoder(x, mask=causal)  # no key padding mask: padded slots are zeros before the first item
+        # padded slots are keys no query reads (each slot still reads itself, so a padded query's row is not
+        # empty): without this a short history's attention is diluted by up to 199 zero vectors
+        blocked = (causal[None] | (sequence == 0)[:, None, :]) & ~torch.eye(length, dtype=torch.bool)  # (b, L, L)
+        x = self.encoder(x, mask=blocked.repeat_interleave(self.config.heads, dim=0))  # (b * heads, L, L)
         return self.norm(x)
 
     def item_table(self) -> torch.Tensor:
@@ -135,7 +138,7 @@ class SASRecTrainer:
                 inputs, targets = torch.from_numpy(padded[:, :-1]), torch.from_numpy(padded[:, 1:])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     hidden = self.model(inputs)  # (b, L, d)
-                    real = targets > 0  # (b, L)
+                    real = (targets > 0) & (inputs > 0)  # (b, L): a next item after a real one, not the first item
                     logits = hidden[real] @ self.model.item_table().T  # (positions, N)
                 loss = F.cross_entropy(logits.float(), targets[real] - 1)
                 optimizer.zero_grad()

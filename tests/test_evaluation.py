@@ -257,3 +257,19 @@ def test_cli_baselines_match_the_harness() -> None:
     from mmrecall.evaluation.registry import BASELINES
 
     assert tuple(EVAL_BASELINES.split(",")) == BASELINES
+
+
+def test_sasrec_ignores_padding() -> None:
+    """A history's scores do not depend on how much padding precedes it: padded slots are keys no real
+    position reads (without the key mask, a 3-item history's attention is spread over 17 padded slots)."""
+    import torch
+
+    from mmrecall.evaluation.sasrec import SASRec, SASRecConfig, left_padded
+
+    torch.manual_seed(0)
+    model = SASRec(50, SASRecConfig(dim=16, max_len=20, dropout=0.0)).eval()
+    history = [np.array([4, 9, 17])]
+    with torch.no_grad():
+        short = model(torch.from_numpy(left_padded(history, 3)))[:, -1]  # (1, d): no padding at all
+        padded = model(torch.from_numpy(left_padded(history, 20)))[:, -1]  # (1, d): 17 padded slots first
+    assert torch.allclose(short, padded, atol=1e-5), (short - padded).abs().max()
