@@ -144,6 +144,9 @@ class TrainIn(BaseModel):
     epochs: int | None = Field(default=None, ge=1, le=1000, description="G's epochs (default: until validation stops)")
     user_tower: Literal["pool", "seq"] | None = None
     features: list[str] | None = Field(default=None, min_length=1, max_length=8, description="encoders feeding G")
+    pretrain: list[Literal["tag-image", "dual-stream"]] | None = Field(
+        default=None, max_length=2, description="feature encoders trained first on the catalogue, then fed to G"
+    )
     activate: bool = Field(default=True, description="serve the trained G (re-encode, reindex, swap)")
 
 

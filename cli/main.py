@@ -325,6 +325,10 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="G's training epochs (default: until validation stops)")] = None,
     user_tower: Annotated[str | None, typer.Option(help="pool or seq")] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated encoders feeding G (default: active)")] = None,
+    pretrain: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated feature encoders to train first and feed G: tag-image, dual-stream"),
+    ] = None,
     activate: Annotated[bool, typer.Option(help="Serve the trained G: re-encode, reindex, swap")] = True,
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish")] = True,
 ) -> None:
@@ -345,6 +349,12 @@ def train_cmd(
         params["user_tower"] = user_tower
     if features:
         params["features"] = [f.strip() for f in features.split(",") if f.strip()]
+    if pretrain:
+        from mmrecall.pipeline.training import PRETRAIN
+
+        params["pretrain"] = [p.strip() for p in pretrain.split(",") if p.strip()]
+        if unknown := [p for p in params["pretrain"] if p not in PRETRAIN]:
+            _fail(f"--pretrain takes {', '.join(PRETRAIN)}, not {', '.join(unknown)}")
     settings = get_settings()
     settings.ensure_dirs()
     if local:

@@ -20,6 +20,8 @@ from mmrecall.pipeline.reindex import backfill
 from mmrecall.storage.export import export_catalogue
 
 KINDS = ("tag-image", "pretrain-dualstream", "g")
+# feature encoders `mmrecall train --pretrain` can train before G: name -> (training kind, its checkpoints' folder)
+PRETRAIN = {"tag-image": ("tag-image", "tag-image"), "dual-stream": ("pretrain-dualstream", "dual-stream")}
 
 
 def run_training(settings: Settings, kind: str, params: dict, on_progress: Progress | None = None) -> dict:
@@ -70,19 +72,34 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
 
 def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: Report | None = None) -> dict:
     """`mmrecall train`: export the catalogue, train G on it (the "g" kind above; features: the active
-    encoder unless named), then activate it unless `params["activate"]` is false: re-encode, reindex, swap.
+    encoder unless named, plus the feature encoders `params["pretrain"]` names, trained first on the same
+    export with `params["pretrain_params"][name]`), then activate it unless `params["activate"]` is false:
+    re-encode, reindex, swap.
     Until the swap the previous model keeps serving, and it stays when the training fails."""
     started = time.time()
     run = settings.home / "train" / time.strftime("%Y%m%dT%H%M%S", time.gmtime()) / job_id[:8]
     exported = export_catalogue(settings.resolved_database_url, run / "dataset")
     if not exported["interactions"]:
         raise ValueError("the catalogue holds no interactions with ready items: nothing to learn from")
+    features = list(params.get("features") or _base_features(settings))
+    pretrained = {}
+    for name in params.get("pretrain") or ():
+        if name not in PRETRAIN:
+            raise ValueError(f"unknown feature encoder to pretrain {name!r}; known: {', '.join(PRETRAIN)}")
+        kind, folder = PRETRAIN[name]
+        if report:
+            report(0, 1, f"training the {name} encoder on {exported['items']} items before G")
+        options = {**(params.get("pretrain_params") or {}).get(name, {}), "dataset": str(run / "dataset")}
+        done = run_training(settings, kind, options, on_progress=metrics_reporter(report) if report else None)
+        pretrained[name] = done["checkpoint"]
+        features = with_feature(features, done["checkpoint"], settings.home / "checkpoints" / folder)
     if report:
         report(0, 1, f"training G on {exported['items']} items, {exported['interactions']} interactions")
-    features = list(params.get("features") or _base_features(settings))
     g_params = {**params, "dataset": str(run / "dataset"), "features": features}
     trained = run_training(settings, "g", g_params, on_progress=metrics_reporter(report) if report else None)
     result = {**exported, **trained, "features": features, "train_s": round(time.time() - started, 1)}
+    if pretrained:
+        result["pretrained"] = pretrained
     if params.get("activate", True):
         if report:
             report(0, exported["items"], f"activating {trained['checkpoint']}: re-encode, reindex, swap")
@@ -90,6 +107,13 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         result |= {"snapshot": activated["snapshot"], "encoder_version": activated["encoder_version"]}
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+def with_feature(features: list[str], checkpoint: str, folder: Path) -> list[str]:
+    """G's features with a newly trained encoder: it replaces an earlier checkpoint from the same folder (a
+    retraining does not stack one tag-image vector per run), else it is added."""
+    kept = [f for f in features if not Path(f).resolve().is_relative_to(folder.resolve())]
+    return [*kept, checkpoint]
 
 
 def _base_features(settings: Settings) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mmrecall.cli.main import app as cli
@@ -96,3 +97,52 @@ def test_the_schedule_retrains_and_serves(tmp_path: Path, redis_url: str) -> Non
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+def test_the_train_job_can_train_the_feature_encoders_first(tmp_path: Path, redis_url: str) -> None:
+    """`mmrecall train --pretrain tag-image,dual-stream`: both encoders train on the catalogue's export, G
+    reads their vectors beside its base features and is served; a retraining replaces them, never stacks."""
+    from mmrecall.encoders.content_g import CONFIG_FILE, GConfig
+    from mmrecall.pipeline.encode import encode_items, encoder_specs
+    from mmrecall.pipeline.ingest import ingest_interactions, ingest_items
+    from mmrecall.pipeline.training import train_from_catalogue
+    from mmrecall.recall.serving import ServingIndex
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    settings = make_settings(tmp_path / "home", redis_url, encoder="tiny-test")
+    settings.ensure_dirs()
+    demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=4, users=12)
+    ids = ingest_items(settings, list(read_items(demo)), enqueue=False)
+    encode_items(settings, ids)
+    ingest_interactions(settings, list(read_interactions(demo)))
+    params = {
+        "epochs": 1,
+        "pretrain": ["tag-image", "dual-stream"],
+        "pretrain_params": {
+            "tag-image": {"base": "tiny-tag-image", "epochs": 2, "min_count": 2},
+            "dual-stream": {"base": "tiny-dual", "steps": 2, "batch_size": 8},
+        },
+    }
+    features = []
+    for _ in range(2):
+        with session_scope(settings.resolved_database_url) as session:
+            job_id = catalogue.create_job(session, "train", params).id
+        result = train_from_catalogue(settings, job_id, params)
+        pretrained = result["pretrained"]
+        assert result["features"] == ["tiny-test", pretrained["tag-image"], pretrained["dual-stream"]]
+        assert encoder_specs(settings)[0] == result["checkpoint"]  # served
+        config = GConfig.from_json((Path(result["checkpoint"]) / CONFIG_FILE).read_text())
+        assert list(config.feature_encoders) == result["features"]
+        features.append(result["features"])
+    assert features[0][1:] != features[1][1:]  # the second run's own encoders, in place of the first's
+    serving = ServingIndex(settings)
+    serving.refresh()
+    assert serving.state is not None and serving.state.version == result["encoder_version"]
+    assert serving.state.user_tower is not None  # G's tower answers the personal channel
+    bad = {**params, "pretrain": ["word2vec"]}
+    with session_scope(settings.resolved_database_url) as session:
+        job_id = catalogue.create_job(session, "train", bad).id
+    with pytest.raises(ValueError, match="unknown feature encoder to pretrain 'word2vec'"):
+        train_from_catalogue(settings, job_id, bad)
+    assert encoder_specs(settings)[0] == result["checkpoint"]  # the failed run changed nothing served
