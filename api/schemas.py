@@ -147,6 +147,9 @@ class TrainIn(BaseModel):
     pretrain: list[Literal["tag-image", "dual-stream"]] | None = Field(
         default=None, max_length=2, description="feature encoders trained first on the catalogue, then fed to G"
     )
+    sequential: bool = Field(
+        default=False, description="also train the sequential channel's SASRec on the interactions, served beside G"
+    )
     activate: bool = Field(default=True, description="serve the trained G (re-encode, reindex, swap)")
 
 

@@ -57,11 +57,13 @@ def held_out_split(dataset: Path, out: Path) -> tuple[dict[str, InteractionRecor
     return {user: rows[at] for user, at in last.items()}, seen
 
 
-def recall_hits(url: str, targets: dict[str, InteractionRecord], seen: dict[str, set[str]]) -> dict:
+def recall_hits(
+    url: str, targets: dict[str, InteractionRecord], seen: dict[str, set[str]], served: tuple[str, ...] = CHANNELS
+) -> dict:
     """Per channel (and merged): hitRate@10/50 over the users, seen items returned, p50 latency."""
     found: dict[str, dict] = {}
     with httpx.Client(base_url=url, timeout=60) as http:
-        for name, channels in [("merged", list(CHANNELS)), *((c, [c]) for c in CHANNELS)]:
+        for name, channels in [("merged", list(served)), *((c, [c]) for c in served)]:
             hits10 = hits50 = seen_returned = 0
             timings = []
             for user, target in targets.items():
@@ -109,7 +111,7 @@ def title_search(url: str, dataset: Path, *, queries: int = TITLE_QUERIES, seed:
     return {"queries": len(picks), "exact_first": exact_first, "yearless_top3": yearless_top3, "misses": misses}
 
 
-def run(out: Path, dataset: Path | None = None, encoder: str | None = None, **_kw) -> dict:
+def run(out: Path, dataset: Path | None = None, encoder: str | None = None, sequential: bool = False, **_kw) -> dict:
     if dataset is None:
         raise ValueError("bench served needs --dataset DIR (a dataset in the interchange format)")
     result: dict = {"dataset": str(dataset)}
@@ -128,9 +130,12 @@ def run(out: Path, dataset: Path | None = None, encoder: str | None = None, **_k
             result["ingest_s"] = round(time.perf_counter() - started, 1)
             result["items"], result["failed"] = report["items"], report["failed"]
             started = time.perf_counter()  # `mmrecall train`: G from the catalogue, re-encode, reindex, swap
-            trained = wait_for_job(settings, submit_job(settings, "train", {}), timeout=TRAIN_TIMEOUT_S)
+            params = {"sequential": True} if sequential else {}
+            trained = wait_for_job(settings, submit_job(settings, "train", params), timeout=TRAIN_TIMEOUT_S)
             result["train_s"] = round(time.perf_counter() - started, 1)
-            result["train"] = {k: trained.get(k) for k in ("best_epoch", "valid_hitrate@50", "snapshot", "encoder")}
+            result["train"] = {
+                k: trained.get(k) for k in ("best_epoch", "valid_hitrate@50", "snapshot", "encoder", "sequential")
+            }
             result["cover_homophily"] = served_homophily(settings.snapshots_dir / trained["snapshot"], dataset)
             port = free_port()
             server = subprocess.Popen(
@@ -142,7 +147,9 @@ def run(out: Path, dataset: Path | None = None, encoder: str | None = None, **_k
             url = f"http://127.0.0.1:{port}"
             wait_for_api(url, timeout=120)
             started = time.perf_counter()
-            result["recall"] = recall_hits(url, targets, seen)
+            # the sequential channel answers only when the train job trained it
+            served = CHANNELS if sequential else tuple(c for c in CHANNELS if c != "sequential")
+            result["recall"] = recall_hits(url, targets, seen, served)
             result["recall_s"] = round(time.perf_counter() - started, 1)
             result["users"] = len(targets)
             result["title_search"] = title_search(url, dataset)

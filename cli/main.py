@@ -329,6 +329,9 @@ def train_cmd(
         str | None,
         typer.Option(help="Comma-separated feature encoders to train first and feed G: tag-image, dual-stream"),
     ] = None,
+    sequential: Annotated[
+        bool, typer.Option(help="Also train the sequential channel (SASRec over item ids), served beside G")
+    ] = False,
     activate: Annotated[bool, typer.Option(help="Serve the trained G: re-encode, reindex, swap")] = True,
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish")] = True,
 ) -> None:
@@ -341,6 +344,8 @@ def train_cmd(
     from mmrecall.storage.db import session_scope
 
     params: dict = {"activate": activate}
+    if sequential:
+        params["sequential"] = True
     if epochs is not None:
         params["epochs"] = epochs
     if user_tower is not None:
@@ -571,6 +576,7 @@ def bench(
     dataset: Annotated[Path | None, typer.Option(help="served: a dataset directory (interchange format)")] = None,
     encoder: Annotated[str | None, typer.Option(help="served: the encoder (default: the settings')")] = None,
     encoders: Annotated[str | None, typer.Option(help="homophily: comma-separated encoders")] = None,
+    sequential: Annotated[bool, typer.Option(help="served: `mmrecall train --sequential` (SASRec beside G)")] = False,
 ) -> None:
     """Run a benchmark: prints a table and writes OUT/NAME.json."""
     from mmrecall.benchmarks import get_benchmark
@@ -579,7 +585,8 @@ def bench(
         runner = get_benchmark(name)
     except KeyError as exc:
         _fail(str(exc))
-    given = {"dataset": dataset, "encoder": encoder, "encoders": encoders}  # only what was given: each has defaults
+    # only what was given: each has defaults
+    given = {"dataset": dataset, "encoder": encoder, "encoders": encoders, "sequential": sequential}
     runner(out=out, scale=scale, redis_url=get_settings().redis_url, **{k: v for k, v in given.items() if v})
     typer.echo(f"wrote {out / (name + '.json')}")
 

@@ -17,8 +17,8 @@ import scipy.sparse as sp
 
 from mmrecall.core.dataset import Dataset, Split, tag_matrix
 from mmrecall.encoders.dataset import encode_dataset
-from mmrecall.evaluation.sasrec import SASRecConfig, SASRecTrainer
 from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, best_interest_scores, make_config
+from mmrecall.finetune.sasrec import DROPOUTS, SASRecConfig, fit_faithful
 
 
 @dataclass
@@ -163,36 +163,20 @@ def train_sequences(split: Split, n_users: int) -> list[np.ndarray]:
 
 
 class SASRecChannel(Channel):
-    """SASRec on item ids (evaluation.sasrec): the sequential baseline, as a faithful run trains it. Dropout
+    """SASRec on item ids (finetune.sasrec): the sequential baseline, as a faithful run trains it. Dropout
     and the epoch count are chosen on each user's last training interaction (the valid item under the test
     split), then a fresh model trains on the whole history for that many epochs."""
 
     name = "sasrec"
     variant = "sasrec"  # the harness reports the training under this key
-    dropouts = (0.2, 0.5)
 
     def fit(self, ctx: EvalContext, split: Split) -> None:
-        sequences = train_sequences(split, ctx.data.n_users)
         options = {**ctx.sasrec_train, **self.params}
-        dropouts = [options.pop("dropout")] if "dropout" in options else list(self.dropouts)
-        retrain = options.pop("retrain", True)
-        tried = {}
-        for dropout in dropouts:  # each early-stopped on the held-out items, not retrained yet
-            trainer = SASRecTrainer(ctx.data.n_items, SASRecConfig(**options, dropout=dropout, retrain=False))
-            tried[dropout] = (trainer, trainer.fit(sequences))
-        dropout = max(tried, key=lambda d: tried[d][1]["valid_hitrate@50"])
-        self.trainer, report = tried[dropout]
-        started = time.time()
-        if retrain and report["best_epoch"]:
-            self.trainer.refit(sequences, report["best_epoch"])
-        report = {
-            **report,
-            "dropout": dropout,
-            "valid_by_dropout": {str(d): r["valid_hitrate@50"] for d, (_, r) in tried.items()},
-            "retrained_epochs": report["best_epoch"] if retrain else 0,
-            "seconds": round(sum(r["seconds"] for _, r in tried.values()) + time.time() - started, 1),
-        }
-        self.tuned = {"dropout": dropout, "epochs": report["best_epoch"]}
+        dropouts = (options.pop("dropout"),) if "dropout" in options else DROPOUTS
+        config = SASRecConfig(**options)
+        sequences = train_sequences(split, ctx.data.n_users)
+        self.trainer, report = fit_faithful(ctx.data.n_items, sequences, config, dropouts)
+        self.tuned = {"dropout": report["dropout"], "epochs": report["best_epoch"]}
         ctx.models[((id(split), self.variant), "report")] = report
 
     def scores(self, users, histories):

@@ -32,6 +32,8 @@ OPT_IN = {
     "personal_seq",
     "multi_interest_seq",
     "merged_seq",
+    "sequential",
+    "merged_sequential",
 }  # when named
 Progress = Callable[[str, int, int], None]
 

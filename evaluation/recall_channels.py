@@ -20,7 +20,9 @@ from mmrecall.evaluation.metrics import KS
 from mmrecall.evaluation.served import ServedSplit, build_served, dense_scores
 from mmrecall.recall.channels import CHANNELS
 
-TOWERS = {"pool": {}, "seq": SEQ}  # the train job's user-tower parameters
+# the train job's parameters per serving state: G's pooling or sequence tower; the pooling tower with the
+# sequential channel's SASRec beside it (`mmrecall train --sequential`)
+TOWERS = {"pool": {}, "seq": SEQ, "pool+sequential": {"sequential": True}}
 
 
 def served_split(ctx: EvalContext, split: Split, tower: str) -> ServedSplit:
@@ -31,6 +33,8 @@ def served_split(ctx: EvalContext, split: Split, tower: str) -> ServedSplit:
             ctx.workdir = Path(tempfile.mkdtemp(prefix="mmrecall-eval-"))
         home = ctx.workdir / f"{split.protocol}-{split.split}-{tower}"
         train = {**ctx.g_train, **TOWERS[tower]}
+        if train.get("sequential") and ctx.sasrec_train:
+            train["sequential_params"] = dict(ctx.sasrec_train)  # e.g. a --quick run's epochs
         if ctx.g_features:
             train["features"] = list(ctx.g_features)
         served = build_served(ctx.data, split, home, encoder=ctx.encoder, train=train, progress=ctx.progress)

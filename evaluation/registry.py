@@ -41,6 +41,11 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
     }
     for name in (*CHANNELS, "merged"):  # served: what /v1/recall answers (evaluation.recall_channels)
         factories[name] = lambda name=name: RecallSetChannel(name)
+    # the sequential channel is served when the train job trains it: its rows come from such a state
+    factories["sequential"] = lambda: RecallSetChannel("sequential", tower="pool+sequential")
+    factories["merged_sequential"] = lambda: RecallSetChannel(
+        "merged", tower="pool+sequential", report_name="merged_sequential"
+    )
     for name in ("personal", "merged"):  # served, G trained with the sequence tower
         factories[f"{name}_seq"] = lambda name=name: RecallSetChannel(name, tower="seq", report_name=f"{name}_seq")
     for name in extra:

@@ -24,7 +24,23 @@ def export_seq_tower(model, active: dict[str, np.ndarray] | None = None) -> dict
     }
     if tower.tag_query is not None:
         arrays |= {"tag_w": tower.tag_query.weight, "tag_b": tower.tag_query.bias}
-    for i, layer in enumerate(tower.encoder.layers):
+    out = {k: v.detach().numpy() for k, v in arrays.items()} | encoder_layer_arrays(tower.encoder.layers)
+    out |= {
+        "layers": np.array(config.seq_layers),
+        "heads": np.array(config.seq_heads),
+        "tag_vocab": np.array(config.tag_vocab, dtype=str),
+    }
+    if active:
+        out["active_users"] = np.array(list(active), dtype=str)
+        out["active_mask"] = np.stack(list(active.values())).astype(bool)
+    return out
+
+
+def encoder_layer_arrays(layers) -> dict[str, np.ndarray]:
+    """torch TransformerEncoderLayers (pre-LayerNorm, one ReLU feed-forward) as arrays `l{i}_*`, the names
+    recall.towers.transformer_blocks reads."""
+    arrays = {}
+    for i, layer in enumerate(layers):
         p = f"l{i}_"
         arrays |= {
             p + "in_w": layer.self_attn.in_proj_weight,
@@ -40,16 +56,7 @@ def export_seq_tower(model, active: dict[str, np.ndarray] | None = None) -> dict
             p + "lin2_w": layer.linear2.weight,
             p + "lin2_b": layer.linear2.bias,
         }
-    out = {k: v.detach().numpy() for k, v in arrays.items()}
-    out |= {
-        "layers": np.array(config.seq_layers),
-        "heads": np.array(config.seq_heads),
-        "tag_vocab": np.array(config.tag_vocab, dtype=str),
-    }
-    if active:
-        out["active_users"] = np.array(list(active), dtype=str)
-        out["active_mask"] = np.stack(list(active.values())).astype(bool)
-    return out
+    return {k: v.detach().numpy() for k, v in arrays.items()}
 
 
 def export_user_tower(model, path: Path, active: dict[str, np.ndarray] | None = None) -> Path:

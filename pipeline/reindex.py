@@ -17,6 +17,7 @@ from mmrecall.encoders.content_g import HELD_OUT_FILE, load_active_interests, lo
 from mmrecall.encoders.registry import checkpoint_dir
 from mmrecall.finetune.common import EtaLogger
 from mmrecall.finetune.export import user_tower_arrays
+from mmrecall.finetune.sasrec import SEQUENTIAL_FILE
 from mmrecall.index.ann import VectorIndex, choose_factory
 from mmrecall.index.clusters import ClusterTable, popularity_prior
 from mmrecall.index.item_meta import ItemMeta
@@ -217,7 +218,20 @@ def write_recall_tables(
     if directory is not None and (directory / G_CONFIG_FILE).is_file():
         writer.user_tower(user_tower_arrays(load_g(directory), load_active_interests(directory)))
         extras["user_tower"] = True
+    if directory is not None and (directory / SEQUENTIAL_FILE).is_file():
+        extras["sequential_items"] = write_sequential(directory / SEQUENTIAL_FILE, built.ids, writer)
     return extras
+
+
+def write_sequential(path, row_items: list[str], writer: snapshots.SnapshotWriter) -> int:
+    """The sequential model (finetune.sasrec.train_sequential's file) into the snapshot, each snapshot row
+    given its id in the model (-1: an item the model never saw); returns how many rows it knows."""
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    model_id = {item: i for i, item in enumerate(arrays.pop("item_ids").tolist())}
+    arrays["row_ids"] = np.array([model_id.get(item, -1) for item in row_items], np.int64)
+    writer.sequential(arrays)
+    return int((arrays["row_ids"] >= 0).sum())
 
 
 def tune_recall_set(

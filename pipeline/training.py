@@ -13,6 +13,7 @@ from mmrecall.finetune.common import Progress
 from mmrecall.finetune.dual_stream import pretrain_dual_stream
 from mmrecall.finetune.g_job import DEFAULT_FEATURES, train_g
 from mmrecall.finetune.g_train import GTrainConfig
+from mmrecall.finetune.sasrec import DROPOUTS, SASRecConfig, train_sequential
 from mmrecall.finetune.tag_image import train_tag_image
 from mmrecall.pipeline.encode import encoder_specs
 from mmrecall.pipeline.jobs import Report, run_job
@@ -73,8 +74,8 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
 def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: Report | None = None) -> dict:
     """`mmrecall train`: export the catalogue, train G on it (the "g" kind above; features: the active
     encoder unless named, plus the feature encoders `params["pretrain"]` names, trained first on the same
-    export with `params["pretrain_params"][name]`), then activate it unless `params["activate"]` is false:
-    re-encode, reindex, swap.
+    export with `params["pretrain_params"][name]`), and with `params["sequential"]` the sequential channel's
+    SASRec beside it; then activate it unless `params["activate"]` is false: re-encode, reindex, swap.
     Until the swap the previous model keeps serving, and it stays when the training fails."""
     started = time.time()
     run = settings.home / "train" / time.strftime("%Y%m%dT%H%M%S", time.gmtime()) / job_id[:8]
@@ -97,7 +98,12 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         report(0, 1, f"training G on {exported['items']} items, {exported['interactions']} interactions")
     g_params = {**params, "dataset": str(run / "dataset"), "features": features}
     trained = run_training(settings, "g", g_params, on_progress=metrics_reporter(report) if report else None)
-    result = {**exported, **trained, "features": features, "train_s": round(time.time() - started, 1)}
+    result = {**exported, **trained, "features": features}
+    if params.get("sequential"):
+        if report:
+            report(0, 1, f"training the sequential channel (SASRec) on {exported['interactions']} interactions")
+        result["sequential"] = sequential_model(run / "dataset", Path(trained["checkpoint"]), params)
+    result["train_s"] = round(time.time() - started, 1)
     if pretrained:
         result["pretrained"] = pretrained
     if params.get("activate", True):
@@ -107,6 +113,15 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         result |= {"snapshot": activated["snapshot"], "encoder_version": activated["encoder_version"]}
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+def sequential_model(dataset: Path, checkpoint: Path, params: dict) -> dict:
+    """SASRec beside G, in G's checkpoint (the reindex puts it into the snapshot). Not retrained on the
+    held-out items by default: the reindex tunes the merge on G's held-out interactions, which the model
+    must not have seen, or the tuning would trust it for remembering them."""
+    options = {"retrain": False, **(params.get("sequential_params") or {})}
+    dropouts = (float(options.pop("dropout")),) if "dropout" in options else DROPOUTS
+    return train_sequential(dataset, checkpoint, config=SASRecConfig(**options), dropouts=dropouts)
 
 
 def with_feature(features: list[str], checkpoint: str, folder: Path) -> list[str]:

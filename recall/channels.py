@@ -89,6 +89,10 @@ def _multi_interest(request: ChannelRequest) -> Ranked | None:
     return ranked.take(np.argsort(-ranked.scores, kind="stable"))
 
 
+def _sequential(request: ChannelRequest) -> Ranked | None:
+    return request.sources.sequential(request.history, request.n, request.seen)
+
+
 REGISTRY: dict[str, Channel] = {
     channel.name: channel
     for channel in (
@@ -101,6 +105,11 @@ REGISTRY: dict[str, Channel] = {
             "multi_interest",
             "PinnerSage: Ward clusters of the history, one ANN query per top interest",
             _multi_interest,
+        ),
+        Channel(
+            "sequential",
+            "SASRec over item ids (trained by `mmrecall train --sequential`) -> its next items; warm items only",
+            _sequential,
         ),
     )
 }

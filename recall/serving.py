@@ -25,6 +25,7 @@ from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.live import LiveIndex
 from mmrecall.index.ranked import NO_ROWS, Ranked, member_mask, top_rows
 from mmrecall.index.v2v import stack_neighbors
+from mmrecall.recall.sequential import SequentialModel
 from mmrecall.recall.towers import SeqTowerNumpy, UserTowerNumpy, tower_from_arrays
 from mmrecall.storage import catalogue, snapshots
 from mmrecall.storage.db import ItemVector, session_scope
@@ -52,6 +53,7 @@ class ServingState:
     meta: ItemMeta | None = None  # titles and tags of the snapshot's rows
     popularity: np.ndarray | None = None  # the cluster channel's popularity prior by snapshot row, in [0, 1]
     recall: dict | None = None  # the recall set's parameters tuned at reindex (recall.tuning; None: defaults)
+    sequential: SequentialModel | None = None  # the sequential channel's model (None: not trained)
 
     @classmethod
     def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
@@ -73,6 +75,7 @@ class ServingState:
             item_meta,
             snapshot.popularity,
             snapshot.meta.get("recall"),
+            SequentialModel(snapshot.sequential) if snapshot.sequential is not None else None,
         )
 
 
@@ -392,6 +395,31 @@ class ServiceSources:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
                 best[row] = max(best.get(row, -np.inf), score)
         return top_rows(np.fromiter(best, np.int64, len(best)), np.fromiter(best.values(), np.float64, len(best)), n)
+
+    def sequential(self, history: np.ndarray, n: int, exclude: np.ndarray = NO_ROWS) -> Ranked | None:
+        """The sequential model's next items after the history (None: the snapshot has no such model, or it
+        knows none of the history). It scores the snapshot's rows: an item re-encoded since is scored under
+        its old row and reported under its new one; items newer than the snapshot are not in the model."""
+        model = self.state.sequential
+        if model is None:
+            return None
+        moved = self._moved()
+        back = {new: old for old, new in moved.items()}
+        rows = np.array([back.get(r, r) for r in np.asarray(history).tolist()], np.int64) if back else history
+        vector = model.user_vector(rows[rows < self.base])
+        if vector is None:
+            return None
+        blocked = np.zeros(len(model), bool)
+        excluded = np.asarray(exclude, np.int64)
+        blocked[excluded[excluded < len(model)]] = True
+        skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in set(excluded.tolist())}
+        blocked[[r for r in skip if r < len(model)]] = True
+        if self.allowed is not None:
+            blocked |= ~self.allowed[: len(model)]
+        found, scores = model.search(vector, n, blocked)
+        if moved:
+            found = np.array([moved.get(r, r) for r in found.tolist()], np.int64)
+        return Ranked.of(found, scores)
 
     def prepare(self, rows: np.ndarray) -> None:
         """Fetch, in one query, the tags of candidates the snapshot cannot answer for (rows newer than it)."""

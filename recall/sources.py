@@ -32,6 +32,8 @@ class RecallSources(Protocol):
     # nearest items to a history row whose vector is given (a cache, e.g. the v2v table, may answer)
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def categories(self, rows: np.ndarray) -> Sequence[Collection]: ...  # first-level tags per row
+    # the id-based sequential model's next items after the history (None: no such model, or nothing known)
+    def sequential(self, history: np.ndarray, n: int, exclude: np.ndarray) -> Ranked | None: ...
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,18 @@ def _causal_attention(x: np.ndarray, a: dict, prefix: str, heads: int) -> np.nda
     return out @ a[f"{prefix}out_w"].T + a[f"{prefix}out_b"]
 
 
+def transformer_blocks(x: np.ndarray, a: dict, layers: int, heads: int) -> np.ndarray:
+    """x (L, d) through `layers` pre-LayerNorm causal blocks (finetune.export.encoder_layer_arrays' `l{i}_*`
+    arrays) and the final LayerNorm (`norm_w`, `norm_b`): torch's TransformerEncoder with norm_first, in eval."""
+    for i in range(layers):
+        p = f"l{i}_"
+        x = x + _causal_attention(_layer_norm(x, a[p + "norm1_w"], a[p + "norm1_b"]), a, p, heads)
+        normed = _layer_norm(x, a[p + "norm2_w"], a[p + "norm2_b"])
+        hidden = np.maximum(normed @ a[p + "lin1_w"].T + a[p + "lin1_b"], 0)  # (L, ff) ReLU
+        x = x + hidden @ a[p + "lin2_w"].T + a[p + "lin2_b"]
+    return _layer_norm(x, a["norm_w"], a["norm_b"])
+
+
 class SeqTowerNumpy:
     """encoders.content_g.SeqUserTower + the user bias, for one request: G vectors of the history (oldest
     first), their time-gap buckets and tag-preference vector -> the user's active interests (k, d)."""
@@ -110,13 +122,7 @@ class SeqTowerNumpy:
             padded[length - len(tail) :] = tail
             x = x + a["gaps"][padded]
         x = x * mask[:, None]
-        for i in range(self.layers):
-            p = f"l{i}_"
-            x = x + _causal_attention(_layer_norm(x, a[p + "norm1_w"], a[p + "norm1_b"]), a, p, self.heads)
-            normed = _layer_norm(x, a[p + "norm2_w"], a[p + "norm2_b"])
-            hidden = np.maximum(normed @ a[p + "lin1_w"].T + a[p + "lin1_b"], 0)  # (L, 2d) ReLU
-            x = x + hidden @ a[p + "lin2_w"].T + a[p + "lin2_b"]
-        h = _layer_norm(x, a["norm_w"], a["norm_b"])  # (L, d)
+        h = transformer_blocks(x, a, self.layers, self.heads)  # (L, d)
         queries = a["queries"]  # (K, d)
         if "tag_w" in a and tag_pref is not None:
             queries = queries + (tag_pref @ a["tag_w"].T + a["tag_b"])[None]

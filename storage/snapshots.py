@@ -30,6 +30,8 @@ V2V_ROWS = "v2v-rows.npy"  # int (n, N): each row's N nearest rows, best first, 
 V2V_SCORES = "v2v-scores.npy"  # float32 (n, N): their inner products
 USER_TOWER = "user_tower.npz"  # G's user side as arrays (mmrecall.finetune.export), when G is the encoder
 POPULARITY = "popularity.npy"  # float32 (n,): each row's popularity prior in [0, 1] (index.clusters.popularity_prior)
+# the sequential channel's SASRec (finetune.sasrec.sasrec_arrays) and `row_ids` (n,): each row's id in it, -1 none
+SEQUENTIAL = "sequential.npz"
 FILES = (
     META,
     *ann.FILES.values(),
@@ -38,6 +40,7 @@ FILES = (
     V2V_SCORES,
     USER_TOWER,
     POPULARITY,
+    SEQUENTIAL,
     *ITEM_META_FILES,
     *TOP_SET_FILES,
 )  # every file a snapshot may hold
@@ -83,6 +86,9 @@ class SnapshotWriter:
     def popularity(self, prior: np.ndarray) -> None:
         np.save(self.directory / POPULARITY, np.asarray(prior, np.float32))
 
+    def sequential(self, arrays: dict[str, np.ndarray]) -> None:
+        np.savez(self.directory / SEQUENTIAL, **arrays)
+
     def publish(self, meta: dict) -> None:
         publish(self.root, self.directory, {**meta, "layout": LAYOUT_VERSION})
 
@@ -114,6 +120,7 @@ class Snapshot:
     user_tower: dict[str, np.ndarray] | None  # arrays for mmrecall.recall.towers.tower_from_arrays
     item_meta: ItemMeta | None  # titles and tags by row (None: answered from the database)
     popularity: np.ndarray | None = None  # the popularity prior by row (None: a snapshot without one)
+    sequential: dict[str, np.ndarray] | None = None  # arrays for mmrecall.recall.sequential (None: not trained)
 
 
 def check_layout(directory: Path, meta: dict) -> None:
@@ -130,10 +137,6 @@ def load_snapshot(directory: Path) -> Snapshot:
     meta = read_meta(directory)
     check_layout(directory, meta)
     rows = _mapped(directory / V2V_ROWS)
-    tower = None
-    if (directory / USER_TOWER).is_file():
-        with np.load(directory / USER_TOWER) as data:
-            tower = {key: data[key] for key in data.files}
     return Snapshot(
         directory=directory,
         meta=meta,
@@ -141,10 +144,19 @@ def load_snapshot(directory: Path) -> Snapshot:
         clusters=ClusterTable.load(directory),
         v2v_rows=rows,
         v2v_scores=_mapped(directory / V2V_SCORES) if rows is not None else None,
-        user_tower=tower,
+        user_tower=_arrays(directory / USER_TOWER),
         item_meta=ItemMeta.load(directory),
         popularity=_mapped(directory / POPULARITY),
+        sequential=_arrays(directory / SEQUENTIAL),
     )
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """An .npz's arrays, read whole (small: model weights), or None when the snapshot has none."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def _mapped(path: Path) -> np.ndarray | None:

@@ -233,7 +233,7 @@ def test_multi_interest_seq_fills_its_quotas_with_items_the_split_ranks(tmp_path
 def test_sasrec_learns_sequential_structure() -> None:
     """Users walk a ring of items (each item is followed by the next): SASRec must learn the next step,
     which no popularity or co-occurrence count can tell from its reverse."""
-    from mmrecall.evaluation.sasrec import SASRecConfig, SASRecTrainer
+    from mmrecall.finetune.sasrec import SASRecConfig, SASRecTrainer
 
     rng = np.random.default_rng(0)
     n_items = 400
@@ -264,7 +264,7 @@ def test_sasrec_ignores_padding() -> None:
     position reads (without the key mask, a 3-item history's attention is spread over 17 padded slots)."""
     import torch
 
-    from mmrecall.evaluation.sasrec import SASRec, SASRecConfig, left_padded
+    from mmrecall.finetune.sasrec import SASRec, SASRecConfig, left_padded
 
     torch.manual_seed(0)
     model = SASRec(50, SASRecConfig(dim=16, max_len=20, dropout=0.0)).eval()

@@ -1,4 +1,6 @@
-"""SASRec (Kang & McAuley, ICDM 2018): the sequential baseline a recall team would pick instead of mmrecall.
+"""SASRec (Kang & McAuley, ICDM 2018): the id-based sequential model, as the evaluation's baseline and as the
+served `sequential` channel (`mmrecall train --sequential` trains it beside G; `recall.sequential` serves it
+in numpy).
 
 Item-id embeddings (scaled by sqrt(d)) + learned positions, `blocks` pre-LayerNorm causal self-attention
 blocks with point-wise feed-forward layers, a final LayerNorm; the output at each position scores every
@@ -16,16 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrecall.core.dataset import by_user_in_time, load_dataset
 from mmrecall.finetune.common import EtaLogger, native_bf16
+from mmrecall.finetune.export import encoder_layer_arrays
 
 log = logging.getLogger(__name__)
+SEQUENTIAL_FILE = "sequential.npz"  # in a G checkpoint: the sequential channel's arrays (sasrec_arrays)
+DROPOUTS = (0.2, 0.5)  # chosen on the held-out items, as a faithful run does
 
 
 @dataclass
@@ -189,3 +196,59 @@ class SASRecTrainer:
         target_scores = scores[torch.arange(len(targets)), torch.from_numpy(targets)]
         ranks = (scores >= target_scores[:, None]).sum(dim=1) - 1
         return float((ranks < k).float().mean())
+
+
+def fit_faithful(
+    n_items: int, sequences: list[np.ndarray], config: SASRecConfig, dropouts: tuple[float, ...] = DROPOUTS
+) -> tuple[SASRecTrainer, dict]:
+    """The faithful protocol: one early-stopped training per dropout on each user's last item held out, the
+    dropout with the best held-out hitRate@50 kept, then (config.retrain) a fresh model trained on every
+    interaction for that model's best epoch count."""
+    tried = {}
+    for dropout in dropouts:
+        trainer = SASRecTrainer(n_items, replace(config, dropout=dropout, retrain=False))
+        tried[dropout] = (trainer, trainer.fit(sequences))
+    dropout = max(tried, key=lambda d: tried[d][1]["valid_hitrate@50"])
+    trainer, report = tried[dropout]
+    started = time.time()
+    if config.retrain and report["best_epoch"]:
+        trainer.refit(sequences, report["best_epoch"])
+    return trainer, {
+        **report,
+        "dropout": dropout,
+        "valid_by_dropout": {str(d): r["valid_hitrate@50"] for d, (_, r) in tried.items()},
+        "retrained_epochs": report["best_epoch"] if config.retrain else 0,
+        "seconds": round(sum(r["seconds"] for _, r in tried.values()) + time.time() - started, 1),
+    }
+
+
+def sasrec_arrays(model: SASRec) -> dict[str, np.ndarray]:
+    """The model as plain arrays for recall.sequential.SequentialModel (the API never imports torch)."""
+    arrays = {
+        "items": model.items.weight.detach().numpy(),  # (N + 1, d), row 0 padding
+        "positions": model.positions.weight.detach().numpy(),  # (max_len, d)
+        "norm_w": model.norm.weight.detach().numpy(),
+        "norm_b": model.norm.bias.detach().numpy(),
+    }
+    return (
+        arrays
+        | encoder_layer_arrays(model.encoder.layers)
+        | {
+            "layers": np.array(model.config.blocks),
+            "heads": np.array(model.config.heads),
+        }
+    )
+
+
+def train_sequential(
+    dataset: Path, out_dir: Path, *, config: SASRecConfig | None = None, dropouts: tuple[float, ...] = DROPOUTS
+) -> dict:
+    """The served sequential channel's model: SASRec on the dataset's interactions (each user's items in
+    time order) by the faithful protocol, written to out_dir/SEQUENTIAL_FILE with the item ids of its rows."""
+    data = load_dataset(dataset)
+    _, items, _, _, runs = by_user_in_time(data)
+    sequences = [items[start:end] for start, end in runs]
+    trainer, report = fit_faithful(data.n_items, sequences, config or SASRecConfig(), dropouts)
+    arrays = sasrec_arrays(trainer.model) | {"item_ids": np.array([item.id for item in data.items], dtype=str)}
+    np.savez(out_dir / SEQUENTIAL_FILE, **arrays)
+    return {k: v for k, v in report.items() if k != "epochs"}
