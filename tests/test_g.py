@@ -129,15 +129,17 @@ def test_sequence_tower_learns_with_single_activation_and_elastic_interests(demo
 
 
 def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
-    """Argmax routing lets one interest win most rows (rich get richer); the load-balancing term evens it."""
+    """The load-balancing term evens which interest wins the rows. Measured by what it minimises, K times
+    the sum of the interests' squared shares (1: even; K: one interest wins every row). Without it the
+    routing is uneven on every machine, though how uneven varies (one interest at 0.73 of the rows on
+    some, two sharing 0.93 on others): at weight 10 the shares come out nearly even everywhere."""
     from mmrecall.core.dataset import tag_matrix
 
     split = leave_last_out(demo_data, "test")
     features = category_features(demo_data)
     vocab, item_tags = tag_matrix(demo_data)
-    top_share = {}
-    # weight 3: at 1 the drop is 0.09-0.20 across seeds and machines (0.73 -> 0.65 here), at 3 0.25-0.34
-    for balance in (0.0, 3.0):
+    concentration = {}
+    for balance in (0.0, 10.0):
         config = make_config(
             features,
             ("synthetic",),
@@ -155,8 +157,9 @@ def test_load_balancing_spreads_the_rows_over_the_interests(demo_data) -> None:
             config, features, [i.id for i in demo_data.items], demo_data.user_ids, train, item_tags=item_tags
         )
         trainer.fit(Interactions(split.train_users, split.train_items, split.train_weights, split.train_times))
-        top_share[balance] = trainer.activations.sum(axis=0).max() / trainer.activations.sum()
-    assert top_share[3.0] < top_share[0.0] - 0.1, top_share
+        shares = trainer.activations.sum(axis=0) / trainer.activations.sum()  # (K,)
+        concentration[balance] = float(len(shares) * (shares**2).sum())
+    assert concentration[10.0] <= 1.1 and concentration[10.0] < concentration[0.0] - 0.15, concentration
 
 
 def test_sequence_tower_every_position_is_causal_and_ends_at_the_served_user() -> None:
