@@ -412,7 +412,8 @@ class ServiceSources:
         blocked = np.zeros(len(model), bool)
         excluded = np.asarray(exclude, np.int64)
         blocked[excluded[excluded < len(model)]] = True
-        skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in set(excluded.tolist())}
+        excluded_moved = set(excluded.tolist()) if moved else set()  # once, not per moved item
+        skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded_moved}
         blocked[[r for r in skip if r < len(model)]] = True
         if self.allowed is not None:
             blocked |= ~self.allowed[: len(model)]
