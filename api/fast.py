@@ -21,6 +21,7 @@ from mmrecall.api.auth import refusal
 from mmrecall.api.routes.similar import SIMILAR_K, SIMILAR_K_MAX, recall_options
 from mmrecall.api.schemas import RecallIn
 from mmrecall.recall.channels import SIMILAR_CHANNELS
+from mmrecall.recall.filters import FilterError
 from mmrecall.recall.service import NoKnownHistory, history_recall
 from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
 
@@ -94,7 +95,7 @@ def recall_answer(scope: Scope, body: bytes) -> bytes | None:
     try:
         serving = scope["app"].state.serving
         return orjson.dumps(history_recall(serving, history, times, in_memory_only=True, **recall_options(request)))
-    except (NeedsDatabase, NoKnownHistory):
+    except (NeedsDatabase, NoKnownHistory, FilterError):
         return None
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from mmrecall.core.interchange import InteractionRecord, ItemRecord
 from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.filters import RecallFilter
 
 MAX_BATCH = 1000
 
@@ -75,9 +76,60 @@ class SimilarOut(BaseModel):
     item_id: str
     channel: str = "v2v"
     results: list[SimilarItem]
+    short_by: int = Field(
+        default=0, description="how many fewer than k came back (a selective filter, a small catalogue)"
+    )
+    filter: dict | None = Field(default=None, description="the filter applied and how many items it allowed")
 
 
-class RecallIn(BaseModel):
+# a tag filter names a first-level tag (`Comedy`) or a second-level one (`Comedy/stand-up`)
+TagFilter = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\s](?:[^/]*[^/\s])?(?:/[^/\s](?:[^/]*[^/\s])?)?$"),
+]
+ItemIdFilter = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class FilterIn(BaseModel):
+    """Query-time filters (recall.filters), applied inside each channel's search."""
+
+    include_tags: list[TagFilter] = Field(
+        default_factory=list, max_length=100, description="items with at least one of these tags (level 1 or 1/2)"
+    )
+    exclude_tags: list[TagFilter] = Field(default_factory=list, max_length=100, description="items with none of these")
+    exclude_ids: list[ItemIdFilter] = Field(default_factory=list, max_length=10_000, description="never these items")
+    created_after: float | None = Field(default=None, description="items created after this (unix seconds)")
+    created_before: float | None = Field(default=None, description="items created before this (unix seconds)")
+    new_only: bool = Field(
+        default=False, description="only items without behaviour yet (no interaction counted at the last reindex)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent_filter(self) -> FilterIn:
+        for name in ("created_after", "created_before"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite unix seconds")
+        if self.created_after is not None and self.created_before is not None:
+            if self.created_after >= self.created_before:
+                raise ValueError("created_after must be earlier than created_before: no item could pass")
+        both = sorted(set(self.include_tags) & set(self.exclude_tags))
+        if both:
+            raise ValueError(f"tags both included and excluded: {both}")
+        return self
+
+    def recall_filter(self) -> RecallFilter:
+        return RecallFilter(
+            include_tags=tuple(self.include_tags),
+            exclude_tags=tuple(self.exclude_tags),
+            exclude_ids=tuple(self.exclude_ids),
+            created_after=self.created_after,
+            created_before=self.created_before,
+            new_only=self.new_only,
+        )
+
+
+class RecallIn(FilterIn):
     user_id: str | None = Field(default=None, max_length=128, description="recall from this user's stored history")
     history: list[str] | None = Field(default=None, max_length=1000, description="or from these item ids, oldest first")
     times: list[float] | None = Field(
@@ -87,9 +139,6 @@ class RecallIn(BaseModel):
     )
     k: int = Field(default=100, ge=1, le=1000)
     channels: list[Literal[CHANNELS]] = Field(default=list(CHANNELS), min_length=1)  # type: ignore[valid-type]
-    new_only: bool = Field(
-        default=False, description="only items without behaviour yet (no interaction counted at the last reindex)"
-    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RecallIn:
@@ -117,6 +166,10 @@ class RecallOut(BaseModel):
     history_used: int
     channels: dict[str, int] = Field(description="candidates each channel gave before the merge")
     results: list[RecallItem]
+    short_by: int = Field(
+        default=0, description="how many fewer than k came back (a selective filter, a small catalogue)"
+    )
+    filter: dict | None = Field(default=None, description="the filter applied and how many items it allowed")
 
 
 class ClusterOut(BaseModel):

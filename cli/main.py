@@ -414,18 +414,43 @@ def activate_cmd(
     typer.echo(json.dumps(_follow(job_id, timeout=24 * 3600), indent=2))
 
 
+IncludeTags = Annotated[str | None, typer.Option(help="Only items with one of these comma-separated tags")]
+ExcludeTags = Annotated[str | None, typer.Option(help="Only items with none of these comma-separated tags")]
+ExcludeIds = Annotated[str | None, typer.Option(help="Never these comma-separated item ids")]
+CreatedAfter = Annotated[float | None, typer.Option(help="Only items created after (unix seconds)")]
+CreatedBefore = Annotated[float | None, typer.Option(help="Only items created before (unix seconds)")]
+NewOnly = Annotated[bool, typer.Option(help="Only items without behaviour yet")]
+
+
+def _filters(include_tags, exclude_tags, exclude_ids, created_after, created_before, new_only) -> dict:
+    """The query-time filter fields the options gave, as /v1/recall and /v1/similar take them."""
+    lists = {"include_tags": include_tags, "exclude_tags": exclude_tags, "exclude_ids": exclude_ids}
+    out: dict = {name: [v.strip() for v in text.split(",") if v.strip()] for name, text in lists.items() if text}
+    out.update(
+        {k: v for k, v in (("created_after", created_after), ("created_before", created_before)) if v is not None}
+    )
+    return {**out, "new_only": True} if new_only else out
+
+
 @app.command()
 def similar(
     item_id: str,
     k: Annotated[int, typer.Option("-k", help="How many neighbours")] = 10,
     channel: Annotated[str, typer.Option(help="v2v or cluster")] = "v2v",
+    include_tags: IncludeTags = None,
+    exclude_tags: ExcludeTags = None,
+    exclude_ids: ExcludeIds = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    new_only: NewOnly = False,
     api: Annotated[str | None, typer.Option(help="Ask a running API (e.g. http://127.0.0.1:8000)")] = None,
 ) -> None:
     """Print the k most similar items (the same JSON as GET /v1/similar/{id})."""
     from mmrecall.cli.query import QueryError, similar_items
 
+    filters = _filters(include_tags, exclude_tags, exclude_ids, created_after, created_before, new_only)
     try:
-        result = similar_items(get_settings(), item_id, k=k, channel=channel, api=api)
+        result = similar_items(get_settings(), item_id, k=k, channel=channel, filters=filters, api=api)
     except QueryError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -437,12 +462,19 @@ def recall(
     history: Annotated[str | None, typer.Option(help="Or from these comma-separated item ids, oldest first")] = None,
     k: Annotated[int, typer.Option("-k")] = 20,
     channels: Annotated[str, typer.Option(help="Comma-separated")] = ",".join(CHANNELS),
+    include_tags: IncludeTags = None,
+    exclude_tags: ExcludeTags = None,
+    exclude_ids: ExcludeIds = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    new_only: NewOnly = False,
     api: Annotated[str | None, typer.Option(help="Ask a running API")] = None,
 ) -> None:
     """Print the merged recall set with provenance (the same JSON as POST /v1/recall)."""
     from mmrecall.cli.query import QueryError, recall_items
 
     body = {"k": k, "channels": [c.strip() for c in channels.split(",") if c.strip()]}
+    body |= _filters(include_tags, exclude_tags, exclude_ids, created_after, created_before, new_only)
     if user_id:
         body["user_id"] = user_id
     if history:

@@ -13,24 +13,41 @@ class QueryError(RuntimeError):
 
 def _answer(response: httpx.Response) -> dict:
     if response.status_code != 200:
-        raise QueryError(f"HTTP {response.status_code}: {response.json().get('detail')}")
+        detail = response.json().get("detail")
+        if isinstance(detail, list):  # a validation error: each field and why
+            detail = "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}" for e in detail)
+        raise QueryError(f"HTTP {response.status_code}: {detail}")
     return response.json()
 
 
 def similar_items(
-    settings: Settings, item_id: str, *, k: int = 10, channel: str = "v2v", api: str | None = None
+    settings: Settings,
+    item_id: str,
+    *,
+    k: int = 10,
+    channel: str = "v2v",
+    filters: dict | None = None,
+    api: str | None = None,
 ) -> dict:
+    """GET /v1/similar/{id}'s answer; filters: its query-time filter fields (the API's names)."""
+    params = {"k": k, "channel": channel, **(filters or {})}
     if api:
-        return _answer(
-            httpx.get(f"{api.rstrip('/')}/v1/similar/{item_id}", params={"k": k, "channel": channel}, timeout=30)
-        )
+        return _answer(httpx.get(f"{api.rstrip('/')}/v1/similar/{item_id}", params=params, timeout=30))
+    from pydantic import ValidationError
+
+    from mmrecall.api.schemas import FilterIn
+    from mmrecall.recall.filters import FilterError
     from mmrecall.recall.serving import NotReady, ServingIndex, UnknownItem, similar_to
 
+    try:
+        recall_filter = FilterIn(**(filters or {})).recall_filter()  # the route's validation
+    except ValidationError as exc:
+        raise QueryError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
     serving = ServingIndex(settings)
     serving.refresh()
     try:
-        return similar_to(serving, item_id, k, channel)
-    except (UnknownItem, NotReady) as exc:
+        return similar_to(serving, item_id, k, channel, recall_filter=recall_filter)
+    except (UnknownItem, NotReady, FilterError) as exc:
         raise QueryError(str(exc)) from exc
 
 

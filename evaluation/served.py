@@ -27,6 +27,7 @@ from mmrecall.pipeline.encode import encode_items
 from mmrecall.pipeline.ingest import ingest_interactions, ingest_items
 from mmrecall.pipeline.training import train_from_catalogue
 from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.filters import RecallFilter
 from mmrecall.recall.service import history_recall, stored_history
 from mmrecall.recall.serving import ServingIndex
 from mmrecall.storage import catalogue
@@ -56,7 +57,7 @@ class ServedSplit:
             channels=list(channels),
             user_id=user_id,
             seen_items=seen,
-            new_only=new_only,
+            recall_filter=RecallFilter(new_only=new_only),
             in_memory_only=False,
         )
 

@@ -44,6 +44,9 @@ def as_matrix(vectors: np.ndarray) -> np.ndarray:
     return matrix
 
 
+FILTER_MAX_WIDENING = 64  # a filtered search that finds too few widens its breadth 4x at a time, this far at most
+
+
 class VectorIndex:
     """Rows are positions; `ids[pos]` is the item id. Scores are inner products (cosine on unit vectors)."""
 
@@ -101,15 +104,15 @@ class VectorIndex:
                 break
         return max(ef, k), recall  # faiss needs efSearch >= k
 
-    def _filter_params(self, selector: faiss.IDSelector, k: int) -> faiss.SearchParameters:
-        """The index kind's search parameters with the selector, at the breadth it serves with."""
+    def _filter_params(self, selector: faiss.IDSelector, k: int, breadth: int = 1) -> faiss.SearchParameters:
+        """The index kind's search parameters with the selector, at `breadth` times the breadth it serves with."""
         if self.is_hnsw:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k) * breadth)  # type: ignore[attr-defined]
         try:
             ivf = faiss.extract_index_ivf(self.index)
         except RuntimeError:  # not an IVF index
             return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+        return faiss.SearchParametersIVF(sel=selector, nprobe=min(ivf.nprobe * breadth, ivf.nlist))  # type: ignore[call-arg]
 
     @property
     def is_hnsw(self) -> bool:
@@ -149,8 +152,14 @@ class VectorIndex:
         else:
             bits = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
             selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            params = self._filter_params(selector, k)
-            found_scores, positions = self.index.search(queries, k, params=params)
+            wanted, breadth = min(k, int(allowed.sum())), 1
+            while True:
+                params = self._filter_params(selector, k, breadth)
+                found_scores, positions = self.index.search(queries, k, params=params)
+                # a filtered graph walk or probe can end short of k allowed items: widen until it does not
+                if (positions >= 0).sum(axis=1).min() >= wanted or breadth >= FILTER_MAX_WIDENING:
+                    break
+                breadth *= 4
             if not self.exact_scores:
                 found_scores, positions = self._rescored(queries, positions)
         positions = np.where(np.isfinite(found_scores), positions, -1)

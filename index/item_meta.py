@@ -96,6 +96,16 @@ class ItemMeta:
     def tags(self, pos: int) -> list[str]:
         return [self.vocabulary[c] for c in self._codes(pos)]
 
+    def rows_with_tags(self, wanted: Sequence[str]) -> np.ndarray:
+        """(n,) bool: the rows carrying at least one of the tags; a level-1 tag (`Comedy`) also matches its
+        level-2 ones (`Comedy/stand-up`)."""
+        codes = [c for c, tag in enumerate(self.vocabulary) if any(tag == w or tag.startswith(w + "/") for w in wanted)]
+        mask = np.zeros(len(self), bool)
+        if codes:
+            hit = np.flatnonzero(np.isin(self.tag_codes, codes))  # positions in tag_codes
+            mask[np.searchsorted(self.tag_offsets, hit, side="right") - 1] = True  # each position's row
+        return mask
+
     def top_level_sets(self, rows: np.ndarray) -> list[frozenset[int]]:
         """Each row's first-level tags as a set of ints (`top_level_names` has their names); rows with the
         same set share one frozenset object."""

@@ -144,7 +144,11 @@ class LiveIndex:
             found_scores, positions = delta_index.search(query, wanted)  # filtered: the whole (small, exact) delta
             delta_rows = np.where(positions[0] >= 0, positions[0] + base, -1)
             if allowed is not None:
-                delta_rows = np.where(allowed[np.maximum(delta_rows, 0)] & (delta_rows >= 0), delta_rows, -1)
+                # rows the mask does not cover were added after it was made: not allowed
+                covered = (delta_rows >= 0) & (delta_rows < len(allowed))
+                passes = np.zeros(len(delta_rows), bool)
+                passes[covered] = allowed[delta_rows[covered]]
+                delta_rows = np.where(passes, delta_rows, -1)
             rows.append(delta_rows)
             scores.append(found_scores[0])
         if not rows:

@@ -130,6 +130,8 @@ def reindex(
             rows = catalogue.iter_item_meta(session)
             writer.item_meta(ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)))
             counts = catalogue.interaction_counts(session)
+            created = catalogue.created_times(session)
+        writer.created(np.array([created.get(i, np.nan) for i in built.ids], np.float64))
         writer.popularity(popularity_prior(np.array([counts.get(i, 0) for i in built.ids], np.float64)))
 
         def report(done: int, total: int, _metrics: dict) -> None:

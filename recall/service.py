@@ -15,8 +15,9 @@ import numpy as np
 
 from mmrecall.index.ranked import NO_ROWS, Ranked
 from mmrecall.recall.channels import CHANNELS, REGISTRY, ChannelRequest
+from mmrecall.recall.filters import NO_FILTER, RecallFilter
 from mmrecall.recall.merge import Pick, Pool, describe, merge
-from mmrecall.recall.serving import ServiceSources, ServingIndex, new_rows
+from mmrecall.recall.serving import ServiceSources, ServingIndex, allowed_rows
 from mmrecall.recall.sources import RecallConfig, RecallSources, history_rows, latest_distinct
 from mmrecall.recall.tuning import recall_config
 from mmrecall.storage import catalogue
@@ -127,31 +128,35 @@ def history_recall(
     channels: Sequence[str] = CHANNELS,
     user_id: str | None = None,
     seen_items: Sequence[str] = (),
-    new_only: bool = False,
+    recall_filter: RecallFilter = NO_FILTER,
     in_memory_only: bool,
 ) -> dict:
     """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
     seen_items: everything else the user has seen (their whole stored history): never returned.
-    new_only: recall only items without behaviour yet (serving.new_rows), filtered inside each search.
+    recall_filter: the query-time filter (recall.filters), applied inside each channel's search; its
+    `exclude_ids` join the seen items. `short_by` in the answer: how many fewer than k came back.
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     state = serving.state
+    filtered = allowed_rows(state, recall_filter, serving.database_url, in_memory_only=in_memory_only)
     sources = ServiceSources(
-        state,
-        serving.database_url,
-        in_memory_only=in_memory_only,
-        history_times=times,
-        allowed=new_rows(state) if new_only else None,
+        state, serving.database_url, in_memory_only=in_memory_only, history_times=times, filtered=filtered
     )
     known = history_rows(sources, history)
     if not len(known):
         raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
     seen = None
-    if len(seen_items):  # a sorted row array: the channels and the merge test membership by binary search
-        rows = (sources.row(item) for item in seen_items)
+    never = [*seen_items, *recall_filter.exclude_ids]
+    if never:  # a sorted row array: the channels and the merge test membership by binary search
+        rows = (sources.row(item) for item in never)
         seen = np.union1d(known, np.fromiter((r for r in rows if r is not None), np.int64))
-    return recall_answer(
+    answer = recall_answer(
         sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge, seen=seen
     )
+    answer["short_by"] = max(0, k - len(answer["results"]))
+    answer["filter"] = None  # the same body as the route's response model gives
+    if recall_filter.active:
+        answer["filter"] = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
+    return answer
 
 
 def stored_history(database_url: str, user_id: str) -> tuple[list[tuple[str, float]], list[str]]:

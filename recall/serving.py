@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.live import LiveIndex
 from mmrecall.index.ranked import NO_ROWS, Ranked, member_mask, top_rows
 from mmrecall.index.v2v import stack_neighbors
+from mmrecall.recall.filters import EXACT_MAX_ROWS, AllowedRows, FilterCache, FilterError, RecallFilter, SnapshotRows
 from mmrecall.recall.sequential import SequentialModel
 from mmrecall.recall.towers import SeqTowerNumpy, UserTowerNumpy, tower_from_arrays
 from mmrecall.storage import catalogue, snapshots
@@ -54,6 +55,8 @@ class ServingState:
     popularity: np.ndarray | None = None  # the cluster channel's popularity prior by snapshot row, in [0, 1]
     recall: dict | None = None  # the recall set's parameters tuned at reindex (recall.tuning; None: defaults)
     sequential: SequentialModel | None = None  # the sequential channel's model (None: not trained)
+    created: np.ndarray | None = None  # created_at by snapshot row (NaN: not given; None: an older snapshot)
+    filter_cache: FilterCache = field(default_factory=FilterCache)  # catalogue filters' snapshot rows
 
     @classmethod
     def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
@@ -76,6 +79,7 @@ class ServingState:
             snapshot.popularity,
             snapshot.meta.get("recall"),
             SequentialModel(snapshot.sequential) if snapshot.sequential is not None else None,
+            snapshot.created,
         )
 
 
@@ -101,6 +105,64 @@ def new_rows(state: ServingState) -> np.ndarray:
             if item in live.delta_pos:
                 mask[live.base + live.delta_pos[item]] = mask[position[item]]
     return mask
+
+
+def allowed_rows(
+    state: ServingState, recall_filter: RecallFilter, database_url: str, *, in_memory_only: bool
+) -> AllowedRows | None:
+    """The rows a request's catalogue filter allows (None: it has none). The snapshot's part is cached on
+    the state; rows newer than the snapshot are checked against the database (NeedsDatabase when the
+    caller may not read it). FilterError: the snapshot lacks what the filter reads."""
+    if not recall_filter.catalogue_part:
+        return None
+    live = state.live
+    base, delta_ids = live.base, list(live.delta_ids)  # a copy: the feed may append while this runs
+    snapshot = state.filter_cache.get(recall_filter.catalogue_part, lambda: _snapshot_rows(state, recall_filter))
+    delta = np.ones(len(delta_ids), bool)
+    if len(delta_ids) and recall_filter.new_only:
+        delta &= new_rows(state)[base : base + len(delta_ids)]
+    if len(delta_ids) and (recall_filter.include_tags or recall_filter.exclude_tags or not recall_filter._no_time):
+        if in_memory_only:
+            raise NeedsDatabase(f"tags and creation times of {len(delta_ids)} items newer than the snapshot")
+        with session_scope(database_url) as session:
+            facts = catalogue.tags_and_created(session, delta_ids)
+        delta &= np.fromiter((recall_filter.passes(*facts.get(i, ([], None))) for i in delta_ids), bool, len(delta_ids))
+    delta_rows = base + np.flatnonzero(delta)
+    dim = live.dim or 1
+    if snapshot.vectors is not None and len(delta_rows):
+        delta_vectors = np.stack([live.row_vector(r) for r in delta_rows.tolist()]).astype(np.float32)
+    else:
+        delta_vectors = np.zeros((0, dim), np.float32)
+    return AllowedRows(np.concatenate([snapshot.mask, delta]), snapshot, delta_rows, delta_vectors)
+
+
+def _snapshot_rows(state: ServingState, recall_filter: RecallFilter) -> SnapshotRows:
+    """A catalogue filter over the snapshot's rows only (what the cache may keep for the state's lifetime)."""
+    live, meta = state.live, state.meta
+    mask = np.ones(live.base, bool)
+    if recall_filter.include_tags or recall_filter.exclude_tags:
+        if meta is None:
+            raise FilterError("the serving snapshot has no tag table to filter by; run `mmrecall reindex`")
+        if recall_filter.include_tags:
+            mask &= meta.rows_with_tags(recall_filter.include_tags)
+        if recall_filter.exclude_tags:
+            mask &= ~meta.rows_with_tags(recall_filter.exclude_tags)
+    if not recall_filter._no_time:
+        if state.created is None:
+            raise FilterError("the serving snapshot has no creation times to filter by; run `mmrecall reindex`")
+        created = np.asarray(state.created[: live.base])
+        with np.errstate(invalid="ignore"):  # NaN (no creation time) passes no time bound
+            if recall_filter.created_after is not None:
+                mask &= created > recall_filter.created_after
+            if recall_filter.created_before is not None:
+                mask &= created < recall_filter.created_before
+    if recall_filter.new_only:
+        mask &= new_rows(state)[: live.base]
+    rows = np.flatnonzero(mask)
+    vectors = None
+    if live.snapshot is not None and len(rows) <= EXACT_MAX_ROWS:
+        vectors = np.ascontiguousarray(live.snapshot.vectors[rows], np.float32)
+    return SnapshotRows(mask, rows, vectors)
 
 
 class ServingIndex:
@@ -237,12 +299,14 @@ class ServiceSources:
         *,
         in_memory_only: bool = False,
         history_times: dict[str, float] | None = None,
-        allowed: np.ndarray | None = None,
+        filtered: AllowedRows | None = None,
     ) -> None:
         self.state, self.database_url, self.in_memory_only = state, database_url, in_memory_only
-        # a boolean mask over rows (snapshot rows, then the delta's): the only ones any channel returns,
-        # applied inside each search (a query-time filter), not to a list found without it
-        self.allowed = allowed
+        # a query-time filter's rows (recall.filters): the only ones any channel returns, applied inside each
+        # search, not to a list found without it; `allowed` is its boolean mask over rows (snapshot rows,
+        # then the delta's)
+        self.filtered = filtered
+        self.allowed = filtered.mask if filtered is not None else None
         self.live = state.live
         self.base = self.live.base  # rows from here on are newer than the snapshot's tables
         self.row, self.item = self.live.row, self.live.item  # item id <-> row
@@ -288,7 +352,7 @@ class ServiceSources:
         found = None if self.allowed is not None else self._table_neighbors(row, n, NO_ROWS, complete=complete)
         if found is not None:
             return found
-        return self.live.search_rows(self.live.row_vector(row), n, exclude={row}, allowed=self.allowed)
+        return self.search(self.live.row_vector(row), n, np.array([row], np.int64))
 
     def neighbor_lists(self, rows: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """Several rows' neighbours (index.v2v.stack_neighbors' shape): in one gather from the v2v table
@@ -304,7 +368,22 @@ class ServiceSources:
         ):
             at = np.asarray(rows, np.int64)
             return state.v2v_rows[at, :n], state.v2v_scores[at, :n]  # type: ignore[index]  # written as a pair
+        if self.filtered is not None and self.filtered.exact and len(rows):  # one scan for every trigger
+            queries = np.stack([self.live.row_vector(r) for r in rows])
+            blocked = self._blocked_array()
+            found = self.filtered.search(queries, n, blocked)
+            return stack_neighbors([self._without(f, row) for f, row in zip(found, rows, strict=True)])
         return stack_neighbors([self.neighbors(row, n) for row in rows])
+
+    @staticmethod
+    def _without(found: tuple[np.ndarray, np.ndarray], row: int) -> tuple[np.ndarray, np.ndarray]:
+        keep = found[0] != row
+        return found[0][keep], found[1][keep]
+
+    def _blocked_array(self, exclude: np.ndarray = NO_ROWS) -> np.ndarray:
+        """Sorted rows never returned: deleted or re-encoded since the snapshot, and `exclude`."""
+        blocked = np.fromiter(self.blocked, np.int64, len(self.blocked)) if self.blocked else NO_ROWS
+        return np.union1d(blocked, np.asarray(exclude, np.int64)) if len(exclude) or len(blocked) else NO_ROWS
 
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
@@ -323,6 +402,15 @@ class ServiceSources:
             query = self.live.row_vector(row) if newer else None
             queries.append(query)
             clusters.append(table.assign(query) if query is not None else int(table.assignment[row]))
+        if self.filtered is not None and triggers:
+            # a filter may leave the triggers' clusters (nearly) empty: the latest trigger also reads the
+            # clusters nearest to it, until they hold enough allowed items for n
+            latest, weight = triggers[0]
+            for cluster in self._widened_clusters(self.live.row_vector(latest), set(clusters), n + len(exclude)):
+                rows.append(latest)
+                weights.append(weight)
+                clusters.append(cluster)
+                queries.append(self.live.row_vector(latest))
         # the table's members are snapshot rows: an item re-encoded since is listed under its old row (and
         # reported under its new one), so it is skipped when its new row is excluded
         moved = self._moved()
@@ -345,6 +433,24 @@ class ServiceSources:
                 np.array([moved.get(r, r) for r in found.rows.tolist()], np.int64), found.scores, found.trigger
             )
         return found
+
+    def _widened_clusters(self, query: np.ndarray, taken: set[int], wanted: int) -> list[int]:
+        """Clusters nearest to the query, beyond `taken`, until the filter allows `wanted` items in all."""
+        table, filtered = self.state.clusters, self.filtered
+        assert table is not None and filtered is not None
+        per_cluster = filtered.snapshot.cluster_counts(table) if filtered.snapshot is not None else None
+        if per_cluster is None:
+            return []
+        have = int(sum(per_cluster[c] for c in taken))
+        out = []
+        for cluster in np.argsort(-(table.centroids @ query), kind="stable").tolist():
+            if have >= wanted:
+                break
+            if cluster in taken or not per_cluster[cluster]:
+                continue
+            out.append(cluster)
+            have += int(per_cluster[cluster])
+        return out
 
     def content_vectors(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of the rows, in order."""
@@ -386,12 +492,16 @@ class ServiceSources:
 
     def search(self, vector: np.ndarray, n: int, exclude: np.ndarray = NO_ROWS) -> tuple[np.ndarray, np.ndarray]:
         """Nearest rows to a vector, or to several (interests): each row scored by its best one."""
-        skip = set(np.asarray(exclude).tolist())
-        if vector.ndim == 1:
-            return self.live.search_rows(vector, n, exclude=skip, allowed=self.allowed)
+        queries = np.atleast_2d(vector)
+        if self.filtered is not None and self.filtered.exact:  # a selective filter: scan its rows exactly
+            found = self.filtered.search(queries, n, self._blocked_array(exclude))
+        else:
+            skip = set(np.asarray(exclude).tolist())
+            found = [self.live.search_rows(query, n, exclude=skip, allowed=self.allowed) for query in queries]
+        if len(found) == 1:
+            return found[0]
         best: dict[int, float] = {}
-        for interest in vector:
-            rows, scores = self.live.search_rows(interest, n, exclude=skip, allowed=self.allowed)
+        for rows, scores in found:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
                 best[row] = max(best.get(row, -np.inf), score)
         return top_rows(np.fromiter(best, np.int64, len(best)), np.fromiter(best.values(), np.float64, len(best)), n)
@@ -482,9 +592,16 @@ class ServiceSources:
 
 
 def similar_to(
-    serving: ServingIndex, item_id: str, k: int, channel: str = "v2v", *, in_memory_only: bool = False
+    serving: ServingIndex,
+    item_id: str,
+    k: int,
+    channel: str = "v2v",
+    *,
+    recall_filter: RecallFilter | None = None,
+    in_memory_only: bool = False,
 ) -> dict:
-    """`{"item_id", "channel", "results": [{"id", "score", "title"}]}`, never the item itself.
+    """`{"item_id", "channel", "results": [{"id", "score", "title"}], "short_by"}`, never the item itself;
+    recall_filter: the query-time filter (recall.filters), applied inside the search.
 
     in_memory_only: raise NeedsDatabase instead of reading the database (for callers on an event loop)."""
     state = serving.state
@@ -502,13 +619,25 @@ def similar_to(
                 reason = f": {item.error}" if item.error else ""
                 raise NotReady(f"item {item_id!r} has no vector yet (status {item.status}{reason})")
         state.live.add([item_id], stored[item_id][None, :])  # the feed will bring it anyway; answer now
-    sources = ServiceSources(state, url, in_memory_only=in_memory_only)
+    recall_filter = recall_filter or RecallFilter()
+    filtered = allowed_rows(state, recall_filter, url, in_memory_only=in_memory_only)
+    sources = ServiceSources(state, url, in_memory_only=in_memory_only, filtered=filtered)
     row = sources.row(item_id)
     if row is None:  # deleted while this request ran
         raise UnknownItem(f"unknown item id {item_id!r}")
+    excluded = {r for r in map(sources.row, recall_filter.exclude_ids) if r is not None}
+    wanted = k + len(excluded)  # asked for beyond k, then dropped
     if channel == "cluster":
-        found = sources.cluster_mates([(row, 1.0)], k)
+        found = sources.cluster_mates([(row, 1.0)], wanted)
         rows, scores = found.rows, found.scores
     else:
-        rows, scores = sources.neighbors(row, k, complete=True)  # k wider than the v2v table: live search
-    return {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}
+        rows, scores = sources.neighbors(row, wanted, complete=True)  # k wider than the v2v table: live search
+    if excluded:
+        keep = ~np.isin(rows, np.fromiter(excluded, np.int64, len(excluded)))
+        rows, scores = rows[keep][:k], scores[keep][:k]
+    answer = {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}
+    answer["short_by"] = max(0, k - len(rows))
+    answer["filter"] = None  # the same body as the route's response model gives
+    if recall_filter.active:
+        answer["filter"] = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
+    return answer

@@ -173,6 +173,18 @@ def tags_of(session: Session, item_ids: Iterable[str]) -> dict[str, list[str]]:
     return dict(session.execute(select(Item.id, Item.tags).where(Item.id.in_(ids))).all()) if ids else {}
 
 
+def tags_and_created(session: Session, item_ids: Sequence[str]) -> dict[str, tuple[list[str], float | None]]:
+    """id -> (tags, created_at): what a query-time filter checks of items newer than the snapshot."""
+    rows = session.execute(select(Item.id, Item.tags, Item.created_at).where(Item.id.in_(list(item_ids)))).all()
+    return {item: (tags or [], created) for item, tags, created in rows}
+
+
+def created_times(session: Session) -> dict[str, float]:
+    """id -> created_at of every live item that has one (the snapshot's creation-time column)."""
+    query = select(Item.id, Item.created_at).where(Item.status != "deleted", Item.created_at.is_not(None))
+    return dict(session.execute(query).all())
+
+
 def titles(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
     return dict(session.execute(select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))).all())
 

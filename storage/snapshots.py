@@ -30,6 +30,7 @@ V2V_ROWS = "v2v-rows.npy"  # int (n, N): each row's N nearest rows, best first, 
 V2V_SCORES = "v2v-scores.npy"  # float32 (n, N): their inner products
 USER_TOWER = "user_tower.npz"  # G's user side as arrays (mmrecall.finetune.export), when G is the encoder
 POPULARITY = "popularity.npy"  # float32 (n,): each row's popularity prior in [0, 1] (index.clusters.popularity_prior)
+CREATED = "item-created.npy"  # float64 (n,): each row's created_at (unix seconds; NaN: not given), for filters
 # the sequential channel's SASRec (finetune.sasrec.sasrec_arrays) and `row_ids` (n,): each row's id in it, -1 none
 SEQUENTIAL = "sequential.npz"
 FILES = (
@@ -40,6 +41,7 @@ FILES = (
     V2V_SCORES,
     USER_TOWER,
     POPULARITY,
+    CREATED,
     SEQUENTIAL,
     *ITEM_META_FILES,
     *TOP_SET_FILES,
@@ -86,6 +88,9 @@ class SnapshotWriter:
     def popularity(self, prior: np.ndarray) -> None:
         np.save(self.directory / POPULARITY, np.asarray(prior, np.float32))
 
+    def created(self, times: np.ndarray) -> None:
+        np.save(self.directory / CREATED, np.asarray(times, np.float64))
+
     def sequential(self, arrays: dict[str, np.ndarray]) -> None:
         np.savez(self.directory / SEQUENTIAL, **arrays)
 
@@ -121,6 +126,7 @@ class Snapshot:
     item_meta: ItemMeta | None  # titles and tags by row (None: answered from the database)
     popularity: np.ndarray | None = None  # the popularity prior by row (None: a snapshot without one)
     sequential: dict[str, np.ndarray] | None = None  # arrays for mmrecall.recall.sequential (None: not trained)
+    created: np.ndarray | None = None  # created_at by row (None: a snapshot without one)
 
 
 def check_layout(directory: Path, meta: dict) -> None:
@@ -148,6 +154,7 @@ def load_snapshot(directory: Path) -> Snapshot:
         item_meta=ItemMeta.load(directory),
         popularity=_mapped(directory / POPULARITY),
         sequential=_arrays(directory / SEQUENTIAL),
+        created=_mapped(directory / CREATED),
     )
 
 

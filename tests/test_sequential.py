@@ -103,10 +103,19 @@ def test_the_train_job_serves_the_sequential_channel(ring_home) -> None:
 
 def test_new_only_leaves_the_sequential_channel_out(ring_home) -> None:
     """The model knows only items with behaviour: asked for new items only, it has nothing to say."""
+    from mmrecall.recall.filters import RecallFilter
     from mmrecall.recall.service import history_recall
 
     _settings, serving, ring, _ = ring_home
-    answer = history_recall(serving, ring[:5], {}, k=5, channels=["sequential"], new_only=True, in_memory_only=False)
+    answer = history_recall(
+        serving,
+        ring[:5],
+        {},
+        k=5,
+        channels=["sequential"],
+        recall_filter=RecallFilter(new_only=True),
+        in_memory_only=False,
+    )
     assert answer["results"] == []
 
 

@@ -6,13 +6,16 @@ from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from mmrecall.api.auth import READ
 from mmrecall.api.deps import ServingDep, SessionDep
-from mmrecall.api.schemas import ERRORS, ClusterOut, RecallIn, RecallOut, SimilarOut
+from mmrecall.api.schemas import ERRORS, ClusterOut, FilterIn, RecallIn, RecallOut, SimilarOut
 from mmrecall.recall.channels import SIMILAR_CHANNELS
+from mmrecall.recall.filters import FilterError
 from mmrecall.recall.service import NoKnownHistory, history_recall, stored_history
 from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
 from mmrecall.storage.db import Item
@@ -31,16 +34,36 @@ async def similar(
     serving: ServingDep,
     k: Annotated[int, Query(ge=1, le=SIMILAR_K_MAX)] = SIMILAR_K,
     channel: Annotated[SimilarChannel, Query()] = "v2v",
+    include_tags: Annotated[list[str], Query(description="items with one of these tags (repeat the parameter)")] = [],  # noqa: B006
+    exclude_tags: Annotated[list[str], Query(description="items with none of these tags")] = [],  # noqa: B006
+    exclude_ids: Annotated[list[str], Query(description="never these items")] = [],  # noqa: B006
+    created_after: float | None = None,
+    created_before: float | None = None,
+    new_only: bool = False,
 ) -> dict:
-    """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself."""
+    """The k nearest items (v2v) or the item's cluster-mates, best first, never the item itself; the
+    filters are /v1/recall's."""
+    try:
+        recall_filter = FilterIn(
+            include_tags=include_tags,
+            exclude_tags=exclude_tags,
+            exclude_ids=exclude_ids,
+            created_after=created_after,
+            created_before=created_before,
+            new_only=new_only,
+        ).recall_filter()
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
     try:
         try:
-            return similar_to(serving, item_id, k, channel, in_memory_only=True)
+            return similar_to(serving, item_id, k, channel, recall_filter=recall_filter, in_memory_only=True)
         except NeedsDatabase:
-            return await run_in_threadpool(similar_to, serving, item_id, k, channel)
+            return await run_in_threadpool(
+                partial(similar_to, serving, item_id, k, channel, recall_filter=recall_filter)
+            )
     except UnknownItem as exc:
         raise HTTPException(404, str(exc)) from exc
-    except NotReady as exc:
+    except (NotReady, FilterError) as exc:
         raise HTTPException(409, str(exc)) from exc
 
 
@@ -66,11 +89,13 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
             )
     except NoKnownHistory as exc:
         raise HTTPException(400, str(exc)) from exc
+    except FilterError as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 def recall_options(body: RecallIn) -> dict:
     """What of a /v1/recall body the recall service reads besides the history."""
-    return {"k": body.k, "channels": body.channels, "user_id": body.user_id, "new_only": body.new_only}
+    return {"k": body.k, "channels": body.channels, "user_id": body.user_id, "recall_filter": body.recall_filter()}
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])

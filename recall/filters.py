@@ -1,0 +1,179 @@
+"""Query-time filters for /v1/recall, /v1/similar and the CLI: compiled once per request to a boolean mask
+over the serving rows (the snapshot's, then the delta's), which every channel applies inside its search.
+
+A filter on the catalogue (tags, creation time, `new_only`) is the same for every user, so its snapshot
+part is cached on the serving state (replaced whole on a swap, so the cache never outlives its snapshot),
+with the vectors of the rows it allows when they are few: a selective filter is then answered by one exact
+scan of those rows instead of an ANN graph walk that finds too few of them (the pre-filtering that Qdrant
+and Milvus switch to below a cardinality threshold). Rows newer than the snapshot are checked against the
+database per request (they are few). `exclude_ids` is per request and never cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmrecall.index.ranked import member_mask, top_rows
+
+# at most this many allowed rows: searched exactly over their gathered vectors (at 1M items x 256 dims a
+# 2% filter is 20k rows, 20 MB, about 1 ms per query); more: faiss's in-search ID selector, widened
+EXACT_MAX_ROWS = 60_000
+CACHE_BYTES = 256 * 2**20  # the cached masks and gathered vectors of one serving state, at most
+
+
+class FilterError(ValueError):
+    """A filter the serving snapshot cannot answer (HTTP 409 with the reason)."""
+
+
+def tag_matches(tag: str, wanted: str) -> bool:
+    """A level-1 filter (`Comedy`) matches its level-2 tags (`Comedy/stand-up`); a level-2 one only itself."""
+    return tag == wanted or tag.startswith(wanted + "/")
+
+
+@dataclass(frozen=True)
+class RecallFilter:
+    include_tags: tuple[str, ...] = ()  # an item passes with at least one of them (none given: every item)
+    exclude_tags: tuple[str, ...] = ()  # and with none of these
+    exclude_ids: tuple[str, ...] = ()
+    created_after: float | None = None  # unix seconds, exclusive
+    created_before: float | None = None
+    new_only: bool = False  # items without behaviour yet (no interaction counted at the last reindex)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.catalogue_part or self.exclude_ids)
+
+    @property
+    def catalogue_part(self) -> tuple:
+        """What the filter says about the catalogue alone (the cache key); empty: nothing."""
+        if not (self.include_tags or self.exclude_tags or self.new_only) and self._no_time:
+            return ()
+        return (
+            tuple(sorted(set(self.include_tags))),
+            tuple(sorted(set(self.exclude_tags))),
+            self.created_after,
+            self.created_before,
+            self.new_only,
+        )
+
+    @property
+    def _no_time(self) -> bool:
+        return self.created_after is None and self.created_before is None
+
+    def passes(self, tags: Sequence[str], created_at: float | None) -> bool:
+        """One item's tags and creation time against the catalogue part (rows newer than the snapshot)."""
+        if self.include_tags and not any(tag_matches(t, w) for t in tags for w in self.include_tags):
+            return False
+        if any(tag_matches(t, w) for t in tags for w in self.exclude_tags):
+            return False
+        if not self._no_time:
+            if created_at is None:
+                return False
+            if self.created_after is not None and not created_at > self.created_after:
+                return False
+            if self.created_before is not None and not created_at < self.created_before:
+                return False
+        return True
+
+    def describe(self) -> dict:
+        return {
+            key: value
+            for key, value in (
+                ("include_tags", list(self.include_tags)),
+                ("exclude_tags", list(self.exclude_tags)),
+                ("exclude_ids", len(self.exclude_ids)),
+                ("created_after", self.created_after),
+                ("created_before", self.created_before),
+                ("new_only", self.new_only),
+            )
+            if value
+        }
+
+
+NO_FILTER = RecallFilter()
+
+
+@dataclass
+class SnapshotRows:
+    """A catalogue filter's answer for a snapshot's rows: the mask, and the allowed rows' vectors when few."""
+
+    mask: np.ndarray  # (base,) bool
+    rows: np.ndarray  # allowed rows, ascending
+    vectors: np.ndarray | None  # (len(rows), d) float32, gathered when len(rows) <= EXACT_MAX_ROWS
+
+    _cluster_counts: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.rows.nbytes + (self.vectors.nbytes if self.vectors is not None else 0)
+
+    def cluster_counts(self, table) -> np.ndarray:
+        """(clusters,) allowed rows per cluster of the snapshot's table (computed once, then kept)."""
+        if self._cluster_counts is None:
+            assignment = np.asarray(table.assignment[: len(self.mask)])
+            self._cluster_counts = np.bincount(assignment[self.mask], minlength=len(table.centroids))
+        return self._cluster_counts
+
+
+@dataclass
+class FilterCache:
+    """Catalogue filters' snapshot answers, least recently used dropped past CACHE_BYTES."""
+
+    entries: OrderedDict = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: tuple, build) -> SnapshotRows:
+        with self.lock:
+            found = self.entries.get(key)
+            if found is not None:
+                self.entries.move_to_end(key)
+                return found
+        built = build()  # outside the lock: two requests may build the same entry once each, harmlessly
+        with self.lock:
+            self.entries[key] = built
+            while sum(e.nbytes for e in self.entries.values()) > CACHE_BYTES and len(self.entries) > 1:
+                self.entries.popitem(last=False)
+        return built
+
+
+@dataclass
+class AllowedRows:
+    """One request's filter over the serving rows: the mask every channel applies, and an exact search
+    over the allowed rows when they are few."""
+
+    mask: np.ndarray  # (rows,) bool: snapshot rows, then the delta's
+    snapshot: SnapshotRows | None  # None: the catalogue part allows every snapshot row
+    delta_rows: np.ndarray  # allowed rows newer than the snapshot
+    delta_vectors: np.ndarray  # (len(delta_rows), d)
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def exact(self) -> bool:
+        """Whether searches scan the allowed rows' vectors instead of the ANN index."""
+        return self.snapshot is not None and self.snapshot.vectors is not None
+
+    def search(self, queries: np.ndarray, n: int, exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query (q, d): the n best allowed rows not excluded (rows, scores), best first, by exact scan."""
+        snapshot = self.snapshot
+        assert snapshot is not None and snapshot.vectors is not None
+        rows = np.concatenate([snapshot.rows, self.delta_rows]) if len(self.delta_rows) else snapshot.rows
+        vectors = np.concatenate([snapshot.vectors, self.delta_vectors]) if len(self.delta_rows) else snapshot.vectors
+        blocked = ~self.mask[rows]  # exclude_ids clear the mask after the snapshot part was cached
+        if len(exclude):
+            blocked |= member_mask(rows, exclude)
+        scores = np.atleast_2d(queries).astype(np.float32) @ vectors.T  # (q, allowed)
+        scores[:, blocked] = -np.inf
+        out = []
+        for row_scores in scores:
+            found, found_scores = top_rows(rows, row_scores, n)
+            finite = np.isfinite(found_scores)
+            out.append((found[finite], found_scores[finite]))
+        return out

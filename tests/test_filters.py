@@ -1,0 +1,155 @@
+"""Query-time filters over HTTP on the real worker, Redis and database: each filter alone and combined, on
+/v1/recall (every channel) and /v1/similar (both channels), items newer than the snapshot included, and
+bad filters refused with a reason."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import Service
+
+TOPICS = {  # tag -> title words: the tiny encoder's vectors follow the titles
+    "food/noodles": "noodle soup",
+    "food/cake": "chocolate cake",
+    "sports/tennis": "tennis serve",
+    "sports/golf": "golf swing",
+}
+N = 40
+
+
+def item(i: int) -> dict:
+    tag = list(TOPICS)[i % 4]
+    return {"id": f"f{i}", "title": f"{TOPICS[tag]} {i}", "tags": [tag], "created_at": 1000.0 + i}
+
+
+@pytest.fixture(scope="module")
+def catalogue(service: Service) -> Service:
+    http = service.http
+    ids = http.post("/v1/items", json={"items": [item(i) for i in range(N)]}).json()["ids"]
+    assert {s["status"] for s in service.wait_items(ids).values()} == {"ready"}
+    # behaviour on the first 12 items only: the rest are new
+    rows = [{"user_id": f"u{u}", "item_id": f"f{i}", "timestamp": 100 + i} for u in range(3) for i in range(12)]
+    assert http.post("/v1/interactions", json={"interactions": rows}).status_code == 202
+    job = service.wait_job(http.post("/v1/reindex").json()["job_id"])
+    assert job["state"] == "succeeded", job
+    deadline = time.time() + 10
+    while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    return service
+
+
+def recall(service: Service, **body) -> dict:
+    response = service.http.post("/v1/recall", json={"history": ["f0", "f1", "f2"], "k": 10, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def tags_of(answer: dict) -> list[str]:
+    return [item(int(r["id"][1:]))["tags"][0] for r in answer["results"]]
+
+
+def test_each_filter_alone(catalogue: Service) -> None:
+    food = recall(catalogue, include_tags=["food"])  # a first-level tag matches its second-level ones
+    assert len(food["results"]) == 10 and food["short_by"] == 0
+    assert {t.split("/")[0] for t in tags_of(food)} == {"food"}
+    assert set(tags_of(food)) == {"food/noodles", "food/cake"}
+    assert food["filter"] == {"include_tags": ["food"], "allowed": N // 2}
+
+    cake = recall(catalogue, include_tags=["food/cake"])
+    assert set(tags_of(cake)) == {"food/cake"} and len(cake["results"]) == 10 - 1  # f1 is cake and seen
+
+    no_sports = recall(catalogue, exclude_tags=["sports"])
+    assert not any(t.startswith("sports") for t in tags_of(no_sports)) and len(no_sports["results"]) == 10
+
+    unfiltered = [r["id"] for r in recall(catalogue)["results"]]
+    dropped = unfiltered[:3]
+    without = [r["id"] for r in recall(catalogue, exclude_ids=dropped)["results"]]
+    assert not set(dropped) & set(without) and len(without) == 10
+
+    late = recall(catalogue, created_after=1030.0)
+    assert late["results"] and all(item(int(r["id"][1:]))["created_at"] > 1030 for r in late["results"])
+    assert len(late["results"]) == 9 and late["short_by"] == 1  # f31..f39: fewer than k pass, and it says so
+    early = recall(catalogue, created_before=1010.0)
+    assert {r["id"] for r in early["results"]} == {f"f{i}" for i in range(3, 10)}
+
+    new = recall(catalogue, new_only=True)
+    assert new["results"] and all(int(r["id"][1:]) >= 12 for r in new["results"])
+
+
+def test_filters_combined_inside_every_channel(catalogue: Service) -> None:
+    body = {
+        "include_tags": ["food", "sports/golf"],
+        "exclude_tags": ["food/cake"],
+        "exclude_ids": ["f12", "f15"],
+        "created_after": 1003.0,
+        "new_only": True,
+    }
+    allowed = {
+        f"f{i}"
+        for i in range(12, N)
+        if item(i)["tags"][0] in ("food/noodles", "sports/golf") and f"f{i}" not in ("f12", "f15")
+    }
+    for channel in ("v2v", "cluster", "personal", "multi_interest"):
+        answer = recall(catalogue, channels=[channel], k=30, **body)
+        found = {r["id"] for r in answer["results"]}
+        assert found and found <= allowed, (channel, found - allowed)
+        assert all(r["channels"] == [channel] for r in answer["results"])
+    merged = recall(catalogue, k=len(allowed), **body)
+    assert {r["id"] for r in merged["results"]} == allowed and merged["short_by"] == 0
+
+
+def test_similar_filters(catalogue: Service) -> None:
+    http = catalogue.http
+    for channel in ("v2v", "cluster"):
+        params = {"k": 5, "channel": channel, "include_tags": ["sports/golf"], "exclude_ids": ["f7"]}
+        answer = http.get("/v1/similar/f0", params=params)
+        assert answer.status_code == 200, answer.text
+        found = [r["id"] for r in answer.json()["results"]]
+        assert found and all(item(int(i[1:]))["tags"] == ["sports/golf"] for i in found) and "f7" not in found
+    both = http.get("/v1/similar/f0", params={"k": 50, "include_tags": ["food", "sports"]}).json()
+    assert len(both["results"]) == N - 1 and both["short_by"] == 50 - (N - 1)
+
+
+def test_items_newer_than_the_snapshot_are_filtered_from_the_database(catalogue: Service) -> None:
+    http = catalogue.http
+    fresh = [{"id": "fx1", "title": "noodle soup fresh", "tags": ["food/noodles"], "created_at": 5000.0}]
+    fresh.append({"id": "fx2", "title": "noodle soup golf", "tags": ["sports/golf"], "created_at": 5000.0})
+    http.post("/v1/items", json={"items": fresh})
+    catalogue.wait_items(["fx1", "fx2"])
+    deadline = time.time() + 10
+    while "fx1" not in {r["id"] for r in http.get("/v1/similar/f0", params={"k": 60}).json()["results"]}:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    golf = {r["id"] for r in recall(catalogue, include_tags=["sports/golf"], k=30, channels=["v2v"])["results"]}
+    assert "fx2" in golf and "fx1" not in golf
+    after = {r["id"] for r in recall(catalogue, created_after=4000.0, k=5)["results"]}
+    assert after == {"fx1", "fx2"}
+
+
+BAD_FILTERS = [  # (body fields, words the 4xx reason must contain)
+    ({"include_tags": ["a/b/c"]}, "pattern"),
+    ({"include_tags": [""]}, "at least 1"),
+    ({"exclude_tags": ["food/"]}, "pattern"),
+    ({"include_tags": [" food"]}, "pattern"),
+    ({"include_tags": ["food"], "exclude_tags": ["food"]}, "both included and excluded"),
+    ({"created_after": 2000.0, "created_before": 1000.0}, "earlier than"),
+    ({"created_after": "soon"}, "valid number"),
+    ({"include_tags": "food"}, "valid list"),
+    ({"exclude_ids": [""]}, "at least 1"),
+    ({"exclude_ids": ["x" * 200]}, "at most 128"),
+    ({"include_tags": [f"t{i}" for i in range(101)]}, "at most 100"),
+    ({"new_only": "perhaps"}, "valid boolean"),
+]
+
+
+@pytest.mark.parametrize(("fields", "reason"), BAD_FILTERS)
+def test_bad_filters_are_refused_with_a_reason(catalogue: Service, fields: dict, reason: str) -> None:
+    response = catalogue.http.post("/v1/recall", json={"history": ["f0"], **fields})
+    assert response.status_code == 422 and reason in response.text, response.text
+    params = {k: v for k, v in fields.items() if not isinstance(v, str) or k != "include_tags"}
+    if params:
+        similar = catalogue.http.get("/v1/similar/f0", params=params)
+        assert similar.status_code == 422 and reason in similar.text, similar.text
