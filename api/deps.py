@@ -27,5 +27,7 @@ async def get_serving(request: Request) -> ServingIndex:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope "function": the session commits before the response is sent, so a 2xx means stored (the default,
+# "request", commits after the response: a client's next request could miss what it was just told is stored)
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from mmrecall.core.interchange import InteractionRecord, ItemRecord
-from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.channels import ALL_CHANNELS, CHANNELS
 from mmrecall.recall.filters import RecallFilter
 
 MAX_BATCH = 1000
@@ -138,12 +138,17 @@ class RecallIn(FilterIn):
         description="unix seconds of each history item (the sequence tower reads the gaps between them)",
     )
     k: int = Field(default=100, ge=1, le=1000)
-    channels: list[Literal[CHANNELS]] = Field(default=list(CHANNELS), min_length=1)  # type: ignore[valid-type]
+    channels: list[Literal[ALL_CHANNELS]] = Field(  # type: ignore[valid-type]
+        default=list(CHANNELS),
+        min_length=1,
+        description="channels to merge; left out: the history's channels, plus popular, trending and latest for "
+        "a history shorter than the fallback threshold (a new user reads only those)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RecallIn:
-        if (self.user_id is None) == (not self.history):
-            raise ValueError("give exactly one of user_id or a non-empty history")
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id or history (an empty history: a user without one)")
         if self.times is not None and len(self.times) != len(self.history or []):
             raise ValueError("times must give one timestamp per history item")
         if self.times is not None and not all(math.isfinite(t) for t in self.times):
@@ -170,6 +175,9 @@ class RecallOut(BaseModel):
         default=0, description="how many fewer than k came back (a selective filter, a small catalogue)"
     )
     filter: dict | None = Field(default=None, description="the filter applied and how many items it allowed")
+    fallback: bool = Field(
+        default=False, description="the history was too short: the non-personalised channels were merged in"
+    )
 
 
 class ClusterOut(BaseModel):

@@ -254,10 +254,13 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import shutil
+
     import uvicorn
 
     from mmrecall.api.app import create_app
     from mmrecall.api.auth import is_loopback, parse_keys
+    from mmrecall.core import logs
 
     settings = get_settings()
     try:
@@ -269,14 +272,20 @@ def serve(
     if not keys:
         typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
     workers = workers or settings.api_workers
+    logs.configure(json_lines=settings.log_format == "json")
     options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
     if workers > 1:  # each process maps the same snapshot files: the index is in memory once
+        # and counts its requests into shared metric files, so any process's /metrics reports them all
+        metrics_dir = settings.home / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         from mmrecall.api.balanced import serve_balanced
 
         options.pop("host"), options.pop("port")
         raise typer.Exit(serve_balanced("mmrecall.api.app:create_app", workers, host=host, port=port, options=options))
-    else:
-        uvicorn.run(create_app(settings), **options)
+    else:  # uvicorn's own loggers go through the root handler above (the request id, JSON if asked)
+        uvicorn.run(create_app(settings), **options, log_config=None)
 
 
 @app.command()
@@ -461,7 +470,10 @@ def recall(
     user_id: Annotated[str | None, typer.Option(help="Recall from this user's stored history")] = None,
     history: Annotated[str | None, typer.Option(help="Or from these comma-separated item ids, oldest first")] = None,
     k: Annotated[int, typer.Option("-k")] = 20,
-    channels: Annotated[str, typer.Option(help="Comma-separated")] = ",".join(CHANNELS),
+    channels: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated (default: {','.join(CHANNELS)}, and the fallbacks for a short history)"),
+    ] = None,
     include_tags: IncludeTags = None,
     exclude_tags: ExcludeTags = None,
     exclude_ids: ExcludeIds = None,
@@ -473,7 +485,9 @@ def recall(
     """Print the merged recall set with provenance (the same JSON as POST /v1/recall)."""
     from mmrecall.cli.query import QueryError, recall_items
 
-    body = {"k": k, "channels": [c.strip() for c in channels.split(",") if c.strip()]}
+    body: dict = {"k": k}
+    if channels:
+        body["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
     body |= _filters(include_tags, exclude_tags, exclude_ids, created_after, created_before, new_only)
     if user_id:
         body["user_id"] = user_id
@@ -530,8 +544,14 @@ def eval_cmd(
     encoder: Annotated[str | None, typer.Option(help="Encoder behind the v2v channel")] = None,
     on_worker: Annotated[bool, typer.Option(help="Run as a Celery job and follow its progress")] = False,
     quick: Annotated[bool, typer.Option(help="A smoke run: 100 users, few training epochs, no tuning")] = False,
+    g_train: Annotated[
+        str | None, typer.Option(help="The train job's G parameters as JSON, e.g. '{\"disliked_rate\": 0}'")
+    ] = None,
 ) -> None:
     """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot.
+
+    MMRECALL_EVENTS says what each event is (e.g. \'{"rating": {"negative_at_most": 2}}\': 1-2 stars are
+    dislikes): only positives are history and targets.
 
     --channels and --baselines select exactly what runs: with neither, every default channel and baseline;
     with one, only what it names."""
@@ -573,6 +593,8 @@ def eval_cmd(
             encoder=encoder or get_settings().encoder,
             baselines=chosen_baselines,
             quick=quick,
+            g_train=json.loads(g_train) if g_train else None,
+            events=get_settings().event_rules,
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))

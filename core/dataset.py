@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from mmrecall.core.events import DEFAULT_EVENTS, POSITIVE, EventRule
 from mmrecall.core.interchange import (
     INTERACTIONS_FILE,
     ITEMS_FILE,
@@ -30,6 +32,10 @@ class Dataset:
     timestamps: np.ndarray  # (m,) float64
     fingerprint: str  # changes when either file does; keys the caches
     weights: np.ndarray | None = None  # (m,) float32 interaction weights (1 where the file has none)
+    # negative feedback (core.events), not among the interactions above: (k,) user and item indices
+    negative_users: np.ndarray | None = None
+    negative_items: np.ndarray | None = None
+    negative_times: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -52,7 +58,19 @@ class Dataset:
             items_of=self.items_of[keep],
             timestamps=self.timestamps[keep],
             weights=self.weights[keep] if self.weights is not None else None,
+            **self._negatives_of_first(n),
         )
+
+    def _negatives_of_first(self, n: int) -> dict:
+        if self.negative_users is None or self.negative_items is None:
+            return {}
+        keep = self.negative_users < n
+        times = self.negative_times[keep] if self.negative_times is not None else None
+        return {
+            "negative_users": self.negative_users[keep],
+            "negative_items": self.negative_items[keep],
+            "negative_times": times,
+        }
 
 
 def _digest(*paths: Path) -> str:
@@ -63,20 +81,32 @@ def _digest(*paths: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def load_dataset(directory: Path) -> Dataset:
+def load_dataset(directory: Path, rules: Mapping[str, EventRule] | None = None) -> Dataset:
+    """A dataset directory's items and interactions. rules (core.events; default: DEFAULT_EVENTS) say what
+    each event is: positives are the interactions (weighted), negatives are kept aside for training, reads
+    are left out. An event name the rules do not know counts as a positive of weight 1 x its own."""
     directory = Path(directory)
+    rules = DEFAULT_EVENTS if rules is None else rules
     items = list(read_items(directory))
     item_index = {item.id: i for i, item in enumerate(items)}
     user_index: dict[str, int] = {}
     users, item_rows, stamps, weights = [], [], [], []
+    negatives: list[tuple[str, int, float]] = []
     for row in read_interactions(directory):
         item = item_index.get(row.item_id)
         if item is None:
             continue  # interactions with items outside the catalogue cannot be recalled
+        kind, weight = rules.get(row.event or "", POSITIVE).classify(row.weight)
+        if kind == "negative":
+            negatives.append((row.user_id, item, row.timestamp))
+        if kind != "positive":
+            continue
         users.append(user_index.setdefault(row.user_id, len(user_index)))
         item_rows.append(item)
         stamps.append(row.timestamp)
-        weights.append(1.0 if row.weight is None else row.weight)
+        weights.append(weight)
+    # users with positives only
+    negative_rows = [(user_index[u], i, t) for u, i, t in negatives if u in user_index]
     return Dataset(
         name=directory.name,
         items=items,
@@ -87,6 +117,9 @@ def load_dataset(directory: Path) -> Dataset:
         timestamps=np.asarray(stamps, np.float64),
         fingerprint=_digest(directory / ITEMS_FILE, directory / INTERACTIONS_FILE),
         weights=np.asarray(weights, np.float32),
+        negative_users=np.array([u for u, _, _ in negative_rows], np.int32),
+        negative_items=np.array([i for _, i, _ in negative_rows], np.int32),
+        negative_times=np.array([t for _, _, t in negative_rows], np.float64),
     )
 
 

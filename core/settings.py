@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mmrecall.core.events import EventRule, parse_rules
 from mmrecall.core.merge_weights import MergeWeights
 
 
@@ -87,6 +88,37 @@ class Settings(BaseSettings):
         "of core.merge_weights.MergeWeights, replacing the ones the snapshot's reindex tuned. Empty: the tuned ones "
         "(a G snapshot's, in its snapshot.json under `recall`), else MIC's 1 : 0.5 : 0.2.",
     )
+
+    events: dict[str, Any] = Field(
+        default_factory=dict,
+        description='What each interaction event means, as JSON: {"name": {"kind": "positive"|"negative"|"read", '
+        '"weight": 1.0, "negative_at_most": null}} (core.events). Empty: the defaults (click, view, watch, rating, '
+        "like, share, purchase positive; impression read; dislike, not_interested negative). Interactions with "
+        "other names are refused.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`mmrecall serve`'s logs: text, or one JSON object per line; both carry the request id.",
+    )
+    fallback_below: int = Field(
+        default=3,
+        ge=0,
+        description="A recall whose user has fewer known history items than this also reads the non-personalised "
+        "channels (popular, trending, latest); a user without history reads only them.",
+    )
+    read_exclude_s: float = Field(
+        default=86400.0, ge=0, description="Items a user was shown but did not act on are not recalled this long."
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: dict[str, Any]) -> dict[str, Any]:
+        parse_rules(value)  # raises with what is wrong
+        return value
+
+    @property
+    def event_rules(self) -> dict[str, EventRule]:
+        return parse_rules(self.events)
 
     @field_validator("merge")
     @classmethod

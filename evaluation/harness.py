@@ -6,13 +6,14 @@ import itertools
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mmrecall.core.dataset import Split, category_tags, cold_items_split, leave_last_out, load_dataset
+from mmrecall.core.events import EventRule
 from mmrecall.core.provenance import provenance
 from mmrecall.evaluation.channels import Channel, EvalContext
 from mmrecall.evaluation.metrics import KS, LIST_K, MetricAccumulator
@@ -95,8 +96,12 @@ def run_eval(
     on_progress: Progress | None = None,
     quick: bool = False,
     workdir: Path | None = None,
+    events: Mapping[str, EventRule] | None = None,
 ) -> dict:
     """channels: mmrecall's channels to run (None: the default set; [] none); baselines likewise.
+    events: what each interaction event is (core.events; default: its defaults): only positives are history
+    and targets; the served rows' catalogues also get each user's negative feedback up to their last
+    training interaction.
     quick: a smoke run: 100 users, 2 training epochs for G and SASRec, no tuning on the valid split.
     workdir: where the served rows' homes are built and kept (default: a temporary directory, removed)."""
     known = channel_factories(channels or ())
@@ -107,7 +112,7 @@ def run_eval(
     names = list(dict.fromkeys([*baselines, *names]))  # the baselines lead the report
     if protocol not in ("last", "cold", "both"):
         raise ValueError(f"protocol must be last, cold or both, not {protocol!r}")
-    data = load_dataset(dataset_dir)
+    data = load_dataset(dataset_dir, events)
     if quick:
         data = data.first_users(QUICK_USERS)
         g_train = {"epochs": 2, **(g_train or {})}

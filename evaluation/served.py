@@ -45,7 +45,10 @@ class ServedSplit:
 
     def answer(self, user_id: str, *, k: int, channels=CHANNELS, new_only: bool = False) -> dict | None:
         """What POST /v1/recall {"user_id", "k", "channels", "new_only"} answers (None: no stored history)."""
-        rows, seen = stored_history(self.serving.database_url, user_id)
+        settings = self.settings
+        rows, seen = stored_history(
+            self.serving.database_url, user_id, settings.event_rules, read_exclude_s=settings.read_exclude_s
+        )
         if not rows:
             return None
         history, times = [item for item, _ in rows], dict(rows)
@@ -63,8 +66,9 @@ class ServedSplit:
 
 
 def split_interactions(data: Dataset, split: Split) -> list[InteractionRecord]:
-    """The split's training interactions as records (user, then time order: the order training reads)."""
-    return [
+    """The split's training interactions as records (user, then time order: the order training reads), then
+    each user's negative feedback (event "dislike") up to their last training interaction."""
+    records = [
         InteractionRecord(
             user_id=data.user_ids[u], item_id=data.items[i].id, timestamp=float(t), weight=float(w), event=None
         )
@@ -76,6 +80,17 @@ def split_interactions(data: Dataset, split: Split) -> list[InteractionRecord]:
             strict=True,
         )
     ]
+    if data.negative_users is None or data.negative_times is None or not len(data.negative_users):
+        return records
+    last = np.full(data.n_users, -np.inf)
+    np.maximum.at(last, split.train_users, split.train_times)
+    negatives = (data.negative_users.tolist(), data.negative_items.tolist(), data.negative_times.tolist())
+    for u, i, t in zip(*negatives, strict=True):
+        if t <= last[u]:
+            records.append(
+                InteractionRecord(user_id=data.user_ids[u], item_id=data.items[i].id, timestamp=t, event="dislike")
+            )
+    return records
 
 
 def build_served(

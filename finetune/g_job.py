@@ -6,11 +6,13 @@ early stopping; the checkpoint directory is an encoder ("g") that activation can
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from mmrecall.core.dataset import by_user_in_time, load_dataset, tag_matrix
+from mmrecall.core.events import EventRule
 from mmrecall.encoders.dataset import encode_dataset
 from mmrecall.finetune.common import Progress, run_dir
 from mmrecall.finetune.g_train import GTrainConfig, GTrainer, Interactions, make_config
@@ -27,9 +29,12 @@ def train_g(
     train: GTrainConfig | None = None,
     progress: bool = True,
     on_progress: Progress | None = None,
+    events: Mapping[str, EventRule] | None = None,
     **model_overrides,
 ) -> dict:
-    data = load_dataset(dataset)
+    """events: what each interaction event is (core.events; default: its defaults): negative feedback
+    becomes the users' hard negatives."""
+    data = load_dataset(dataset, events)
     if not len(data.users):
         raise ValueError(f"{dataset}: no interactions to learn from")
     matrix = np.concatenate([encode_dataset(data, spec, cache=cache, progress=progress) for spec in features], axis=1)
@@ -42,7 +47,8 @@ def train_g(
     trainer = GTrainer(
         config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig(), item_tags=item_tags
     )
-    report = trainer.fit(Interactions(users, items, weights, times), on_progress=on_progress)
+    interactions = Interactions(users, items, weights, times, data.negative_users, data.negative_items)
+    report = trainer.fit(interactions, on_progress=on_progress)
     out = trainer.save(
         run_dir(out_root, "g"),
         {**report, "dataset": str(dataset), "features": list(features)},

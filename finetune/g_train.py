@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class GTrainConfig:
     random_negatives: int = 256
     hard_negatives: bool = True
     hard_pool: int = 50  # the hard negative is drawn from the positive's nearest `hard_pool` items
+    disliked_rate: float = 0.5  # share of a row's hard negatives drawn from the user's negative feedback
     log_q: bool = True
     weighted: bool = True  # weight rows by interaction weight (e.g. rating), when present
     seed: int = 0
@@ -83,6 +84,17 @@ class FitState:
     hard_pool: torch.Tensor | None  # (N, hard_pool) each item's nearest items in the current G space
     tag_sums: dict[int, np.ndarray]  # seq: user -> (n + 1, T) cumulative tag counts along the sequence
     step: int = 0
+    disliked: dict[int, np.ndarray] = field(default_factory=dict)  # user -> items they gave negative feedback
+
+
+def disliked_by_user(data: Interactions) -> dict[int, np.ndarray]:
+    """user -> the distinct items they gave negative feedback (none: an empty dict)."""
+    if data.negative_users is None or data.negative_items is None or not len(data.negative_users):
+        return {}
+    order = np.argsort(data.negative_users, kind="stable")
+    users, items = data.negative_users[order], data.negative_items[order]
+    cuts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return {int(users[c]): np.unique(items[c:e]) for c, e in zip(cuts, np.r_[cuts[1:], len(users)], strict=True)}
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Interactions:
     items: np.ndarray  # (m,) int item index
     weights: np.ndarray | None = None  # (m,) float
     times: np.ndarray | None = None  # (m,) unix seconds (time-gap embeddings of the sequence tower)
+    # negative feedback (core.events): (k,) user and (k,) item indices, each the user's hard negative
+    negative_users: np.ndarray | None = None
+    negative_items: np.ndarray | None = None
 
 
 def user_sequences(data: Interactions, values: np.ndarray | None = None) -> dict[int, np.ndarray]:
@@ -264,6 +279,7 @@ class GTrainer:
             item_sets={u: set(s.tolist()) for u, s in fit_seqs.items()},
             frequency=StreamingFrequency(initial_gap=float(steps_per_epoch)),
             tag_sums=self._tag_sums(fit_seqs) if self.seq else {},
+            disliked=disliked_by_user(data),
         )
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
@@ -451,6 +467,13 @@ class GTrainer:
             pool = state.hard_pool
             picks = pool[torch.from_numpy(targets), self.rng.integers(pool.shape[1], size=len(targets))].numpy()
             hard = np.array([h if h not in state.item_sets[u] else -1 for h, u in zip(picks, users, strict=True)])
+        if state.disliked:
+            # an item the user disliked is the hardest negative there is: it takes the row's hard slot this often
+            rate = self.train_cfg.disliked_rate
+            for row, user in enumerate(users.tolist()):
+                disliked = state.disliked.get(user)
+                if disliked is not None and self.rng.random() < rate:
+                    hard[row] = disliked[self.rng.integers(len(disliked))]
         return randoms, hard
 
     def _content(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mmrecall.core.events import check_events
 from mmrecall.core.interchange import InteractionRecord, ItemRecord, read_interactions, read_items
 from mmrecall.core.settings import Settings
 from mmrecall.pipeline.queue import BrokerUnavailable, check_broker, enqueue_encode, workers_alive
@@ -32,6 +33,10 @@ def ingest_items(settings: Settings, records: Sequence[ItemRecord], *, enqueue: 
 
 
 def ingest_interactions(settings: Settings, rows: Iterable[InteractionRecord]) -> int:
+    """Store interactions (exact repeats skipped); UnknownEvent, storing nothing, when an event name is not
+    in the settings' event map."""
+    rows = list(rows)
+    check_events((row.event for row in rows), settings.event_rules)
     with session_scope(settings.resolved_database_url) as session:
         return catalogue.add_interactions(session, rows)
 
@@ -50,6 +55,8 @@ def bulk_ingest(
     settings.ensure_dirs()
     started = time.time()
     records = list(read_items(dataset))  # the whole file is checked before anything is stored
+    rows = list(read_interactions(dataset)) if interactions else []
+    check_events((row.event for row in rows), settings.event_rules)  # and every event name
     worker = None
     check_broker(settings)  # say so before storing anything
     if wait and not workers_alive(settings):
@@ -63,7 +70,6 @@ def bulk_ingest(
             ids.extend(ingest_items(settings, records[start : start + chunk]))
         added = 0
         if interactions:
-            rows = list(read_interactions(dataset))
             for start in tqdm(range(0, len(rows), 20_000), desc="storing interactions", unit="chunk"):
                 added += ingest_interactions(settings, rows[start : start + 20_000])
         report: dict = {"items": len(ids), "interactions_added": added}

@@ -21,6 +21,7 @@ from mmrecall.finetune.sasrec import SEQUENTIAL_FILE
 from mmrecall.index.ann import VectorIndex, choose_factory
 from mmrecall.index.clusters import ClusterTable, popularity_prior
 from mmrecall.index.item_meta import ItemMeta
+from mmrecall.index.rankings import item_rankings
 from mmrecall.index.v2v import neighbor_table
 from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
 from mmrecall.recall.serving import ServiceSources, ServingState
@@ -131,7 +132,12 @@ def reindex(
             writer.item_meta(ItemMeta.build(len(built), ((positions[i], t, g) for i, t, g in rows if i in positions)))
             counts = catalogue.interaction_counts(session)
             created = catalogue.created_times(session)
-        writer.created(np.array([created.get(i, np.nan) for i in built.ids], np.float64))
+            liked, liked_at = catalogue.positive_interactions(session, settings.event_rules)
+        created_by_row = np.array([created.get(i, np.nan) for i in built.ids], np.float64)
+        writer.created(created_by_row)
+        liked_rows = np.array([positions.get(i, -1) for i in liked], np.int64)
+        in_index = liked_rows >= 0
+        writer.rankings(item_rankings(len(built), liked_rows[in_index], liked_at[in_index], created_by_row))
         writer.popularity(popularity_prior(np.array([counts.get(i, 0) for i in built.ids], np.float64)))
 
         def report(done: int, total: int, _metrics: dict) -> None:

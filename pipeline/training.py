@@ -56,7 +56,11 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
         )
     if kind == "g":
         train = GTrainConfig(
-            **{k: params[k] for k in ("epochs", "batch_size", "log_q", "hard_negatives") if k in params}
+            **{
+                k: params[k]
+                for k in ("epochs", "batch_size", "log_q", "hard_negatives", "disliked_rate")
+                if k in params
+            }
         )
         return train_g(
             dataset,
@@ -66,6 +70,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
             train=train,
             progress=on_progress is None,
             on_progress=on_progress,
+            events=settings.event_rules,
             **{k: params[k] for k in ("user_tower", "interests", "history") if k in params},
         )
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")

@@ -39,6 +39,7 @@ class Channel:
     reads: str  # what it needs, in words (docs, errors)
     recall: Callable[[ChannelRequest], Ranked | None]
     item_to_item: bool = False  # also answers /v1/similar for one item
+    fallback: bool = False  # non-personalised: what a user without (enough) history is recalled from
 
 
 def _v2v(request: ChannelRequest) -> Ranked:
@@ -93,6 +94,13 @@ def _sequential(request: ChannelRequest) -> Ranked | None:
     return request.sources.sequential(request.history, request.n, request.seen)
 
 
+def _ranking(kind: str) -> Callable[[ChannelRequest], Ranked | None]:
+    def recall(request: ChannelRequest) -> Ranked | None:
+        return request.sources.ranking(kind, request.n, request.seen)
+
+    return recall
+
+
 REGISTRY: dict[str, Channel] = {
     channel.name: channel
     for channel in (
@@ -111,13 +119,23 @@ REGISTRY: dict[str, Channel] = {
             "SASRec over item ids (trained by `mmrecall train --sequential`) -> its next items; warm items only",
             _sequential,
         ),
+        Channel("popular", "interactions decayed by age (half-life 7 days)", _ranking("popular"), fallback=True),
+        Channel(
+            "trending",
+            "growth of the last day's interactions over the 4 weeks before",
+            _ranking("trending"),
+            fallback=True,
+        ),
+        Channel("latest", "the newest ready items", _ranking("latest"), fallback=True),
     )
 }
-CHANNELS = tuple(REGISTRY)  # every served channel, in merge order
+ALL_CHANNELS = tuple(REGISTRY)  # every served channel, in merge order
+CHANNELS = tuple(name for name, c in REGISTRY.items() if not c.fallback)  # a request's default: the history's
+FALLBACK_CHANNELS = tuple(name for name, c in REGISTRY.items() if c.fallback)  # added for short histories
 SIMILAR_CHANNELS = tuple(name for name, channel in REGISTRY.items() if channel.item_to_item)
 
 
 def get_channel(name: str) -> Channel:
     if name not in REGISTRY:
-        raise KeyError(f"unknown channel {name!r}; known: {', '.join(CHANNELS)}")
+        raise KeyError(f"unknown channel {name!r}; known: {', '.join(ALL_CHANNELS)}")
     return REGISTRY[name]

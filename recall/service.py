@@ -9,12 +9,15 @@ recalled it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mmrecall.core import metrics
+from mmrecall.core.events import DEFAULT_EVENTS, EventRule
 from mmrecall.index.ranked import NO_ROWS, Ranked
-from mmrecall.recall.channels import CHANNELS, REGISTRY, ChannelRequest
+from mmrecall.recall.channels import CHANNELS, FALLBACK_CHANNELS, REGISTRY, ChannelRequest
 from mmrecall.recall.filters import NO_FILTER, RecallFilter
 from mmrecall.recall.merge import Pick, Pool, describe, merge
 from mmrecall.recall.serving import ServiceSources, ServingIndex, allowed_rows
@@ -57,8 +60,11 @@ def channel_candidates(
     out: dict[str, Ranked] = {}
     for name, channel in REGISTRY.items():
         if name in channels:
+            started = time.perf_counter()
             found = channel.recall(request)
+            metrics.CHANNEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             if found is not None:
+                metrics.CHANNEL_CANDIDATES.labels(name).observe(len(found.rows))
                 out[name] = found
     return out
 
@@ -125,13 +131,17 @@ def history_recall(
     times: dict[str, float],
     *,
     k: int,
-    channels: Sequence[str] = CHANNELS,
+    channels: Sequence[str] | None = None,
     user_id: str | None = None,
     seen_items: Sequence[str] = (),
     recall_filter: RecallFilter = NO_FILTER,
     in_memory_only: bool,
 ) -> dict:
-    """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds).
+    """The /v1/recall answer for a history (item ids, oldest first; times: item -> unix seconds; empty: a
+    user without history). channels: None for the default, the history's channels (CHANNELS), with the
+    fallback channels (popular, trending, latest) added when fewer than settings.fallback_below history
+    items are known; `fallback` in the answer says so. NoKnownHistory: a history given without a user id of
+    which no item is known (a client's mistake, not a new user).
     seen_items: everything else the user has seen (their whole stored history): never returned.
     recall_filter: the query-time filter (recall.filters), applied inside each channel's search; its
     `exclude_ids` join the seen items. `short_by` in the answer: how many fewer than k came back.
@@ -142,8 +152,11 @@ def history_recall(
         state, serving.database_url, in_memory_only=in_memory_only, history_times=times, filtered=filtered
     )
     known = history_rows(sources, history)
-    if not len(known):
+    if not len(known) and history and user_id is None:
         raise NoKnownHistory("none of the history items has a vector (unknown, deleted or not encoded yet)")
+    fallback = channels is None and len(known) < serving.settings.fallback_below
+    if channels is None:
+        channels = [*(CHANNELS if len(known) else ()), *FALLBACK_CHANNELS] if fallback else list(CHANNELS)
     seen = None
     never = [*seen_items, *recall_filter.exclude_ids]
     if never:  # a sorted row array: the channels and the merge test membership by binary search
@@ -153,15 +166,24 @@ def history_recall(
         sources, known, k=k, channels=channels, user_id=user_id, merge_weights=serving.settings.merge, seen=seen
     )
     answer["short_by"] = max(0, k - len(answer["results"]))
+    answer["fallback"] = fallback
     answer["filter"] = None  # the same body as the route's response model gives
     if recall_filter.active:
         answer["filter"] = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
     return answer
 
 
-def stored_history(database_url: str, user_id: str) -> tuple[list[tuple[str, float]], list[str]]:
-    """(the user's latest interactions as (item id, unix seconds), oldest first: what the channels read;
-    every item they ever interacted with: what recall never returns to them)."""
+def stored_history(
+    database_url: str,
+    user_id: str,
+    rules: Mapping[str, EventRule] = DEFAULT_EVENTS,
+    *,
+    read_exclude_s: float = 0.0,
+) -> tuple[list[tuple[str, float]], list[str]]:
+    """(the user's latest positive interactions as (item id, unix seconds), oldest first: what the channels
+    read; the items recall never returns to them: all they acted on, positively or not, and what they were
+    shown without acting on in the last read_exclude_s). core.events says which event is which."""
     with session_scope(database_url) as session:
-        latest = [(item, ts) for item, ts, _ in catalogue.user_history(session, user_id, limit=HISTORY_LIMIT)]
-        return latest, catalogue.user_items(session, user_id) if latest else []
+        latest = catalogue.user_positive_history(session, user_id, rules, limit=HISTORY_LIMIT)
+        never = catalogue.user_never_recall(session, user_id, rules, read_exclude_s=read_exclude_s, now=time.time())
+        return latest, never

@@ -56,6 +56,8 @@ class ServingState:
     recall: dict | None = None  # the recall set's parameters tuned at reindex (recall.tuning; None: defaults)
     sequential: SequentialModel | None = None  # the sequential channel's model (None: not trained)
     created: np.ndarray | None = None  # created_at by snapshot row (NaN: not given; None: an older snapshot)
+    rankings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # the fallback channels' (index.rankings)
+    created_at: float | None = None  # when the snapshot was built (unix seconds)
     filter_cache: FilterCache = field(default_factory=FilterCache)  # catalogue filters' snapshot rows
 
     @classmethod
@@ -80,6 +82,8 @@ class ServingState:
             snapshot.meta.get("recall"),
             SequentialModel(snapshot.sequential) if snapshot.sequential is not None else None,
             snapshot.created,
+            snapshot.rankings,
+            snapshot.meta.get("created_at"),
         )
 
 
@@ -532,6 +536,34 @@ class ServiceSources:
             found = np.array([moved.get(r, r) for r in found.tolist()], np.int64)
         return Ranked.of(found, scores)
 
+    def ranking(self, kind: str, n: int, exclude: np.ndarray = NO_ROWS) -> Ranked | None:
+        """The best n rows of a non-personalised ranking (index.rankings) that are not excluded, blocked or
+        filtered out (None: the snapshot has no rankings). `latest` lists items encoded since the snapshot
+        first, newest first: they became ready after every item in it."""
+        rankings = self.state.rankings
+        if rankings is None or kind not in rankings:
+            return None
+        order, scores = rankings[kind]
+        if kind == "latest" and self.live.has_delta:
+            fresh = np.arange(self.live.base + len(self.live.delta_ids) - 1, self.live.base - 1, -1, dtype=np.int64)
+            order = np.concatenate([fresh, order])
+            scores = 1.0 / (1.0 + np.arange(len(order), dtype=np.float64))
+        skip = self._blocked_array(exclude)
+        picked: list[np.ndarray] = []
+        found, start, chunk = 0, 0, max(4 * n, 1024)
+        while found < n and start < len(order):  # a selective filter reads further down the ranking
+            at = np.arange(start, min(start + chunk, len(order)))
+            rows = np.asarray(order[at], np.int64)
+            keep = ~member_mask(rows, skip) if len(skip) else np.ones(len(rows), bool)
+            if self.allowed is not None:
+                covered = rows < len(self.allowed)
+                keep &= covered & self.allowed[np.where(covered, rows, 0)]
+            picked.append(at[keep])
+            found += int(keep.sum())
+            start, chunk = start + chunk, chunk * 2
+        at = np.concatenate(picked)[:n] if picked else np.zeros(0, np.int64)
+        return Ranked.of(np.asarray(order[at], np.int64), np.asarray(scores[at], np.float64))
+
     def prepare(self, rows: np.ndarray) -> None:
         """Fetch, in one query, the tags of candidates the snapshot cannot answer for (rows newer than it)."""
         rows = np.asarray(rows, np.int64)
@@ -635,9 +667,13 @@ def similar_to(
     if excluded:
         keep = ~np.isin(rows, np.fromiter(excluded, np.int64, len(excluded)))
         rows, scores = rows[keep][:k], scores[keep][:k]
-    answer = {"item_id": item_id, "channel": channel, "results": sources.listing(rows, scores)}
-    answer["short_by"] = max(0, k - len(rows))
-    answer["filter"] = None  # the same body as the route's response model gives
+    described = None  # the same body as the route's response model gives
     if recall_filter.active:
-        answer["filter"] = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
-    return answer
+        described = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
+    return {
+        "item_id": item_id,
+        "channel": channel,
+        "results": sources.listing(rows, scores),
+        "short_by": max(0, k - len(rows)),
+        "filter": described,
+    }

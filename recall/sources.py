@@ -34,6 +34,8 @@ class RecallSources(Protocol):
     def categories(self, rows: np.ndarray) -> Sequence[Collection]: ...  # first-level tags per row
     # the id-based sequential model's next items after the history (None: no such model, or nothing known)
     def sequential(self, history: np.ndarray, n: int, exclude: np.ndarray) -> Ranked | None: ...
+    # a non-personalised ranking's best rows (index.rankings: popular, trending, latest; None: none stored)
+    def ranking(self, kind: str, n: int, exclude: np.ndarray) -> Ranked | None: ...
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from mmrecall.core.events import EventRule
 from mmrecall.core.interchange import InteractionRecord, ItemRecord
 from mmrecall.storage.db import EncoderState, Interaction, Item, ItemVector, Job
 
@@ -140,8 +141,52 @@ def interaction_counts(session: Session) -> dict[str, int]:
 
 
 def user_items(session: Session, user_id: str) -> list[str]:
-    """Every item the user ever interacted with, once each (what recall must never return to them)."""
+    """Every item the user ever interacted with, once each."""
     return list(session.scalars(select(Interaction.item_id).where(Interaction.user_id == user_id).distinct()))
+
+
+def user_positive_history(
+    session: Session, user_id: str, rules: Mapping[str, EventRule], *, limit: int = 200
+) -> list[tuple[str, float]]:
+    """The user's latest positive interactions as (item id, timestamp), oldest first (core.events: reads
+    and negatives are not history)."""
+    may_be_positive = [name for name, rule in rules.items() if rule.kind == "positive"]
+    rows = session.execute(
+        select(Interaction.item_id, Interaction.timestamp, Interaction.event, Interaction.weight)
+        .where(Interaction.user_id == user_id, Interaction.event.in_(may_be_positive))
+        .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
+        .limit(limit)
+    ).all()
+    kept = [(item, ts) for item, ts, event, weight in rows if rules[event].classify(weight)[0] == "positive"]
+    return kept[::-1]
+
+
+def positive_interactions(session: Session, rules: Mapping[str, EventRule]) -> tuple[list[str], np.ndarray]:
+    """(item id, unix seconds) of every positive interaction (core.events), as a list and an array: what the
+    fallback rankings count."""
+    may_be_positive = [name for name, rule in rules.items() if rule.kind == "positive"]
+    query = select(Interaction.item_id, Interaction.timestamp, Interaction.event, Interaction.weight).where(
+        Interaction.event.in_(may_be_positive)
+    )
+    items, times = [], []
+    for item, stamp, event, weight in session.execute(query.execution_options(yield_per=50_000)):
+        if rules[event].classify(weight)[0] == "positive":
+            items.append(item)
+            times.append(stamp)
+    return items, np.asarray(times, np.float64)
+
+
+def user_never_recall(
+    session: Session, user_id: str, rules: Mapping[str, EventRule], *, read_exclude_s: float, now: float
+) -> list[str]:
+    """Items recall must not return to the user: everything they acted on (positive or negative), and what
+    they were shown without acting on (read) in the last `read_exclude_s`."""
+    reads = [name for name, rule in rules.items() if rule.kind == "read"]
+    recent_read = and_(Interaction.event.in_(reads), Interaction.timestamp > now - read_exclude_s)
+    query = select(Interaction.item_id).where(
+        Interaction.user_id == user_id, or_(Interaction.event.not_in(reads), recent_read)
+    )
+    return list(session.scalars(query.distinct()))
 
 
 def touch_job(session: Session, job_id: str) -> None:

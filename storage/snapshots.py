@@ -30,6 +30,7 @@ V2V_ROWS = "v2v-rows.npy"  # int (n, N): each row's N nearest rows, best first, 
 V2V_SCORES = "v2v-scores.npy"  # float32 (n, N): their inner products
 USER_TOWER = "user_tower.npz"  # G's user side as arrays (mmrecall.finetune.export), when G is the encoder
 POPULARITY = "popularity.npy"  # float32 (n,): each row's popularity prior in [0, 1] (index.clusters.popularity_prior)
+RANKINGS = "rankings.npz"  # the fallback channels' rankings (index.rankings): {kind}_rows, {kind}_scores
 CREATED = "item-created.npy"  # float64 (n,): each row's created_at (unix seconds; NaN: not given), for filters
 # the sequential channel's SASRec (finetune.sasrec.sasrec_arrays) and `row_ids` (n,): each row's id in it, -1 none
 SEQUENTIAL = "sequential.npz"
@@ -42,6 +43,7 @@ FILES = (
     USER_TOWER,
     POPULARITY,
     CREATED,
+    RANKINGS,
     SEQUENTIAL,
     *ITEM_META_FILES,
     *TOP_SET_FILES,
@@ -88,6 +90,14 @@ class SnapshotWriter:
     def popularity(self, prior: np.ndarray) -> None:
         np.save(self.directory / POPULARITY, np.asarray(prior, np.float32))
 
+    def rankings(self, rankings: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        arrays = {
+            f"{kind}_{part}": array
+            for kind, pair in rankings.items()
+            for part, array in zip(("rows", "scores"), pair, strict=True)
+        }
+        np.savez(self.directory / RANKINGS, **arrays)
+
     def created(self, times: np.ndarray) -> None:
         np.save(self.directory / CREATED, np.asarray(times, np.float64))
 
@@ -127,6 +137,7 @@ class Snapshot:
     popularity: np.ndarray | None = None  # the popularity prior by row (None: a snapshot without one)
     sequential: dict[str, np.ndarray] | None = None  # arrays for mmrecall.recall.sequential (None: not trained)
     created: np.ndarray | None = None  # created_at by row (None: a snapshot without one)
+    rankings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # kind -> (rows best first, scores)
 
 
 def check_layout(directory: Path, meta: dict) -> None:
@@ -155,7 +166,16 @@ def load_snapshot(directory: Path) -> Snapshot:
         popularity=_mapped(directory / POPULARITY),
         sequential=_arrays(directory / SEQUENTIAL),
         created=_mapped(directory / CREATED),
+        rankings=_rankings(directory / RANKINGS),
     )
+
+
+def _rankings(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    arrays = _arrays(path)
+    if arrays is None:
+        return None
+    kinds = {key.rsplit("_", 1)[0] for key in arrays}
+    return {kind: (arrays[f"{kind}_rows"], arrays[f"{kind}_scores"]) for kind in kinds}
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray] | None:

@@ -76,3 +76,17 @@ class Service:
             if job["state"] in ("succeeded", "failed") or time.time() > deadline:
                 return job
             time.sleep(0.2)
+
+    def serve_catalogue(self, items: list[dict], interactions: list[dict]) -> dict:
+        """Ingest items (all must end ready) and interactions, reindex, and wait until the API serves the new
+        snapshot; the reindex job."""
+        ids = self.http.post("/v1/items", json={"items": items}).json()["ids"]
+        assert {s["status"] for s in self.wait_items(ids).values()} == {"ready"}
+        assert self.http.post("/v1/interactions", json={"interactions": interactions}).status_code == 202
+        job = self.wait_job(self.http.post("/v1/reindex").json()["job_id"])
+        assert job["state"] == "succeeded", job
+        deadline = time.time() + 10
+        while self.http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        return job

@@ -26,18 +26,9 @@ def item(i: int) -> dict:
 
 @pytest.fixture(scope="module")
 def catalogue(service: Service) -> Service:
-    http = service.http
-    ids = http.post("/v1/items", json={"items": [item(i) for i in range(N)]}).json()["ids"]
-    assert {s["status"] for s in service.wait_items(ids).values()} == {"ready"}
     # behaviour on the first 12 items only: the rest are new
     rows = [{"user_id": f"u{u}", "item_id": f"f{i}", "timestamp": 100 + i} for u in range(3) for i in range(12)]
-    assert http.post("/v1/interactions", json={"interactions": rows}).status_code == 202
-    job = service.wait_job(http.post("/v1/reindex").json()["job_id"])
-    assert job["state"] == "succeeded", job
-    deadline = time.time() + 10
-    while http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
-        assert time.time() < deadline
-        time.sleep(0.1)
+    service.serve_catalogue([item(i) for i in range(N)], rows)
     return service
 
 

@@ -177,14 +177,18 @@ def test_recall_clusters_and_deletes_across_every_channel(service: Service) -> N
     by_history = http.post("/v1/recall", json={"history": ["r0", "r2"], "k": 20})
     assert by_history.status_code == 200, by_history.text
     body = by_history.json()
-    assert body["history_used"] == 2 and set(body["channels"]) == {"v2v", "cluster", "personal", "multi_interest"}
+    personal = {"v2v", "cluster", "personal", "multi_interest"}
+    # two items are under the fallback threshold (3): the non-personalised channels join in
+    assert body["history_used"] == 2 and set(body["channels"]) == personal | {"popular", "trending", "latest"}
+    assert body["fallback"]
     assert not {"r0", "r2"} & {r["id"] for r in body["results"]}
     for result in body["results"]:
         assert result["channels"] and all(source["channel"] in result["channels"] for source in result["sources"])
     assert any(source.get("trigger") in {"r0", "r2"} for r in body["results"] for source in r["sources"])
     by_user = http.post("/v1/recall", json={"user_id": "ru", "k": 5, "channels": ["v2v"]}).json()
     assert by_user["history_used"] == 3 and len(by_user["results"]) == 5
-    assert http.post("/v1/recall", json={"user_id": "nobody"}).status_code == 404
+    nobody = http.post("/v1/recall", json={"user_id": "nobody"}).json()  # a new user: the fallback channels
+    assert nobody["fallback"] and nobody["results"] and set(nobody["channels"]) == {"popular", "trending", "latest"}
     assert http.post("/v1/recall", json={"user_id": "ru", "history": ["r0"]}).status_code == 422
     assert http.post("/v1/recall", json={"history": ["no-such-item"]}).status_code == 400
 

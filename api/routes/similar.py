@@ -72,9 +72,16 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     seen: list[str] = []
     if body.user_id is not None:
-        rows, seen = await run_in_threadpool(stored_history, serving.database_url, body.user_id)
-        if not rows:
-            raise HTTPException(404, f"user {body.user_id!r} has no interactions; send a history instead")
+        settings = serving.settings
+        rows, seen = await run_in_threadpool(
+            partial(
+                stored_history,
+                serving.database_url,
+                body.user_id,
+                settings.event_rules,
+                read_exclude_s=settings.read_exclude_s,
+            )
+        )
         history, times = [item for item, _ in rows], dict(rows)
     else:
         history = list(body.history or [])
@@ -95,7 +102,12 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
 
 def recall_options(body: RecallIn) -> dict:
     """What of a /v1/recall body the recall service reads besides the history."""
-    return {"k": body.k, "channels": body.channels, "user_id": body.user_id, "recall_filter": body.recall_filter()}
+    return {
+        "k": body.k,
+        "channels": body.channels if "channels" in body.model_fields_set else None,  # None: with fallbacks
+        "user_id": body.user_id,
+        "recall_filter": body.recall_filter(),
+    }
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut, dependencies=[READ])
