@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import faiss
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from threadpoolctl import threadpool_limits
@@ -18,6 +18,7 @@ import mmrecall
 from mmrecall.api.auth import parse_keys
 from mmrecall.api.fast import FastPaths
 from mmrecall.api.limits import BodyLimit
+from mmrecall.api.observability import Observability, metrics_body
 from mmrecall.api.routes import inspect, interactions, items, jobs, similar, ui
 from mmrecall.core.errors import ServiceUnavailable
 from mmrecall.core.settings import Settings, get_settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_fast_paths:  # inside the body limit (middleware added later wraps the earlier)
         app.add_middleware(FastPaths)
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    app.add_middleware(Observability)  # outermost: request ids and metrics for every request, fast paths too
     app.state.serving = ServingIndex(settings)
     for module in (items, interactions, jobs, similar, inspect, ui):
         app.include_router(module.router)
@@ -70,15 +72,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "a dependency does not answer"}})
     def readyz() -> JSONResponse:
-        """200 when the database and the broker answer; 503 naming each that does not. Reads are served
-        from the loaded snapshot either way (`/healthz` says which)."""
+        """200 when a snapshot is loaded and the database and the broker answer; 503 naming each that is
+        missing. Reads are served from the loaded snapshot either way (`/healthz` says which)."""
         problems = dependency_problems(settings)
+        if app.state.serving.snapshot_name is None:
+            problems["snapshot"] = "no snapshot loaded yet: run `mmrecall reindex` (writes are accepted meanwhile)"
         body = {
             "status": "not ready" if problems else "ready",
             "problems": problems,
             "snapshot": app.state.serving.snapshot_name,
         }
         return JSONResponse(body, status_code=503 if problems else 200)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus text: requests by route and status, latency by route and channel, candidates per
+        channel, index size, snapshot age, queue depth, items by status, encode throughput, job durations."""
+        body, content_type = metrics_body(settings, app.state.serving)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:

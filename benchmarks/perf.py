@@ -289,10 +289,25 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
                 ),
                 RECALL_LUA % (n - 1),
             )
+            filtered = load(
+                url,
+                lambda http, rng: http.post(
+                    "/v1/recall",
+                    json={
+                        "history": [ids[int(i)] for i in rng.integers(n, size=20)],
+                        "k": 100,
+                        "include_tags": [SELECTIVE_TAG],
+                    },
+                ),
+                FILTERED_RECALL_LUA % (n - 1),
+            )
             result["load_generator"] = similar["load_generator"]
-            for name, measured in (("similar", similar), ("recall", recall)):
+            for name, measured in (("similar", similar), ("recall", recall), ("recall_filtered", filtered)):
                 result.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
-            result["http_errors"] = similar["errors"] + recall["errors"]
+            result["http_errors"] = similar["errors"] + recall["errors"] + filtered["errors"]
+            result["filter"] = {"include_tags": [SELECTIVE_TAG], "share_of_items": 1 / 50}
+            result["recall_filtered_p99_ratio"] = round(filtered["p99_ms"] / recall["p99_ms"], 2)
+            result["recall_filtered_full_share"] = filtered_completeness(url, ids, n)
             result["freshness_s"] = round(freshness(settings, url, vectors, ids), 3)
         finally:
             server.terminate()
@@ -313,6 +328,25 @@ RECALL_LUA = """local ids = {}
 for i = 1, 20 do ids[i] = string.format('"item%%07d"', math.random(0, %d)) end
 return wrk.format("POST", "/v1/recall", {["Content-Type"] = "application/json"},
                   '{"history": [' .. table.concat(ids, ",") .. '], "k": 100}')"""
+
+
+# a first-level tag that 2% of the bench's items carry (store_catalogue: one of 50 tags each)
+SELECTIVE_TAG = "cat7"
+FILTERED_RECALL_LUA = RECALL_LUA.replace('"k": 100}', '"k": 100, "include_tags": ["' + SELECTIVE_TAG + '"]}')
+
+
+def filtered_completeness(url: str, ids: list[str], n: int, requests: int = 200) -> float:
+    """The share of filtered recalls (SELECTIVE_TAG, k=100) that come back with all k items."""
+    import httpx
+
+    rng, full = np.random.default_rng(5), 0
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(requests):
+            history = [ids[int(i)] for i in rng.integers(n, size=20)]
+            body = {"history": history, "k": 100, "include_tags": [SELECTIVE_TAG]}
+            answer = http.post("/v1/recall", json=body).json()
+            full += len(answer["results"]) == 100 and answer["short_by"] == 0
+    return round(full / requests, 3)
 
 
 def load(url: str, python_request, lua_request: str, *, seconds: float = 10.0) -> dict:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from mmrecall.storage import migrations
 from mmrecall.storage.title_search import create_title_index
 
 ITEM_STATUSES = ("pending", "encoding", "ready", "failed", "deleted")
@@ -74,7 +75,7 @@ class ItemVector(Base):
     version: Mapped[str] = mapped_column(String(128), index=True)
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalized
-    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)  # /metrics' encode rate
 
 
 class Interaction(Base):
@@ -150,12 +151,12 @@ def get_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """The tables, indexes and added columns. Processes starting together on a new database (the API's
-    processes, workers) race to create them: the loser finds them made meanwhile, and checks again."""
+    """The tables at the newest schema revision (storage.migrations), and the title search index.
+    Processes starting together on a new database (the API's processes, workers) race to create them: the
+    loser finds them made meanwhile, and checks again."""
 
     def create() -> None:
-        Base.metadata.create_all(engine)
-        add_missing_columns(engine)
+        migrations.upgrade(engine, before_stamp=lambda: add_missing_columns(engine))
         create_title_index(engine)
 
     retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
@@ -183,7 +184,7 @@ def retry_while(
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
-    """The one schema change we make in place: nullable columns added by a newer release."""
+    """For a database made before migrations: the nullable columns that releases then added in place."""
     inspector = inspect(engine)
     added = []
     with engine.begin() as conn:

@@ -29,7 +29,7 @@ def test_broker_down_answers_503_fast_and_the_item_is_encoded_once_it_is_back(tm
     Image.new("RGB", (32, 32), (200, 40, 40)).save(cover)
     with ApiServer(settings) as api, httpx.Client(base_url=api.url, timeout=30) as http:
         ready = http.get("/readyz")
-        assert ready.status_code == 503 and set(ready.json()["problems"]) == {"broker"}
+        assert ready.status_code == 503 and set(ready.json()["problems"]) == {"broker", "snapshot"}
         assert http.get("/healthz").status_code == 200  # reads still serve
 
         started = time.perf_counter()
@@ -45,7 +45,7 @@ def test_broker_down_answers_503_fast_and_the_item_is_encoded_once_it_is_back(tm
 
         broker.start()  # the broker is back: a worker's reconcile sweep sends the pending item again
         try:
-            assert http.get("/readyz").json() == {"status": "ready", "problems": {}, "snapshot": None}
+            assert set(http.get("/readyz").json()["problems"]) == {"snapshot"}  # the broker answers again
             with worker(settings):
                 deadline = time.time() + 60
                 while http.get("/v1/items/a").json()["status"] != "ready" and time.time() < deadline:
