@@ -14,7 +14,7 @@ from mmrecall.cli.main import app as cli
 from mmrecall.core.demo_data import generate_demo
 from mmrecall.core.interchange import read_interactions, read_items
 from mmrecall.core.settings import get_settings
-from mmrecall.pipeline.ingest import bulk_ingest
+from mmrecall.pipeline.ingest import bulk_ingest, ingest_interactions, ingest_items
 from mmrecall.pipeline.runner import settings_env
 from mmrecall.storage.export import export_catalogue
 from tests.helpers import Service, make_settings
@@ -69,6 +69,17 @@ def test_export_round_trips_the_catalogue(service: Service, tmp_path: Path) -> N
     assert all(items[i].model_dump() == source[i].model_dump() for i in source)
     rows = {(r.user_id, r.item_id, r.timestamp) for r in read_interactions(tmp_path / "out")}
     assert {(r.user_id, r.item_id, r.timestamp) for r in read_interactions(demo)} <= rows
+
+    # ingested elsewhere (a catalogue of its own) and exported again: the same items, tags, media paths,
+    # interactions, events and weights
+    elsewhere = make_settings(tmp_path / "elsewhere", service.settings.redis_url)
+    elsewhere.ensure_dirs()
+    ingest_items(elsewhere, list(read_items(tmp_path / "out")), enqueue=False)
+    ingest_interactions(elsewhere, read_interactions(tmp_path / "out"))
+    again = export_catalogue(elsewhere.resolved_database_url, tmp_path / "again", statuses=("pending",))
+    assert again == exported
+    assert [i.model_dump() for i in read_items(tmp_path / "again")] == [i.model_dump() for i in items.values()]
+    assert list(read_interactions(tmp_path / "again")) == list(read_interactions(tmp_path / "out"))
 
 
 def test_the_schedule_retrains_and_serves(tmp_path: Path, redis_url: str) -> None:
