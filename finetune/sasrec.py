@@ -89,6 +89,19 @@ class SASRec(nn.Module):
         return self.items.weight[1:]  # (N, d)
 
 
+def training_windows(sequences: list[np.ndarray], length: int) -> list[np.ndarray]:
+    """Each sequence cut from its end into windows of `length` + 1 items that overlap by one, so every
+    transition is a target exactly once: a user with 2,000 ratings trains on all of them, not on the latest
+    `length` (which left 41% of ml-latest-small's ratings unseen)."""
+    windows = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 2:
+            windows.append(seq[max(0, end - length - 1) : end])
+            end -= length
+    return windows
+
+
 def left_padded(sequences: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:
     """(b, length) int64: each sequence's latest `length` entries + shift, left-padded with 0."""
     out = np.zeros((len(sequences), length), np.int64)
@@ -130,6 +143,7 @@ class SASRecTrainer:
     def _train(self, train: list[np.ndarray], held: list[tuple[np.ndarray, int]], epochs: int) -> dict:
         """Train for up to `epochs`, evaluating on `held` (none: no evaluation, the last epoch is kept)."""
         cfg = self.config
+        train = training_windows(train, cfg.max_len)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
         best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
         started, evaluations_without_gain, history = time.time(), 0, []
