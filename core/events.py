@@ -82,8 +82,3 @@ def check_events(names: Iterable[str | None], rules: Mapping[str, EventRule]) ->
     if unknown:
         known = ", ".join(repr(n) if n else "'' (none)" for n in rules)
         raise UnknownEvent(f"unknown event names {unknown[:20]}; known: {known} (set MMRECALL_EVENTS to add some)")
-
-
-def names_of(rules: Mapping[str, EventRule], kind: Kind) -> list[str]:
-    """Event names that are always of this kind (a rule with `negative_at_most` counts as positive here)."""
-    return [name for name, rule in rules.items() if rule.kind == kind]

@@ -65,6 +65,15 @@ class RecallFilter:
     def _no_time(self) -> bool:
         return self.created_after is None and self.created_before is None
 
+    @property
+    def reads_time(self) -> bool:
+        return not self._no_time
+
+    @property
+    def reads_item_facts(self) -> bool:
+        """Whether it asks about items' tags or creation times (what rows newer than the snapshot are read for)."""
+        return bool(self.include_tags or self.exclude_tags) or self.reads_time
+
     def passes(self, tags: Sequence[str], created_at: float | None) -> bool:
         """One item's tags and creation time against the catalogue part (rows newer than the snapshot)."""
         if self.include_tags and not any(tag_matches(t, w) for t in tags for w in self.include_tags):
@@ -79,6 +88,10 @@ class RecallFilter:
             if self.created_before is not None and not created_at < self.created_before:
                 return False
         return True
+
+    def answer_part(self, allowed: int | None) -> dict | None:
+        """The `filter` field of an answer: what was asked and how many items it allowed (None: no filter)."""
+        return {**self.describe(), "allowed": allowed} if self.active else None
 
     def describe(self) -> dict:
         return {

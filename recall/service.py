@@ -167,9 +167,7 @@ def history_recall(
     )
     answer["short_by"] = max(0, k - len(answer["results"]))
     answer["fallback"] = fallback
-    answer["filter"] = None  # the same body as the route's response model gives
-    if recall_filter.active:
-        answer["filter"] = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
+    answer["filter"] = recall_filter.answer_part(filtered.count if filtered is not None else None)
     return answer
 
 

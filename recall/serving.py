@@ -125,7 +125,7 @@ def allowed_rows(
     delta = np.ones(len(delta_ids), bool)
     if len(delta_ids) and recall_filter.new_only:
         delta &= new_rows(state)[base : base + len(delta_ids)]
-    if len(delta_ids) and (recall_filter.include_tags or recall_filter.exclude_tags or not recall_filter._no_time):
+    if len(delta_ids) and recall_filter.reads_item_facts:
         if in_memory_only:
             raise NeedsDatabase(f"tags and creation times of {len(delta_ids)} items newer than the snapshot")
         with session_scope(database_url) as session:
@@ -151,7 +151,7 @@ def _snapshot_rows(state: ServingState, recall_filter: RecallFilter) -> Snapshot
             mask &= meta.rows_with_tags(recall_filter.include_tags)
         if recall_filter.exclude_tags:
             mask &= ~meta.rows_with_tags(recall_filter.exclude_tags)
-    if not recall_filter._no_time:
+    if recall_filter.reads_time:
         if state.created is None:
             raise FilterError("the serving snapshot has no creation times to filter by; run `mmrecall reindex`")
         created = np.asarray(state.created[: live.base])
@@ -410,11 +410,12 @@ class ServiceSources:
             # a filter may leave the triggers' clusters (nearly) empty: the latest trigger also reads the
             # clusters nearest to it, until they hold enough allowed items for n
             latest, weight = triggers[0]
-            for cluster in self._widened_clusters(self.live.row_vector(latest), set(clusters), n + len(exclude)):
+            query = self.live.row_vector(latest)
+            for cluster in self._widened_clusters(query, set(clusters), n + len(exclude)):
                 rows.append(latest)
                 weights.append(weight)
                 clusters.append(cluster)
-                queries.append(self.live.row_vector(latest))
+                queries.append(query)
         # the table's members are snapshot rows: an item re-encoded since is listed under its old row (and
         # reported under its new one), so it is skipped when its new row is excluded
         moved = self._moved()
@@ -667,9 +668,7 @@ def similar_to(
     if excluded:
         keep = ~np.isin(rows, np.fromiter(excluded, np.int64, len(excluded)))
         rows, scores = rows[keep][:k], scores[keep][:k]
-    described = None  # the same body as the route's response model gives
-    if recall_filter.active:
-        described = {**recall_filter.describe(), "allowed": filtered.count if filtered is not None else None}
+    described = recall_filter.answer_part(filtered.count if filtered is not None else None)
     return {
         "item_id": item_id,
         "channel": channel,

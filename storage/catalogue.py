@@ -150,30 +150,38 @@ def user_positive_history(
 ) -> list[tuple[str, float]]:
     """The user's latest positive interactions as (item id, timestamp), oldest first (core.events: reads
     and negatives are not history)."""
-    may_be_positive = [name for name, rule in rules.items() if rule.kind == "positive"]
     rows = session.execute(
-        select(Interaction.item_id, Interaction.timestamp, Interaction.event, Interaction.weight)
-        .where(Interaction.user_id == user_id, Interaction.event.in_(may_be_positive))
+        _positive_query(rules)
+        .where(Interaction.user_id == user_id)
         .order_by(Interaction.timestamp.desc(), Interaction.id.desc())
         .limit(limit)
     ).all()
-    kept = [(item, ts) for item, ts, event, weight in rows if rules[event].classify(weight)[0] == "positive"]
-    return kept[::-1]
+    return [(item, ts) for item, ts in _positives(rows, rules)][::-1]
 
 
 def positive_interactions(session: Session, rules: Mapping[str, EventRule]) -> tuple[list[str], np.ndarray]:
     """(item id, unix seconds) of every positive interaction (core.events), as a list and an array: what the
     fallback rankings count."""
+    items, times = [], []
+    for item, stamp in _positives(session.execute(_positive_query(rules).execution_options(yield_per=50_000)), rules):
+        items.append(item)
+        times.append(stamp)
+    return items, np.asarray(times, np.float64)
+
+
+def _positive_query(rules: Mapping[str, EventRule]):
+    """(item, timestamp, event, weight) of interactions whose event may be positive (its rule's kind)."""
     may_be_positive = [name for name, rule in rules.items() if rule.kind == "positive"]
-    query = select(Interaction.item_id, Interaction.timestamp, Interaction.event, Interaction.weight).where(
+    return select(Interaction.item_id, Interaction.timestamp, Interaction.event, Interaction.weight).where(
         Interaction.event.in_(may_be_positive)
     )
-    items, times = [], []
-    for item, stamp, event, weight in session.execute(query.execution_options(yield_per=50_000)):
+
+
+def _positives(rows, rules: Mapping[str, EventRule]) -> Iterator[tuple[str, float]]:
+    """(item, timestamp) of the rows that are positive (a rule's `negative_at_most` may make one negative)."""
+    for item, stamp, event, weight in rows:
         if rules[event].classify(weight)[0] == "positive":
-            items.append(item)
-            times.append(stamp)
-    return items, np.asarray(times, np.float64)
+            yield item, stamp
 
 
 def user_never_recall(
