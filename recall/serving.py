@@ -373,16 +373,10 @@ class ServiceSources:
             at = np.asarray(rows, np.int64)
             return state.v2v_rows[at, :n], state.v2v_scores[at, :n]  # type: ignore[index]  # written as a pair
         if self.filtered is not None and self.filtered.exact and len(rows):  # one scan for every trigger
-            queries = np.stack([self.live.row_vector(r) for r in rows])
+            self.filtered.score_rows(rows, self.live.row_vector)
             blocked = self._blocked_array()
-            found = self.filtered.search(queries, n, blocked)
-            return stack_neighbors([self._without(f, row) for f, row in zip(found, rows, strict=True)])
+            return stack_neighbors([self.filtered.row_neighbors(r, n, blocked, self.live.row_vector) for r in rows])
         return stack_neighbors([self.neighbors(row, n) for row in rows])
-
-    @staticmethod
-    def _without(found: tuple[np.ndarray, np.ndarray], row: int) -> tuple[np.ndarray, np.ndarray]:
-        keep = found[0] != row
-        return found[0][keep], found[1][keep]
 
     def _blocked_array(self, exclude: np.ndarray = NO_ROWS) -> np.ndarray:
         """Sorted rows never returned: deleted or re-encoded since the snapshot, and `exclude`."""
@@ -391,6 +385,8 @@ class ServiceSources:
 
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
+        if self.filtered is not None and self.filtered.exact:  # a medoid among the v2v triggers is scanned already
+            return self.filtered.row_neighbors(row, n, self._blocked_array(exclude), self.live.row_vector)
         found = None if self.allowed is not None else self._table_neighbors(row, n, exclude, complete=True)
         return found if found is not None else self.search(vector, n, exclude)
 
