@@ -203,7 +203,9 @@ class JobOut(BaseModel):
 
 class TrainIn(BaseModel):
     epochs: int | None = Field(default=None, ge=1, le=1000, description="G's epochs (default: until validation stops)")
-    user_tower: Literal["pool", "seq"] | None = None
+    user_tower: Literal["pool", "seq", "both"] | None = Field(
+        default=None, description="G's user tower; both: train one G with each, serve the better on held-out"
+    )
     features: list[str] | None = Field(default=None, min_length=1, max_length=8, description="encoders feeding G")
     pretrain: list[Literal["tag-image", "dual-stream"]] | None = Field(
         default=None, max_length=2, description="feature encoders trained first on the catalogue, then fed to G"

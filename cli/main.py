@@ -251,6 +251,13 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     workers: Annotated[int, typer.Option(help="API processes (default: MMRECALL_API_WORKERS)")] = 0,
+    balancer: Annotated[
+        str,
+        typer.Option(
+            help="With several processes: uvicorn (its workers share the port) or haproxy (each process on its "
+            "own port behind HAProxy, leastconn per request; needs the haproxy package)"
+        ),
+    ] = "balanced",
     access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
@@ -272,6 +279,8 @@ def serve(
     if not keys:
         typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
     workers = workers or settings.api_workers
+    if balancer not in ("uvicorn", "haproxy", "balanced"):
+        _fail(f"--balancer is uvicorn or haproxy, not {balancer!r}")
     logs.configure(json_lines=settings.log_format == "json")
     options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
     if workers > 1:  # each process maps the same snapshot files: the index is in memory once
@@ -280,10 +289,23 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        from mmrecall.api.balanced import serve_balanced
+        if balancer == "haproxy":
+            from mmrecall.pipeline.balancer import HAProxyMissing, serve_behind_haproxy
 
-        options.pop("host"), options.pop("port")
-        raise typer.Exit(serve_balanced("mmrecall.api.app:create_app", workers, host=host, port=port, options=options))
+            try:
+                code = serve_behind_haproxy(workers, host=host, port=port, home=settings.home, access_log=access_log)
+            except HAProxyMissing as exc:
+                _fail(str(exc))
+            raise typer.Exit(code)
+        if balancer == "balanced":
+            from mmrecall.api.balanced import serve_balanced
+
+            options.pop("host"), options.pop("port")
+            raise typer.Exit(
+                serve_balanced("mmrecall.api.app:create_app", workers, host=host, port=port, options=options)
+            )
+        # uvicorn's supervisor: the processes share the listening socket, a dead one is replaced
+        uvicorn.run("mmrecall.api.app:create_app", factory=True, workers=workers, **options, log_config=None)
     else:  # uvicorn's own loggers go through the root handler above (the request id, JSON if asked)
         uvicorn.run(create_app(settings), **options, log_config=None)
 
@@ -332,7 +354,9 @@ def reindex(
 def train_cmd(
     local: Annotated[bool, typer.Option(help="Run in this process instead of on a worker")] = False,
     epochs: Annotated[int | None, typer.Option(help="G's training epochs (default: until validation stops)")] = None,
-    user_tower: Annotated[str | None, typer.Option(help="pool or seq")] = None,
+    user_tower: Annotated[
+        str | None, typer.Option(help="pool, seq, or both (train one G with each, serve the better on held-out)")
+    ] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated encoders feeding G (default: active)")] = None,
     pretrain: Annotated[
         str | None,
@@ -358,8 +382,8 @@ def train_cmd(
     if epochs is not None:
         params["epochs"] = epochs
     if user_tower is not None:
-        if user_tower not in ("pool", "seq"):
-            _fail(f"--user-tower is pool or seq, not {user_tower!r}")
+        if user_tower not in ("pool", "seq", "both"):
+            _fail(f"--user-tower is pool, seq or both, not {user_tower!r}")
         params["user_tower"] = user_tower
     if features:
         params["features"] = [f.strip() for f in features.split(",") if f.strip()]
@@ -547,6 +571,13 @@ def eval_cmd(
     g_train: Annotated[
         str | None, typer.Option(help="The train job's G parameters as JSON, e.g. '{\"disliked_rate\": 0}'")
     ] = None,
+    sasrec_train: Annotated[
+        str | None,
+        typer.Option(
+            help="SASRec's settings as JSON (finetune.sasrec.SASRecConfig; a dropout given is not tuned), "
+            "e.g. '{\"patience\": 25}'; for the baseline and the served sequential channel"
+        ),
+    ] = None,
 ) -> None:
     """Evaluate recall channels and baselines on a dataset: JSON report, Markdown table, plot.
 
@@ -564,6 +595,19 @@ def eval_cmd(
     elif chosen_channels is None:
         chosen_channels = []
     from mmrecall.evaluation.harness import plot_report, render_report, run_eval
+
+    if sasrec_train:
+        from dataclasses import fields
+
+        from mmrecall.finetune.sasrec import SASRecConfig
+
+        try:
+            asked = json.loads(sasrec_train)
+        except ValueError as exc:
+            _fail(f"--sasrec-train is not JSON: {exc}")
+        known = [f.name for f in fields(SASRecConfig)]
+        if unknown := sorted(set(asked) - set(known)):
+            _fail(f"--sasrec-train: unknown settings {unknown}; known: {', '.join(known)}")
 
     if on_worker:
         from mmrecall.pipeline.queue import submit_job
@@ -594,6 +638,7 @@ def eval_cmd(
             baselines=chosen_baselines,
             quick=quick,
             g_train=json.loads(g_train) if g_train else None,
+            sasrec_train=json.loads(sasrec_train) if sasrec_train else None,
             events=get_settings().event_rules,
         )
     except (ValueError, KeyError) as exc:

@@ -21,6 +21,8 @@ from mmrecall.pipeline.reindex import backfill
 from mmrecall.storage.export import export_catalogue
 
 KINDS = ("tag-image", "pretrain-dualstream", "g")
+# G's user towers: `user_tower: "both"` trains one G with each and serves the one that validates better
+USER_TOWERS = ("pool", "seq")
 # feature encoders `mmrecall train --pretrain` can train before G: name -> (training kind, its checkpoints' folder)
 PRETRAIN = {"tag-image": ("tag-image", "tag-image"), "dual-stream": ("pretrain-dualstream", "dual-stream")}
 
@@ -79,7 +81,8 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
 def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: Report | None = None) -> dict:
     """`mmrecall train`: export the catalogue, train G on it (the "g" kind above; features: the active
     encoder unless named, plus the feature encoders `params["pretrain"]` names, trained first on the same
-    export with `params["pretrain_params"][name]`), and with `params["sequential"]` the sequential channel's
+    export with `params["pretrain_params"][name]`; `params["user_tower"]` "both": one G per user tower, the
+    better on held-out interactions served), and with `params["sequential"]` the sequential channel's
     SASRec beside it; then activate it unless `params["activate"]` is false: re-encode, reindex, swap.
     Until the swap the previous model keeps serving, and it stays when the training fails."""
     started = time.time()
@@ -99,11 +102,26 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         done = run_training(settings, kind, options, on_progress=metrics_reporter(report) if report else None)
         pretrained[name] = done["checkpoint"]
         features = with_feature(features, done["checkpoint"], settings.home / "checkpoints" / folder)
-    if report:
-        report(0, 1, f"training G on {exported['items']} items, {exported['interactions']} interactions")
-    g_params = {**params, "dataset": str(run / "dataset"), "features": features}
-    trained = run_training(settings, "g", g_params, on_progress=metrics_reporter(report) if report else None)
+    towers = USER_TOWERS if params.get("user_tower") == "both" else (params.get("user_tower"),)
+    by_tower, on_progress = {}, metrics_reporter(report) if report else None
+    for tower in towers:
+        if report:
+            what = f"G with the {tower} user tower" if len(towers) > 1 else "G"
+            report(0, 1, f"training {what} on {exported['items']} items, {exported['interactions']} interactions")
+        g_params = {**params, "dataset": str(run / "dataset"), "features": features, "user_tower": tower}
+        if tower is None:
+            del g_params["user_tower"]
+        by_tower[tower] = run_training(settings, "g", g_params, on_progress=on_progress)
+    # both towers: the one with the better held-out hitRate@50 serves (the other's checkpoint stays on disk)
+    served = max(by_tower, key=lambda tower: by_tower[tower]["valid_hitrate@50"])
+    trained = by_tower[served]
     result = {**exported, **trained, "features": features}
+    if len(towers) > 1:
+        result["user_tower"] = served
+        result["user_towers"] = {
+            tower: {"valid_hitrate@50": r["valid_hitrate@50"], "checkpoint": r["checkpoint"]}
+            for tower, r in by_tower.items()
+        }
     if params.get("sequential"):
         if report:
             report(0, 1, f"training the sequential channel (SASRec) on {exported['interactions']} interactions")

@@ -167,6 +167,8 @@ def test_eval_cli_writes_report_table_and_plot(tmp_path: Path) -> None:
     assert list((tmp_path / "c").glob("vectors-*.npy"))  # encodings cached for the next run
     bad = CliRunner().invoke(app, ["eval", "--dataset", str(dataset), "--channels", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown channels" in bad.output
+    bad = CliRunner().invoke(app, [*args[:9], "--baselines", "sasrec", "--sasrec-train", '{"patient": 3}'])
+    assert bad.exit_code == 2 and "unknown settings ['patient']" in bad.output and "patience" in bad.output
     # --channels alone runs exactly those (no baseline, no SASRec training); every row has its wall time
     only = [*args[:9], "--channels", "itemcf,v2v", "--protocol", "last", "--quick"]
     assert CliRunner().invoke(app, only).exit_code == 0

@@ -157,3 +157,37 @@ def test_the_train_job_can_train_the_feature_encoders_first(tmp_path: Path, redi
     with pytest.raises(ValueError, match="unknown feature encoder to pretrain 'word2vec'"):
         train_from_catalogue(settings, job_id, bad)
     assert encoder_specs(settings)[0] == result["checkpoint"]  # the failed run changed nothing served
+
+
+def test_the_train_job_trains_both_user_towers_and_serves_the_better(tmp_path: Path, redis_url: str) -> None:
+    """`mmrecall train --user-tower both`: one G per user tower on the same export; the one with the higher
+    held-out hitRate@50 is activated and served, both figures are on the job's result."""
+    from mmrecall.encoders.content_g import CONFIG_FILE, GConfig
+    from mmrecall.pipeline.encode import encode_items, encoder_specs
+    from mmrecall.pipeline.training import train_from_catalogue
+    from mmrecall.recall.serving import ServingIndex
+    from mmrecall.recall.towers import SeqTowerNumpy
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    settings = make_settings(tmp_path / "home", redis_url, encoder="tiny-test")
+    settings.ensure_dirs()
+    demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=4, users=12)
+    encode_items(settings, ingest_items(settings, list(read_items(demo)), enqueue=False))
+    ingest_interactions(settings, list(read_interactions(demo)))
+    params = {"epochs": 2, "user_tower": "both"}
+    with session_scope(settings.resolved_database_url) as session:
+        job_id = catalogue.create_job(session, "train", params).id
+    result = train_from_catalogue(settings, job_id, params)
+    towers = result["user_towers"]
+    assert set(towers) == {"pool", "seq"} and towers["pool"]["checkpoint"] != towers["seq"]["checkpoint"]
+    better = max(towers, key=lambda t: towers[t]["valid_hitrate@50"])
+    assert result["user_tower"] == better and result["checkpoint"] == towers[better]["checkpoint"]
+    assert result["valid_hitrate@50"] == towers[better]["valid_hitrate@50"]
+    assert encoder_specs(settings)[0] == result["checkpoint"]  # served
+    config = GConfig.from_json((Path(result["checkpoint"]) / CONFIG_FILE).read_text())
+    assert config.user_tower == better
+    serving = ServingIndex(settings)
+    serving.refresh()
+    assert serving.state is not None
+    assert isinstance(serving.state.user_tower, SeqTowerNumpy) == (better == "seq")
