@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     )
     max_encode_attempts: int = Field(default=3, description="Encode attempts per item before it is failed.")
     reconcile_every_s: float = Field(default=60.0, description="How often a worker runs the reconcile sweep.")
+    broker_visibility_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A task taken but not acknowledged this long (its worker died) is delivered to another "
+        "worker (Redis's visibility timeout). Longer than the longest encode batch.",
+    )
     job_stale_after_s: float = Field(
         default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
     )

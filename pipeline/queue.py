@@ -79,7 +79,15 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # a producer whose broker is gone fails within seconds instead of retrying for ever
         broker_connection_timeout=BROKER_TIMEOUT_S,
-        broker_transport_options={"socket_connect_timeout": BROKER_TIMEOUT_S, "socket_timeout": 5.0},
+        broker_transport_options={
+            "socket_connect_timeout": BROKER_TIMEOUT_S,
+            "socket_timeout": 5.0,
+            # an acks_late task whose worker died goes back to the queue for any worker after this long,
+            # found by a sweep every few seconds (kombu's default sweeps every 100 s: 10 s x 10)
+            "visibility_timeout": settings.broker_visibility_s,
+            "unacked_restore_interval": max(1, min(10, int(settings.broker_visibility_s / 2))),
+            "unacked_restore_throttle": 1,
+        },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         result_expires=3600,
         worker_hijack_root_logger=False,

@@ -52,9 +52,16 @@ def _env_value(value: object) -> str:
 
 
 def worker_command(
-    settings: Settings, *, concurrency: int = 1, pool: str = "prefork", name: str = "mmrecall", beat: bool = False
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    name: str = "mmrecall",
+    beat: bool = False,
+    host: str = "%h",
 ) -> list[str]:
-    """beat: this worker also runs the schedule (one per deployment): MMRECALL_TRAIN_EVERY_S's retraining."""
+    """beat: this worker also runs the schedule (one per deployment): MMRECALL_TRAIN_EVERY_S's retraining.
+    host: the node name's host part (Celery's %h: this machine's name)."""
     schedule = ["--beat", "--schedule", str((settings.home / "beat-schedule").resolve())] if beat else []
     return [
         sys.executable,
@@ -72,7 +79,7 @@ def worker_command(
         "--queues",
         settings.queue,
         "--hostname",
-        f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}@%h",  # unique: workers count by node name
+        f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}@{host}",  # unique: workers count by node name
         "--without-gossip",
         "--without-mingle",
         *schedule,
@@ -86,13 +93,14 @@ def start_worker(
     pool: str = "prefork",
     log_path: str | None = None,
     beat: bool = False,
+    host: str = "%h",
 ) -> subprocess.Popen:
     env = settings_env(settings)
     # Each worker process gets an equal share of the cores unless told otherwise.
     env.setdefault("MMRECALL_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
     return subprocess.Popen(
-        worker_command(settings, concurrency=concurrency, pool=pool, beat=beat),
+        worker_command(settings, concurrency=concurrency, pool=pool, beat=beat, host=host),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,

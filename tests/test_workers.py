@@ -1,0 +1,63 @@
+"""Workers on several hosts: two worker processes with different host names on one broker share its
+queue, and the task a killed worker had taken but not acknowledged is delivered to the other one by the
+broker (Redis's visibility timeout), not by mmrecall's reconcile sweep, which this test turns off."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from mmrecall.benchmarks.faults import isolated_settings, kill, make_items, wait_terminal
+from mmrecall.pipeline.ingest import ingest_items
+from mmrecall.pipeline.runner import start_worker, wait_for_workers, workers_alive
+
+TASK = re.compile(r"\[([0-9a-f-]{36})\] (received|succeeded)")
+
+
+def task_ids(log: Path) -> tuple[set[str], set[str]]:
+    """(received, succeeded) task ids in a worker's log."""
+    received, succeeded = set(), set()
+    for task, what in TASK.findall(log.read_text(errors="replace") if log.exists() else ""):
+        (received if what == "received" else succeeded).add(task)
+    return received, succeeded
+
+
+def test_two_hosts_share_the_queue_and_a_killed_workers_task_goes_to_the_other(tmp_path: Path, redis_url: str) -> None:
+    settings = isolated_settings(
+        tmp_path,
+        redis_url,
+        queue_prefix="mmrecall-hosts",
+        broker_visibility_s=3.0,
+        reconcile_after_s=3600.0,  # the sweep would re-enqueue a lost batch too: here only the broker may
+        reconcile_every_s=3600.0,
+    )
+    logs = {host: tmp_path / f"worker-{host}.log" for host in ("host-a", "host-b")}
+    workers = {host: start_worker(settings, pool="solo", log_path=str(log), host=host) for host, log in logs.items()}
+    try:
+        deadline = time.time() + 120
+        while workers_alive(settings, timeout=1.0) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert wait_for_workers(settings) == 2
+        ids = ingest_items(settings, make_items(settings, "h", 96, size=640))  # 12 batches of 8 large covers
+        deadline = time.time() + 120
+        while time.time() < deadline:  # host-a busy with a batch it has not acknowledged yet
+            received, succeeded = task_ids(logs["host-a"])
+            if received - succeeded:
+                break
+            time.sleep(0.005)
+        kill(workers["host-a"])
+        received_a, succeeded_a = task_ids(logs["host-a"])
+        taken_by_a = received_a - succeeded_a
+        assert taken_by_a, "host-a was killed with no task in hand"
+        found = wait_terminal(settings, ids, timeout=180)
+        assert {status for status, _ in found.values()} == {"ready"}, found
+        received_b, succeeded_b = task_ids(logs["host-b"])
+        assert taken_by_a <= succeeded_b  # the broker gave host-a's unacknowledged batch to host-b
+        assert succeeded_b - taken_by_a  # host-b served the shared queue beside host-a as well
+        assert "@host-a" in logs["host-a"].read_text() and "@host-b" in logs["host-b"].read_text()
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
