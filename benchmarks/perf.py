@@ -2,9 +2,12 @@
 
 - reindex_s / reindex_peak_gb: the real reindex job (ANN index, k-means cluster table, v2v top-100
   table) over vectors stored in the catalogue, in a child process whose peak memory is measured;
-- similar_p99_ms / recall_p99_ms: HTTP against the API in its own processes, 8 concurrent keep-alive
-  clients from wrk when installed (else Python threads: `load_generator` says which);
-- recall_cpu_ms: where one /v1/recall's time goes, CPU ms in process per channel, merge and whole request;
+- similar_p99_ms / recall_p99_ms / recall_filtered_p99_ms: HTTP against API_WORKERS API processes, 8
+  concurrent keep-alive clients from wrk when installed (else Python threads: `load_generator` says
+  which); `frontends` holds them for each frontend of BALANCERS in one run on the same snapshot (with
+  HAProxy, the requests each process served), the top-level ones are the first's;
+- recall_cpu_ms (_filtered): where one /v1/recall's time goes, CPU ms in process per channel, merge and
+  whole request (with the 2% tag filter);
 - personal_ann_p99_ms / personal_ann_recall_at_100: the serving index (efSearch as the reindex tuned it)
   on user-like query vectors, single queries, against exact search;
 - freshness_s: a vector stored as a worker stores it, until /v1/similar of its neighbour returns it;
@@ -45,12 +48,14 @@ from mmrecall.core.settings import Settings
 from mmrecall.encoders.content_g import GConfig, TwoTower
 from mmrecall.finetune.export import export_user_tower
 from mmrecall.index.ann import VectorIndex
+from mmrecall.pipeline.balancer import haproxy_available, server_stats
 from mmrecall.pipeline.reindex import reindex
 from mmrecall.pipeline.runner import settings_env
 from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.filters import NO_FILTER, RecallFilter
 from mmrecall.recall.merge import MergeWeights, merge
 from mmrecall.recall.service import channel_candidates, recall_answer
-from mmrecall.recall.serving import ServiceSources, ServingIndex
+from mmrecall.recall.serving import ServiceSources, ServingIndex, allowed_rows
 from mmrecall.recall.sources import RecallConfig, history_rows
 from mmrecall.recall.towers import load_user_tower
 from mmrecall.storage import catalogue, snapshots
@@ -59,6 +64,10 @@ from mmrecall.storage.db import Item, ItemVector, get_engine, session_scope
 SCALES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 VERSION = "bench@synthetic"
 API_WORKERS = 2  # one API process per core; they share the snapshot's memory-mapped files
+# the frontends in front of them, measured one after the other on the same snapshot (the first is the
+# headline): HAProxy (leastconn per request; measured where the haproxy package is installed), then
+# the home-made balancer it replaces
+BALANCERS = ("haproxy", "balanced")
 DIM = 256
 
 
@@ -132,10 +141,10 @@ def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) ->
     return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
 
 
-def recall_cpu(settings: Settings, n: int, requests: int = 200) -> dict:
+def recall_cpu(settings: Settings, n: int, requests: int = 200, recall_filter: RecallFilter = NO_FILTER) -> dict:
     """Mean CPU ms of one /v1/recall's work in process (no HTTP), per channel, for the merge, and in all:
     where a request's time goes. Histories of 20 random items, as the HTTP load sends; one search thread,
-    as the API process runs them."""
+    as the API process runs them; with a filter, as the API applies it (its cached part built in warm-up)."""
     import faiss
     from threadpoolctl import threadpool_limits
 
@@ -143,12 +152,12 @@ def recall_cpu(settings: Settings, n: int, requests: int = 200) -> dict:
     faiss.omp_set_num_threads(settings.api_faiss_threads)
     try:
         with threadpool_limits(settings.api_faiss_threads):
-            return _recall_cpu(settings, n, requests)
+            return _recall_cpu(settings, n, requests, recall_filter)
     finally:
         faiss.omp_set_num_threads(threads)
 
 
-def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
+def _recall_cpu(settings: Settings, n: int, requests: int, recall_filter: RecallFilter) -> dict:
 
     serving = ServingIndex(settings)
     serving.refresh()
@@ -156,20 +165,24 @@ def _recall_cpu(settings: Settings, n: int, requests: int) -> dict:
     histories = [[f"item{i:07d}" for i in rng.integers(n, size=20)] for _ in range(requests)]
     config = RecallConfig(per_channel=100)
 
+    def request_sources() -> ServiceSources:
+        filtered = allowed_rows(state, recall_filter, url, in_memory_only=True)  # per request, as the API does
+        return ServiceSources(state, url, in_memory_only=True, filtered=filtered)
+
     def cpu_ms(work) -> float:
         for history in histories[:20]:  # warm-up: steady state, not first touches
-            sources = ServiceSources(state, url, in_memory_only=True)
+            sources = request_sources()
             work(history_rows(sources, history), sources, history)
         started = time.thread_time()
         for history in histories:
-            sources = ServiceSources(state, url, in_memory_only=True)
+            sources = request_sources()
             work(history_rows(sources, history), sources, history)
         return round((time.thread_time() - started) / len(histories) * 1000, 3)
 
     out = {c: cpu_ms(lambda rows, s, _h, c=c: channel_candidates(s, rows, None, [c], config)) for c in CHANNELS}
     found = {}
     for history in histories:
-        sources = ServiceSources(state, url, in_memory_only=True)
+        sources = request_sources()
         found[tuple(history)] = channel_candidates(sources, history_rows(sources, history), None, CHANNELS, config)
     out["merge"] = cpu_ms(
         lambda rows, s, h: merge(
@@ -258,67 +271,32 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         result["personal_ann_p99_ms"], result["personal_ann_recall_at_100"] = personal_ann(snapshot_dir, vectors)
         result["ef_search"] = job.get("ef_search")
         result["recall_cpu_ms"] = recall_cpu(settings, n)
-        port = 18500 + os.getpid() % 500
-        command = [
-            sys.executable,
-            "-m",
-            "mmrecall.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(API_WORKERS),
-            "--no-access-log",
-        ]
+        selective = RecallFilter(include_tags=(SELECTIVE_TAG,))
+        result["recall_cpu_ms_filtered"] = recall_cpu(settings, n, recall_filter=selective)
+        frontends = [b for b in BALANCERS if b != "haproxy" or haproxy_available()]
         result["api_workers"] = API_WORKERS
-        server = subprocess.Popen(
-            command, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_serving(url, server, job["snapshot"])
-            similar = load(
-                url,
-                lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}", params={"k": 50}),
-                f'return wrk.format("GET", string.format("/v1/similar/item%07d?k=50", math.random(0, {n - 1})))',
-            )
-            recall = load(
-                url,
-                lambda http, rng: http.post(
-                    "/v1/recall", json={"history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}
-                ),
-                RECALL_LUA % (n - 1),
-            )
-            filtered = load(
-                url,
-                lambda http, rng: http.post(
-                    "/v1/recall",
-                    json={
-                        "history": [ids[int(i)] for i in rng.integers(n, size=20)],
-                        "k": 100,
-                        "include_tags": [SELECTIVE_TAG],
-                    },
-                ),
-                FILTERED_RECALL_LUA % (n - 1),
-            )
-            result["load_generator"] = similar["load_generator"]
-            for name, measured in (("similar", similar), ("recall", recall), ("recall_filtered", filtered)):
-                result.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
-            result["http_errors"] = similar["errors"] + recall["errors"] + filtered["errors"]
-            result["filter"] = {"include_tags": [SELECTIVE_TAG], "share_of_items": 1 / 50}
-            result["recall_filtered_p99_ratio"] = round(filtered["p99_ms"] / recall["p99_ms"], 2)
-            result["recall_filtered_full_share"] = filtered_completeness(url, ids, n)
-            result["freshness_s"] = round(freshness(settings, url, vectors, ids), 3)
-        finally:
-            server.terminate()
-            server.wait(30)
+        result["frontends"] = {}
+        for number, balancer in enumerate(frontends):  # the same snapshot, one after the other: they compare
+            last = number == len(frontends) - 1  # the freshness probe adds an item: after every load
+            measured = serve_and_load(settings, balancer, ids, n, job["snapshot"], vectors if last else None)
+            result["frontends"][balancer] = measured
+        result["frontend"] = frontends[0]
+        result.update({k: v for k, v in result["frontends"][frontends[0]].items() if k != "process_requests"})
+        result["freshness_s"] = result["frontends"][frontends[-1]].pop("freshness_s")
 
     encoded = encode_run(out, encoders=ENCODERS[:1])
     result["encode_efficiency"] = encoded["rows"][0]["ratio"]
     result.update(user_tower_cost())
     rows = [{"metric": k, "value": v} for k, v in result.items() if not isinstance(v, dict)]
     print(table(rows, ["metric", "value"]))
-    print(table([{"part": k, "cpu_ms": v} for k, v in result["recall_cpu_ms"].items()], ["part", "cpu_ms"]))
+    keys = ("similar_p99_ms", "recall_p99_ms", "recall_filtered_p99_ms", "recall_qps", "http_errors")
+    by_frontend = [{"frontend": name, **{k: m[k] for k in keys}} for name, m in result["frontends"].items()]
+    print(table(by_frontend, ["frontend", *keys]))
+    parts = [
+        {"part": k, "cpu_ms": v, "filtered_cpu_ms": result["recall_cpu_ms_filtered"][k]}
+        for k, v in result["recall_cpu_ms"].items()
+    ]
+    print(table(parts, ["part", "cpu_ms", "filtered_cpu_ms"]))
     write_result(out, "perf", result)
     return result
 
@@ -347,6 +325,64 @@ def filtered_completeness(url: str, ids: list[str], n: int, requests: int = 200)
             answer = http.post("/v1/recall", json=body).json()
             full += len(answer["results"]) == 100 and answer["short_by"] == 0
     return round(full / requests, 3)
+
+
+def serve_and_load(
+    settings: Settings, balancer: str, ids: list[str], n: int, snapshot: str, vectors: np.ndarray | None
+) -> dict:
+    """`mmrecall serve --workers API_WORKERS --balancer B` on the snapshot, then the loads: /v1/similar,
+    /v1/recall, /v1/recall with the selective filter; with HAProxy, the requests each process served; with
+    `vectors`, then the freshness probe."""
+    port = 18500 + os.getpid() % 500
+    command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS)]
+    server = subprocess.Popen(
+        [*command, "--balancer", balancer, "--no-access-log"],
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_serving(url, server, snapshot)
+        similar = load(
+            url,
+            lambda http, rng: http.get(f"/v1/similar/{ids[int(rng.integers(n))]}", params={"k": 50}),
+            f'return wrk.format("GET", string.format("/v1/similar/item%07d?k=50", math.random(0, {n - 1})))',
+        )
+        recall = load(
+            url,
+            lambda http, rng: http.post(
+                "/v1/recall", json={"history": [ids[int(i)] for i in rng.integers(n, size=20)], "k": 100}
+            ),
+            RECALL_LUA % (n - 1),
+        )
+        filtered = load(
+            url,
+            lambda http, rng: http.post(
+                "/v1/recall",
+                json={
+                    "history": [ids[int(i)] for i in rng.integers(n, size=20)],
+                    "k": 100,
+                    "include_tags": [SELECTIVE_TAG],
+                },
+            ),
+            FILTERED_RECALL_LUA % (n - 1),
+        )
+        out: dict = {"load_generator": similar["load_generator"]}
+        for name, measured in (("similar", similar), ("recall", recall), ("recall_filtered", filtered)):
+            out.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
+        out["http_errors"] = similar["errors"] + recall["errors"] + filtered["errors"]
+        out["filter"] = {"include_tags": [SELECTIVE_TAG], "share_of_items": 1 / 50}
+        out["recall_filtered_p99_ratio"] = round(filtered["p99_ms"] / recall["p99_ms"], 2)
+        out["recall_filtered_full_share"] = filtered_completeness(url, ids, n)
+        if balancer == "haproxy":  # how HAProxy spread the requests: per process, from its stats socket
+            out["process_requests"] = {k: v["total"] for k, v in server_stats(settings.home / "haproxy.sock").items()}
+        if vectors is not None:
+            out["freshness_s"] = round(freshness(settings, url, vectors, ids), 3)
+        return out
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def load(url: str, python_request, lua_request: str, *, seconds: float = 10.0) -> dict:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from mmrecall.core.settings import Settings
+from mmrecall.pipeline.balancer import haproxy_available, server_stats
 from mmrecall.pipeline.runner import free_port, settings_env, wait_for_api
 
 
@@ -45,20 +46,23 @@ def wait_until(check, timeout: float = 60.0):
     raise TimeoutError(check)
 
 
-@pytest.fixture
-def served(tmp_path: Path):
+def start_serving(tmp_path: Path, *options: str) -> tuple[Settings, subprocess.Popen, str, Path]:
+    """`mmrecall serve --workers 2 OPTIONS` in its own home: (settings, process, url, its log)."""
     settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()
     port = free_port()
     log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "2"]
     with log.open("wb") as output:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "2", "--no-access-log"],
-            env=settings_env(settings),
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            [*command, *options, "--no-access-log"], env=settings_env(settings), stdout=output, stderr=subprocess.STDOUT
         )
-    url = f"http://127.0.0.1:{port}"
+    return settings, server, f"http://127.0.0.1:{port}", log
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    _settings, server, url, log = start_serving(tmp_path)
     try:
         try:
             wait_for_api(url, timeout=90)
@@ -137,3 +141,34 @@ def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     assert done.returncode == 1 and "failed to start" in done.stderr
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed (apt-get install haproxy)")
+def test_haproxy_spreads_each_request_and_routes_around_a_dead_process(tmp_path: Path) -> None:
+    """`mmrecall serve --workers 2 --balancer haproxy`: one keep-alive client's requests go to both processes
+    (leastconn per request, not per connection); HAProxy's stats count them; a process killed outright costs
+    no request (retried on the other) and is started again; SIGTERM stops everything cleanly."""
+    settings, server, url, log = start_serving(tmp_path, "--balancer", "haproxy")
+    try:
+        try:
+            wait_for_api(url, timeout=120)
+        except RuntimeError as exc:
+            raise AssertionError(f"the API did not come up behind HAProxy:\n{log.read_text()[-3000:]}") from exc
+        with httpx.Client(base_url=url) as client:  # one keep-alive connection
+            owners = collections.Counter(answering_process(client) for _ in range(20))
+        assert len(owners) == 2 and min(owners.values()) >= 5, owners
+        stats = server_stats(settings.home / "haproxy.sock")
+        assert len(stats) == 2 and all(s["total"] >= 5 and s["status"].startswith("UP") for s in stats.values()), stats
+        victim = next(iter(owners))
+        os.kill(victim, signal.SIGKILL)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answers = [client.get("/healthz") for _ in range(30)]
+        assert all(a.status_code == 200 for a in answers)  # retried on the live process
+        replacement = wait_until(lambda: processes_answering(url, 4) - set(owners), 120)
+        assert len(replacement) == 1 and server.poll() is None
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
