@@ -104,9 +104,18 @@ def server_stats(stats_socket: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM when this process dies, however it dies (even SIGKILL), so no
+    API process or HAProxy outlives it holding its port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _api_server(port: int, access_log: bool, env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "1"]
-    return subprocess.Popen(command + ([] if access_log else ["--no-access-log"]), env=env)
+    return subprocess.Popen(command + ([] if access_log else ["--no-access-log"]), env=env, preexec_fn=_die_with_parent)
 
 
 def serve_behind_haproxy(workers: int, *, host: str, port: int, home: Path, access_log: bool) -> int:
@@ -130,7 +139,7 @@ def serve_behind_haproxy(workers: int, *, host: str, port: int, home: Path, acce
             wait_for_api(f"http://127.0.0.1:{p}", timeout=300)
         config = home / "haproxy.cfg"
         config.write_text(haproxy_config(host, port, [("127.0.0.1", p) for p in ports], home / "haproxy.sock"))
-        proxy = subprocess.Popen([binary, "-db", "-f", str(config)])
+        proxy = subprocess.Popen([binary, "-db", "-f", str(config)], preexec_fn=_die_with_parent)
         log.info("HAProxy on %s:%d in front of %d API processes on ports %s", host, port, workers, ports)
         while not stopping:
             if proxy.poll() is not None:

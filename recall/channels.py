@@ -44,6 +44,9 @@ class Channel:
 
 def _v2v(request: ChannelRequest) -> Ranked:
     sources, n = request.sources, request.n
+    summed = sources.summed_neighbors(request.triggers, request.trigger_weights, n, request.seen)
+    if summed is not None:
+        return summed
     return recall_from_triggers(
         request.triggers, lambda t: sources.neighbor_lists(t, n), k=n, decay=request.config.decay, exclude=request.seen
     )

@@ -15,7 +15,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import faiss
 import numpy as np
 
 from mmrecall.index.ranked import member_mask, top_rows
@@ -24,6 +26,7 @@ from mmrecall.index.ranked import member_mask, top_rows
 # 2% filter is 20k rows, 20 MB, about 1 ms per query); more: faiss's in-search ID selector, widened
 EXACT_MAX_ROWS = 60_000
 CACHE_BYTES = 256 * 2**20  # the cached masks and gathered vectors of one serving state, at most
+RESCORE_MARGIN = 32  # rows beyond n that the half-precision scan passes on to the exact rescoring
 
 
 class FilterError(ValueError):
@@ -118,12 +121,24 @@ class SnapshotRows:
     mask: np.ndarray  # (base,) bool
     rows: np.ndarray  # allowed rows, ascending
     vectors: np.ndarray | None  # (len(rows), d) float32, gathered when len(rows) <= EXACT_MAX_ROWS
+    # the gathered vectors in half precision for faiss's scan: it reads half the bytes of a float scan, which
+    # is what bounds a single query's time; its order is final after an exact rescoring of the best
+    codes: faiss.Index | None = None
 
     _cluster_counts: np.ndarray | None = None
 
+    @classmethod
+    def gathered(cls, mask: np.ndarray, vectors: np.ndarray) -> SnapshotRows:
+        """The allowed rows of `mask` with their vectors (float32, (len(rows), d)) and their codes."""
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        codes = faiss.IndexScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        codes.add(vectors)
+        return cls(mask, np.flatnonzero(mask), vectors, codes)
+
     @property
     def nbytes(self) -> int:
-        return self.mask.nbytes + self.rows.nbytes + (self.vectors.nbytes if self.vectors is not None else 0)
+        gathered = self.vectors.nbytes * 3 // 2 if self.vectors is not None else 0  # float32 and half codes
+        return self.mask.nbytes + self.rows.nbytes + gathered
 
     def cluster_counts(self, table) -> np.ndarray:
         """(clusters,) allowed rows per cluster of the snapshot's table (computed once, then kept)."""
@@ -157,16 +172,13 @@ class FilterCache:
 @dataclass
 class AllowedRows:
     """One request's filter over the serving rows: the mask every channel applies, and a scan of the allowed
-    rows when they are few. The scan is arithmetic-bound (20k rows x 256 dims is 10 MFLOP a query), and one
-    matrix product over many queries runs faster per query than one product each, so the v2v triggers are
-    scored together (`score_rows`), and a history row asked about again (a multi-interest medoid that is
-    also a trigger) is answered from its kept scores (`row_neighbors`)."""
+    rows when they are few (SnapshotRows.codes: half-precision, rescored exactly), the rows newer than the
+    snapshot scanned exactly beside it."""
 
     mask: np.ndarray  # (rows,) bool: snapshot rows, then the delta's
     snapshot: SnapshotRows | None  # None: the catalogue part allows every snapshot row
     delta_rows: np.ndarray  # allowed rows newer than the snapshot
     delta_vectors: np.ndarray  # (len(delta_rows), d)
-    _row_scores: dict[int, np.ndarray] = field(default_factory=dict)  # query row -> scores over scanned_rows
 
     @property
     def count(self) -> int:
@@ -177,50 +189,38 @@ class AllowedRows:
         """Whether searches scan the allowed rows' vectors instead of the ANN index."""
         return self.snapshot is not None and self.snapshot.vectors is not None
 
-    @property
-    def scanned_rows(self) -> np.ndarray:
-        """The rows a scan scores, in the order of its scores: the snapshot's allowed rows, then the delta's."""
+    @cached_property
+    def _cleared(self) -> np.ndarray:
+        """Positions in the snapshot's allowed rows whose mask is clear (exclude_ids clear it after the
+        snapshot part was cached): usually none."""
         assert self.snapshot is not None
-        return np.concatenate([self.snapshot.rows, self.delta_rows]) if len(self.delta_rows) else self.snapshot.rows
-
-    def _scores(self, queries: np.ndarray) -> np.ndarray:
-        """(q, scanned) inner products, -inf where the mask is clear (exclude_ids clear it after the snapshot
-        part was cached). Snapshot and delta rows are multiplied apart: their vectors are never copied."""
-        snapshot = self.snapshot
-        assert snapshot is not None and snapshot.vectors is not None
-        queries = np.atleast_2d(queries).astype(np.float32)
-        scores = queries @ snapshot.vectors.T
-        if len(self.delta_rows):
-            scores = np.concatenate([scores, queries @ self.delta_vectors.T], axis=1)
-        scores[:, ~self.mask[self.scanned_rows]] = -np.inf
-        return scores
-
-    def _best(self, scores: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The n best scanned rows by one query's scores (modified in place), excluded rows left out."""
-        snapshot_rows = self.snapshot.rows  # type: ignore[union-attr]  # a scan has a snapshot part
-        if len(exclude):  # positions of the excluded rows: a lookup in the ascending snapshot rows, not a mask
-            at = np.minimum(np.searchsorted(snapshot_rows, exclude), max(len(snapshot_rows) - 1, 0))
-            scores[at[snapshot_rows[at] == exclude] if len(snapshot_rows) else at[:0]] = -np.inf
-            if len(self.delta_rows):
-                scores[len(snapshot_rows) + np.flatnonzero(member_mask(self.delta_rows, exclude))] = -np.inf
-        found, found_scores = top_rows(self.scanned_rows, scores, n)
-        finite = np.isfinite(found_scores)
-        return found[finite], found_scores[finite]
+        return np.flatnonzero(~self.mask[self.snapshot.rows])
 
     def search(self, queries: np.ndarray, n: int, exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query (q, d): the n best allowed rows not excluded (rows, scores), best first, by exact scan."""
+        """Per query (q, d): the n best allowed rows not excluded (rows, exact scores), best first."""
+        snapshot = self.snapshot
+        assert snapshot is not None and snapshot.vectors is not None and snapshot.codes is not None
+        queries = np.atleast_2d(queries).astype(np.float32)
         exclude = np.asarray(exclude, np.int64)
-        return [self._best(row_scores, n, exclude) for row_scores in self._scores(queries)]
-
-    def score_rows(self, rows: Sequence[int], vector_of) -> None:
-        """Scan once, in one product, for every row in `rows` not scanned yet; `vector_of(row)` its vector."""
-        missing = [r for r in dict.fromkeys(int(r) for r in rows) if r not in self._row_scores]
-        if missing:
-            scores = self._scores(np.stack([vector_of(r) for r in missing]))
-            self._row_scores.update(zip(missing, scores, strict=True))
-
-    def row_neighbors(self, row: int, n: int, exclude: np.ndarray, vector_of) -> tuple[np.ndarray, np.ndarray]:
-        """The n best allowed rows nearest a row's vector, the row itself and `exclude` left out."""
-        self.score_rows([row], vector_of)
-        exclude = np.union1d(np.asarray(exclude, np.int64), [row])
-        return self._best(self._row_scores[row].copy(), n, exclude)
+        rows = snapshot.rows
+        at = np.minimum(np.searchsorted(rows, exclude), max(len(rows) - 1, 0))  # excluded rows' positions
+        skipped = np.union1d(self._cleared, at[rows[at] == exclude] if len(rows) else at[:0])
+        # the half-precision scan orders the rows; enough more than n that the skipped ones and a near tie
+        # at the cut cannot push an item out, then exact float scores decide
+        wanted = min(len(rows), n + len(skipped) + RESCORE_MARGIN)
+        _, found = snapshot.codes.search(queries, wanted) if wanted else (None, np.zeros((len(queries), 0), int))
+        delta_scores = queries @ self.delta_vectors.T if len(self.delta_rows) else None
+        if delta_scores is not None:
+            delta_scores[:, ~self.mask[self.delta_rows] | member_mask(self.delta_rows, exclude)] = -np.inf
+        out = []
+        for i, query in enumerate(queries):
+            positions = found[i][found[i] >= 0]
+            positions = positions[~member_mask(positions, skipped)] if len(skipped) else positions
+            candidates, scores = rows[positions], snapshot.vectors[positions] @ query
+            if delta_scores is not None:
+                candidates = np.concatenate([candidates, self.delta_rows])
+                scores = np.concatenate([scores, delta_scores[i]])
+            best, best_scores = top_rows(candidates, scores.astype(np.float64), n)
+            finite = np.isfinite(best_scores)
+            out.append((best[finite], best_scores[finite]))
+        return out

@@ -163,10 +163,9 @@ def _snapshot_rows(state: ServingState, recall_filter: RecallFilter) -> Snapshot
     if recall_filter.new_only:
         mask &= new_rows(state)[: live.base]
     rows = np.flatnonzero(mask)
-    vectors = None
     if live.snapshot is not None and len(rows) <= EXACT_MAX_ROWS:
-        vectors = np.ascontiguousarray(live.snapshot.vectors[rows], np.float32)
-    return SnapshotRows(mask, rows, vectors)
+        return SnapshotRows.gathered(mask, live.snapshot.vectors[rows])
+    return SnapshotRows(mask, rows, None)
 
 
 class ServingIndex:
@@ -372,11 +371,31 @@ class ServiceSources:
         ):
             at = np.asarray(rows, np.int64)
             return state.v2v_rows[at, :n], state.v2v_scores[at, :n]  # type: ignore[index]  # written as a pair
-        if self.filtered is not None and self.filtered.exact and len(rows):  # one scan for every trigger
-            self.filtered.score_rows(rows, self.live.row_vector)
-            blocked = self._blocked_array()
-            return stack_neighbors([self.filtered.row_neighbors(r, n, blocked, self.live.row_vector) for r in rows])
+        if self.filtered is not None and self.filtered.exact and len(rows):  # one scan for every row
+            queries = np.stack([self.live.row_vector(r) for r in rows])
+            found = self.filtered.search(queries, n, self._blocked_array(np.asarray(rows, np.int64)))
+            return stack_neighbors(found)
         return stack_neighbors([self.neighbors(row, n) for row in rows])
+
+    def summed_neighbors(
+        self, triggers: Sequence[int], weights: np.ndarray, n: int, exclude: np.ndarray
+    ) -> Ranked | None:
+        """Under a selective filter (an exact scan of its rows): the v2v score of every allowed item without
+        each trigger's top-n cut, sum over triggers of w_t * <t, j> = <sum of w_t * t, j>, so one search for
+        all the triggers instead of one each; provenance, as from the lists: the trigger that contributed
+        most (the latest on ties). None elsewhere: the v2v table's lists cost less than any search."""
+        if self.filtered is None or not self.filtered.exact or not len(triggers):
+            return None
+        at = np.asarray(triggers, np.int64)
+        vectors = np.stack([self.live.row_vector(r) for r in at.tolist()])  # (t, d)
+        query = np.asarray(weights, np.float32) @ vectors
+        skip = self._blocked_array(np.union1d(np.asarray(exclude, np.int64), at))
+        rows, scores = self.filtered.search(query, n, skip)[0]
+        if not len(rows):
+            return Ranked.empty()
+        found = np.stack([self.live.row_vector(r) for r in rows.tolist()])  # (n, d)
+        contributions = np.asarray(weights, np.float64)[:, None] * (vectors @ found.T)  # (t, n)
+        return Ranked(rows, scores.astype(np.float64), at[np.argmax(contributions, axis=0)])
 
     def _blocked_array(self, exclude: np.ndarray = NO_ROWS) -> np.ndarray:
         """Sorted rows never returned: deleted or re-encoded since the snapshot, and `exclude`."""
@@ -385,8 +404,6 @@ class ServiceSources:
 
     def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
-        if self.filtered is not None and self.filtered.exact:  # a medoid among the v2v triggers is scanned already
-            return self.filtered.row_neighbors(row, n, self._blocked_array(exclude), self.live.row_vector)
         found = None if self.allowed is not None else self._table_neighbors(row, n, exclude, complete=True)
         return found if found is not None else self.search(vector, n, exclude)
 

@@ -147,25 +147,25 @@ def test_bad_filters_are_refused_with_a_reason(catalogue: Service, fields: dict,
 
 
 def test_filtered_scan_matches_brute_force() -> None:
-    """The scan behind a selective filter (recall.filters.AllowedRows): whether rows are scored one query at
-    a time (`search`) or together with the history's (`score_rows` then `row_neighbors`), each answer is
-    the exact top n over allowed rows, snapshot and delta alike, without excluded rows or the query row."""
+    """The scan behind a selective filter (recall.filters.AllowedRows): half-precision codes order the
+    snapshot's allowed rows, exact float scores decide; with the delta's rows scanned beside them, each answer
+    is the exact top n over allowed rows (exact scores), without excluded rows or rows whose mask was cleared."""
     import numpy as np
 
     from mmrecall.recall.filters import AllowedRows, SnapshotRows
 
     rng = np.random.default_rng(3)
-    base, delta, d = 500, 30, 16
+    base, delta, d = 2000, 30, 16
     vectors = rng.normal(size=(base + delta, d)).astype(np.float32)
     snapshot_mask = rng.random(base) < 0.3
-    snapshot = SnapshotRows(snapshot_mask, np.flatnonzero(snapshot_mask), vectors[:base][snapshot_mask])
+    snapshot = SnapshotRows.gathered(snapshot_mask, vectors[:base][snapshot_mask])
     delta_mask = rng.random(delta) < 0.5
     mask = np.concatenate([snapshot_mask, delta_mask])
     cleared = np.flatnonzero(mask)[[0, 7]]  # exclude_ids clear the mask after the snapshot part was cached
     mask[cleared] = False
     delta_rows = base + np.flatnonzero(delta_mask)
     allowed = AllowedRows(mask, snapshot, delta_rows, vectors[delta_rows])
-    exclude = np.concatenate([np.flatnonzero(mask)[[3, 11]], delta_rows[:2], [999_999]])
+    allowed_rows = np.flatnonzero(mask)
 
     def brute(query: np.ndarray, n: int, skip: np.ndarray) -> list[int]:
         scores = vectors @ query
@@ -174,11 +174,10 @@ def test_filtered_scan_matches_brute_force() -> None:
         order = np.argsort(-scores, kind="stable")[:n]
         return [int(r) for r in order if np.isfinite(scores[r])]
 
-    for query_row in (int(np.flatnonzero(mask)[5]), base + 3, 42):
-        found = allowed.search(vectors[query_row], 20, exclude)[0]
-        assert found[0].tolist() == brute(vectors[query_row], 20, exclude)
-        allowed.score_rows([query_row, 1, 2], lambda r: vectors[r])
-        rows, scores = allowed.row_neighbors(query_row, 20, exclude, lambda r: vectors[r])
-        assert rows.tolist() == brute(vectors[query_row], 20, np.append(exclude, query_row))
-        assert np.allclose(scores, vectors[rows] @ vectors[query_row], atol=1e-5)
-    assert set(allowed._row_scores) == {int(np.flatnonzero(mask)[5]), base + 3, 42, 1, 2}
+    queries = vectors[[int(allowed_rows[5]), base + 3, 42]]
+    for n in (20, 200):
+        # the best allowed rows excluded: the scan must reach past them
+        exclude = np.concatenate([np.array(brute(queries[0], 40, np.zeros(0, np.int64))), delta_rows[:2], [999_999]])
+        for query, (rows, scores) in zip(queries, allowed.search(queries, n, exclude), strict=True):
+            assert rows.tolist() == brute(query, n, exclude)
+            assert np.allclose(scores, vectors[rows] @ query, atol=1e-5)  # exact, not half-precision, scores
