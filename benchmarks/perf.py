@@ -66,8 +66,8 @@ VERSION = "bench@synthetic"
 API_WORKERS = 2  # one API process per core; they share the snapshot's memory-mapped files
 # the frontends in front of them, measured one after the other on the same snapshot (the first is the
 # headline): HAProxy (leastconn per request; measured where the haproxy package is installed), then
-# the home-made balancer it replaces
-BALANCERS = ("haproxy", "balanced")
+# uvicorn's own workers sharing the port
+BALANCERS = ("haproxy", "uvicorn")
 DIM = 256
 
 

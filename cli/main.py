@@ -257,7 +257,7 @@ def serve(
             help="With several processes: uvicorn (its workers share the port) or haproxy (each process on its "
             "own port behind HAProxy, leastconn per request; needs the haproxy package)"
         ),
-    ] = "balanced",
+    ] = "uvicorn",
     access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
@@ -279,7 +279,7 @@ def serve(
     if not keys:
         typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
     workers = workers or settings.api_workers
-    if balancer not in ("uvicorn", "haproxy", "balanced"):
+    if balancer not in ("uvicorn", "haproxy"):
         _fail(f"--balancer is uvicorn or haproxy, not {balancer!r}")
     logs.configure(json_lines=settings.log_format == "json")
     options = {"host": host, "port": port, "log_level": "info", "access_log": access_log}
@@ -297,13 +297,6 @@ def serve(
             except HAProxyMissing as exc:
                 _fail(str(exc))
             raise typer.Exit(code)
-        if balancer == "balanced":
-            from mmrecall.api.balanced import serve_balanced
-
-            options.pop("host"), options.pop("port")
-            raise typer.Exit(
-                serve_balanced("mmrecall.api.app:create_app", workers, host=host, port=port, options=options)
-            )
         # uvicorn's supervisor: the processes share the listening socket, a dead one is replaced
         uvicorn.run("mmrecall.api.app:create_app", factory=True, workers=workers, **options, log_config=None)
     else:  # uvicorn's own loggers go through the root handler above (the request id, JSON if asked)

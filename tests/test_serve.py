@@ -1,4 +1,5 @@
-"""`mmrecall serve --workers N`: one port, N real API processes, keep-alive connections spread evenly."""
+"""`mmrecall serve --workers N`: N real API processes on one port, under uvicorn's supervisor or behind
+HAProxy (each request to the process with the fewest in flight)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -60,87 +60,27 @@ def start_serving(tmp_path: Path, *options: str) -> tuple[Settings, subprocess.P
     return settings, server, f"http://127.0.0.1:{port}", log
 
 
-@pytest.fixture
-def served(tmp_path: Path):
+def test_uvicorn_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    """`mmrecall serve --workers 2` (uvicorn's supervisor): two processes answer on one port; one killed
+    outright is replaced while the port keeps answering; SIGTERM stops them all."""
     _settings, server, url, log = start_serving(tmp_path)
     try:
         try:
             wait_for_api(url, timeout=90)
-            # both processes ready: connections opened together land on two different ones
-            wait_until(lambda: len(processes_answering(url, 2)) == 2, 90)
+            owners = wait_until(lambda: both if len(both := processes_answering(url, 8)) == 2 else None, 90)
         except (TimeoutError, RuntimeError) as exc:
             raise AssertionError(f"the API did not come up with 2 processes:\n{log.read_text()[-3000:]}") from exc
-        time.sleep(0.5)  # the processes report those connections closed
-        yield url, server
+        victim = next(iter(owners))
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: processes_answering(url, 2))  # the other process answers meanwhile
+        replacement = wait_until(lambda: processes_answering(url, 8) - owners, 90)
+        assert len(replacement) == 1 and server.poll() is None
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
     finally:
         if server.poll() is None:
-            server.terminate()
+            server.kill()
             server.wait(30)
-
-
-def test_keep_alive_connections_are_spread_evenly_and_a_dead_process_is_replaced(served) -> None:
-    url, server = served
-    clients = [httpx.Client(base_url=url) for _ in range(6)]  # one keep-alive connection each
-    owners = [answering_process(c) for c in clients]
-    assert sorted(collections.Counter(owners).values()) == [3, 3]
-    assert all(answering_process(c) == owner for c, owner in zip(clients, owners, strict=True))  # kept alive
-    # two connections of one process close: the next two connections go to it
-    busy = owners[0]
-    for client in [c for c, owner in zip(clients, owners, strict=True) if owner == busy][:2]:
-        client.close()
-    time.sleep(0.5)  # the process reports the closes
-    newcomers = [httpx.Client(base_url=url) for _ in range(2)]
-    assert [answering_process(c) for c in newcomers] == [busy, busy]
-    # a process killed outright: its clients see errors, the port keeps answering, another process starts
-    os.kill(busy, signal.SIGKILL)
-    replacement = wait_until(lambda: processes_answering(url, 4) - set(owners))
-    assert len(replacement) == 1 and server.poll() is None
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(30) == 0
-    for client in clients + newcomers:
-        client.close()
-
-
-def test_a_busy_process_gets_new_connections_as_soon_as_its_old_ones_end(served) -> None:
-    """A process that cannot report anything (stopped, as a process busy with queued requests is late to)
-    still counts as free once its clients leave: the parent sees the connections end itself. Counting
-    only what the processes report, the newcomers went to the other process (2/4 instead of 3/3)."""
-    url, _server = served
-    clients = [httpx.Client(base_url=url) for _ in range(6)]
-    owners = [answering_process(c) for c in clients]
-    busy = owners[0]
-    os.kill(busy, signal.SIGSTOP)
-    try:
-        for client, owner in zip(clients, owners, strict=True):
-            if owner == busy:
-                client.close()
-        time.sleep(0.5)
-        newcomers = [httpx.Client(base_url=url, timeout=30) for _ in range(3)]
-        with ThreadPoolExecutor(3) as pool:  # connected now; answered once the process runs again
-            answers = [pool.submit(answering_process, c) for c in newcomers]
-            time.sleep(0.5)
-            os.kill(busy, signal.SIGCONT)
-            assert [a.result() for a in answers] == [busy] * 3
-    finally:
-        os.kill(busy, signal.SIGCONT)
-    for client in clients + newcomers:
-        client.close()
-
-
-def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
-    code = (
-        "from api.balanced import serve_balanced; raise SystemExit(serve_balanced('no_such_module:app', 2, "
-        f"host='127.0.0.1', port={free_port()}, options={{}}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
-    assert done.returncode == 1 and "failed to start" in done.stderr
 
 
 @pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed (apt-get install haproxy)")
