@@ -1,0 +1,362 @@
+"""Vector stores: named collections of (item id, unit vector) searched by inner product, with an alias that
+names the collection being served and moves to a new one atomically (a reindex writes the new collection,
+then swaps; the old one answers until the swap).
+
+Two backends behind one interface, chosen by URL (`open_store`):
+- `FaissStore`, in process, under a directory: the embedded default (exact search below
+  `exact_below` items, HNSW above, as `index.ann.choose_factory` picks);
+- `MilvusStore` through pymilvus: a Milvus cluster by `milvus://host:port` (or `http(s)://`), or Milvus
+  Lite, the embedded build from PyPI, by a file path ending in `.db`.
+
+A search can be restricted to allowed ids or leave out excluded ones; both backends apply it inside the
+search (faiss's ID selector, Milvus's boolean filter expression), not to a list found without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from mmrecall.index.ann import choose_factory
+
+Hit = tuple[str, float]  # (item id, inner product)
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")  # what Milvus accepts as a collection or alias name
+
+
+class StoreError(RuntimeError):
+    """A store that cannot answer: unreachable, a missing collection, a dimension mismatch (the reason says
+    which); raised at start-up or at the call, never turned into an empty answer."""
+
+
+class VectorStore(Protocol):
+    def create(self, collection: str, dim: int) -> None: ...
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None: ...
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+    # `target`: a collection or an alias; one list of hits per query, best first
+    def search(
+        self,
+        target: str,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[list[Hit]]: ...
+    def count(self, target: str) -> int: ...
+    def dim(self, target: str) -> int: ...
+    def swap_alias(self, alias: str, collection: str) -> None: ...  # created, or moved atomically
+    def resolve(self, alias: str) -> str | None: ...  # the collection an alias names (None: no such alias)
+    def drop(self, collection: str) -> None: ...
+    def collections(self) -> list[str]: ...
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise StoreError(f"{name!r} is not a collection or alias name (letters, digits, _; not first a digit)")
+    return name
+
+
+def check_vectors(vectors: np.ndarray, ids: Sequence[str], dim: int, collection: str) -> np.ndarray:
+    matrix = np.ascontiguousarray(vectors, np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] != len(ids):
+        raise StoreError(f"{len(ids)} ids for vectors of shape {matrix.shape}")
+    if matrix.shape[1] != dim:
+        raise StoreError(f"collection {collection!r} holds {dim}-dimensional vectors, not {matrix.shape[1]}")
+    return matrix
+
+
+def open_store(url: str, *, home: Path) -> VectorStore:
+    """`faiss` (or empty): in process under home/vector-store; `faiss:///path`; `milvus://host:port`,
+    `http(s)://host:port`: a Milvus server; a path ending in `.db`: Milvus Lite in that file."""
+    if url in ("", "faiss"):
+        return FaissStore(home / "vector-store")
+    if url.startswith("faiss://"):
+        return FaissStore(Path(url.removeprefix("faiss://")))
+    if url.startswith(("milvus://", "http://", "https://")):
+        return MilvusStore("http://" + url.removeprefix("milvus://") if url.startswith("milvus://") else url)
+    if url.endswith(".db"):
+        return MilvusStore(url)
+    raise StoreError(f"unknown vector store {url!r}: faiss, faiss:///DIR, milvus://HOST:PORT or FILE.db")
+
+
+class _FaissCollection:
+    """Ids and vectors in insertion order, deleted ones masked out; the faiss index is rebuilt lazily after a
+    change (collections are written whole by a reindex, then searched)."""
+
+    def __init__(self, dim: int, ids: list[str] | None = None, vectors: np.ndarray | None = None) -> None:
+        self.dim = dim
+        self.ids: list[str] = ids or []
+        self.vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
+        self.position = {item: at for at, item in enumerate(self.ids)}
+        self.live = np.ones(len(self.ids), bool)
+        self.index: faiss.Index | None = None
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        fresh = [i for i in dict.fromkeys(ids) if i not in self.position]
+        rows = {item: vectors[at] for at, item in enumerate(ids)}  # the last one given for an id wins
+        for item in ids:
+            if item in self.position:
+                self.vectors[self.position[item]] = rows[item]
+                self.live[self.position[item]] = True
+        if fresh:
+            self.position.update({item: len(self.ids) + at for at, item in enumerate(fresh)})
+            self.ids.extend(fresh)
+            self.vectors = np.concatenate([self.vectors, np.stack([rows[i] for i in fresh])])
+            self.live = np.concatenate([self.live, np.ones(len(fresh), bool)])
+        self.index = None
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for item in ids:
+            if item in self.position:
+                self.live[self.position[item]] = False
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None, exclude: Sequence[str]
+    ) -> list[list[Hit]]:
+        if self.index is None:
+            self.index = faiss.index_factory(self.dim, choose_factory(len(self.ids)), faiss.METRIC_INNER_PRODUCT)
+            if len(self.ids):
+                self.index.train(self.vectors)
+                self.index.add(self.vectors)
+        keep = self.live.copy()
+        if allowed is not None:
+            mask = np.zeros(len(self.ids), bool)
+            mask[[self.position[i] for i in allowed if i in self.position]] = True
+            keep &= mask
+        keep[[self.position[i] for i in exclude if i in self.position]] = False
+        if not keep.any() or k <= 0:
+            return [[] for _ in queries]
+        bitmap = np.packbits(keep, bitorder="little")  # referenced until the search ends: faiss reads it
+        selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+        params = (
+            faiss.SearchParametersHNSW(sel=selector, efSearch=max(4 * k, 256))  # type: ignore[attr-defined]
+            if isinstance(self.index, faiss.IndexHNSW)
+            else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        )
+        queries = np.ascontiguousarray(queries, np.float32)
+        scores, found = self.index.search(queries, min(k, int(keep.sum())), params=params)
+        return [
+            [(self.ids[at], float(score)) for at, score in zip(row, row_scores, strict=True) if at >= 0]
+            for row, row_scores in zip(found, scores, strict=True)
+        ]
+
+
+class FaissStore:
+    """Collections saved under a directory (vectors.npy, ids.json, deleted.json per collection) and aliases in
+    aliases.json, replaced by an atomic rename; held in memory once loaded."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._loaded: dict[str, _FaissCollection] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, collection: str) -> Path:
+        return self.directory / check_name(collection)
+
+    def _collection(self, target: str) -> _FaissCollection:
+        name = self.resolve(target) or target
+        if name not in self._loaded:
+            path = self._path(name)
+            if not (path / "ids.json").is_file():
+                raise StoreError(f"no collection or alias {target!r} in {self.directory}")
+            vectors = np.load(path / "vectors.npy")
+            loaded = _FaissCollection(vectors.shape[1], json.loads((path / "ids.json").read_text()), vectors)
+            loaded.delete(json.loads((path / "deleted.json").read_text()))
+            self._loaded[name] = loaded
+        return self._loaded[name]
+
+    def _save(self, name: str) -> None:
+        found, path = self._loaded[name], self._path(name)
+        path.mkdir(exist_ok=True)
+        deleted = [item for item, live in zip(found.ids, found.live, strict=True) if not live]
+        for file, write in (
+            ("vectors.npy", lambda f: np.save(f, found.vectors)),
+            ("ids.json", lambda f: f.write(json.dumps(found.ids).encode())),
+            ("deleted.json", lambda f: f.write(json.dumps(deleted).encode())),
+        ):
+            temporary = path / f".{file}.tmp"
+            with temporary.open("wb") as handle:
+                write(handle)
+            os.replace(temporary, path / file)
+
+    def create(self, collection: str, dim: int) -> None:
+        with self._lock:
+            if (self._path(collection) / "ids.json").is_file():
+                raise StoreError(f"collection {collection!r} exists")
+            self._loaded[collection] = _FaissCollection(dim)
+            self._save(collection)
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            found = self._collection(collection)
+            found.upsert(list(ids), check_vectors(vectors, ids, found.dim, collection))
+            self._save(self.resolve(collection) or collection)
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        with self._lock:
+            self._collection(collection).delete(ids)
+            self._save(self.resolve(collection) or collection)
+
+    def search(self, target, queries, k, *, allowed=None, exclude=()) -> list[list[Hit]]:
+        found = self._collection(target)
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if queries.shape[1] != found.dim:
+            raise StoreError(f"{target!r} holds {found.dim}-dimensional vectors, not {queries.shape[1]}")
+        return found.search(queries, k, allowed, exclude)
+
+    def count(self, target: str) -> int:
+        return int(self._collection(target).live.sum())
+
+    def dim(self, target: str) -> int:
+        return self._collection(target).dim
+
+    def _aliases(self) -> dict[str, str]:
+        path = self.directory / "aliases.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def swap_alias(self, alias: str, collection: str) -> None:
+        with self._lock:
+            if not (self._path(collection) / "ids.json").is_file():
+                raise StoreError(f"no collection {collection!r} to point {alias!r} at")
+            aliases = {**self._aliases(), check_name(alias): collection}
+            temporary = self.directory / ".aliases.json.tmp"
+            temporary.write_text(json.dumps(aliases))
+            os.replace(temporary, self.directory / "aliases.json")  # readers see the old file or the new
+
+    def resolve(self, alias: str) -> str | None:
+        return self._aliases().get(alias)
+
+    def drop(self, collection: str) -> None:
+        with self._lock:
+            if collection in self._aliases().values():
+                raise StoreError(f"collection {collection!r} is served under an alias: swap it first")
+            self._loaded.pop(collection, None)
+            path = self._path(collection)
+            for file in path.glob("*"):
+                file.unlink()
+            if path.is_dir():
+                path.rmdir()
+
+    def collections(self) -> list[str]:
+        return sorted(p.name for p in self.directory.iterdir() if (p / "ids.json").is_file())
+
+
+class MilvusStore:
+    """Milvus through pymilvus's MilvusClient: a string primary key `id` and a float vector `vector` per
+    collection, inner-product metric; FLAT below `exact_below` rows at index time, HNSW above."""
+
+    def __init__(self, uri: str, *, exact_below: int = 20_000) -> None:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:  # pragma: no cover - pymilvus is a dependency
+            raise StoreError("the Milvus backend needs pymilvus (pip install 'pymilvus[milvus_lite]')") from exc
+        self.uri, self.exact_below = uri, exact_below
+        try:
+            self.client = MilvusClient(uri=uri, timeout=10)
+            self.client.list_collections()
+        except Exception as exc:  # noqa: BLE001 - whatever the transport raises, the reason is what matters
+            raise StoreError(f"the Milvus at {uri} does not answer: {exc}") from exc
+
+    def _known(self, target: str) -> None:
+        if not self.client.has_collection(target) and self.resolve(target) is None:
+            raise StoreError(f"no collection or alias {target!r} in the Milvus at {self.uri}")
+
+    def create(self, collection: str, dim: int) -> None:
+        from pymilvus import DataType
+
+        if self.client.has_collection(check_name(collection)):
+            raise StoreError(f"collection {collection!r} exists")
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        self.client.create_collection(collection, schema=schema)
+
+    def _index(self, collection: str) -> None:
+        """Index (FLAT or HNSW by size) and load, once, before the first search."""
+        if self.client.list_indexes(collection):
+            return
+        params = self.client.prepare_index_params()
+        if self.count(collection) < self.exact_below:
+            params.add_index("vector", index_type="FLAT", metric_type="IP")
+        else:
+            params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80})
+        self.client.create_index(collection, params)
+        self.client.load_collection(collection)
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self._known(collection)
+        matrix = check_vectors(vectors, ids, self.dim(collection), collection)
+        rows = [{"id": item, "vector": vector.tolist()} for item, vector in zip(ids, matrix, strict=True)]
+        for start in range(0, len(rows), 5_000):
+            self.client.upsert(collection, rows[start : start + 5_000])
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        self._known(collection)
+        if ids:
+            self.client.delete(collection, ids=list(ids))
+
+    def search(self, target, queries, k, *, allowed=None, exclude=()) -> list[list[Hit]]:
+        self._known(target)
+        name = self.resolve(target) or target
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if queries.shape[1] != self.dim(name):
+            raise StoreError(f"{target!r} holds {self.dim(name)}-dimensional vectors, not {queries.shape[1]}")
+        self._index(name)
+        clauses = []
+        if allowed is not None:
+            if not allowed:
+                return [[] for _ in queries]
+            clauses.append(f"id in {json.dumps(list(allowed))}")
+        if exclude:
+            clauses.append(f"id not in {json.dumps(list(exclude))}")
+        found = self.client.search(
+            name,
+            data=queries.tolist(),
+            limit=k,
+            filter=" and ".join(clauses),
+            output_fields=["id"],
+            search_params={"metric_type": "IP", "params": {"ef": max(4 * k, 256)}},
+        )
+        return [[(hit["id"], float(hit["distance"])) for hit in hits] for hits in found]
+
+    def count(self, target: str) -> int:
+        self._known(target)
+        name = self.resolve(target) or target
+        return int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def dim(self, target: str) -> int:
+        self._known(target)
+        described = self.client.describe_collection(self.resolve(target) or target)
+        field = next(f for f in described["fields"] if f["name"] == "vector")
+        return int(field["params"]["dim"])
+
+    def swap_alias(self, alias: str, collection: str) -> None:
+        if not self.client.has_collection(collection):
+            raise StoreError(f"no collection {collection!r} to point {alias!r} at")
+        self._index(collection)  # serving the moment it is named
+        if self.resolve(check_name(alias)) is None:
+            self.client.create_alias(collection, alias)
+        else:
+            self.client.alter_alias(collection, alias)
+
+    def resolve(self, alias: str) -> str | None:
+        if alias not in self.client.list_aliases().get("aliases", []):  # asked first: describing an unknown
+            return None  # alias raises, and pymilvus logs that as an error
+        return self.client.describe_alias(alias)["collection_name"]
+
+    def drop(self, collection: str) -> None:
+        if self.client.has_collection(collection) and self.client.list_aliases(collection).get("aliases"):
+            raise StoreError(f"collection {collection!r} is served under an alias: swap it first")
+        self.client.drop_collection(collection)
+
+    def collections(self) -> list[str]:
+        return sorted(self.client.list_collections())
