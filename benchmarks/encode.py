@@ -3,7 +3,8 @@
 Raw: the encoder's forward on pre-processed batches in this process (all cores to torch).
 Pipeline: items ingested through the service function, encoded by a real worker pool on the real
 Redis (decode, preprocessing, forward, storing vectors), timed from enqueue until all are `ready`.
-Both use the same encoder and the same batch size.
+Both use the same encoder and the same batch size. Then the default encoder's pipeline through one worker
+process and through two separate workers on one queue (`pipeline_items_per_s_by_worker_processes`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mmrecall.core.settings import Settings
 from mmrecall.encoders import get_encoder
 from mmrecall.encoders.media import load_content
 from mmrecall.pipeline.ingest import ingest_items
-from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
+from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers, workers_alive
 
 ENCODERS = ("text-minilm", "skeleton-base", "image-effnet", "dual-stream-base")  # the default first
 
@@ -44,36 +45,58 @@ def raw_throughput(encoder_name: str, records, batch_size: int) -> float:
 
 
 def pipeline_throughput(
-    encoder_name: str, records, batch_size: int, home: Path, redis_url: str, concurrency: int
+    encoder_name: str, records, batch_size: int, home: Path, redis_url: str, concurrency: int, workers: int = 1
 ) -> float:
+    """Items/s through `workers` worker processes (each a pool of `concurrency`, as separate hosts would run
+    them: their own node names, one queue), the cores shared out between all their processes."""
     settings = Settings(
-        home=home / encoder_name,
+        home=home / f"{encoder_name}-{workers}x{concurrency}",
         redis_url=redis_url,
         queue=f"bench-{uuid.uuid4().hex[:8]}",
         encoder=encoder_name,
         encode_batch_size=batch_size,
+        torch_threads=max(1, (os.cpu_count() or 1) // (workers * concurrency)),
     )
     settings.ensure_dirs()
-    worker = start_worker(settings, concurrency=concurrency, log_path=str(settings.home / "worker.log"))
+    pool = "solo" if concurrency == 1 else "prefork"
+    logs = [str(settings.home / f"worker-{i}.log") for i in range(workers)]
+    processes = [
+        start_worker(settings, concurrency=concurrency, pool=pool, log_path=log, host=f"host-{i}")
+        for i, log in enumerate(logs)
+    ]
     try:
+        deadline = time.time() + 300
+        while workers_alive(settings, timeout=1.0) < workers and time.time() < deadline:
+            time.sleep(0.5)
         wait_for_workers(settings)
-        warm = [r.model_copy(update={"id": f"warm-{i}"}) for i, r in enumerate(records[: batch_size * concurrency])]
+        warm_count = batch_size * concurrency * workers
+        warm = [r.model_copy(update={"id": f"warm-{i}"}) for i, r in enumerate(records[:warm_count])]
         wait_for_items(settings, ingest_items(settings, warm), progress=False)  # models load once per process
         started = time.perf_counter()
         ids = ingest_items(settings, records)
         counts = wait_for_items(settings, ids, progress=False, poll_s=0.05)
         elapsed = time.perf_counter() - started
     finally:
-        worker.terminate()
-        worker.wait(30)
+        for worker in processes:
+            worker.terminate()
+        for worker in processes:
+            worker.wait(30)
     if counts.get("ready", 0) != len(records):
         raise RuntimeError(f"pipeline did not encode every item: {counts}")
     return len(records) / elapsed
 
 
-def run(out: Path, seconds: float = 8.0, batch_size: int = 32, concurrency: int = 2, encoders=ENCODERS, **_kw) -> dict:
+def run(
+    out: Path,
+    seconds: float = 8.0,
+    batch_size: int = 32,
+    concurrency: int = 2,
+    encoders=ENCODERS,
+    worker_scaling: bool = True,
+    **_kw,
+) -> dict:
     """Each encoder gets enough items for about `seconds` of raw forward, so polling granularity and
-    start-up do not dominate the pipeline figure."""
+    start-up do not dominate the pipeline figure. worker_scaling: also the 1 and 2 worker processes rows."""
     redis_url = os.environ.get("MMRECALL_REDIS_URL", "redis://127.0.0.1:6379/0")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmrecall-bench-") as tmp:
@@ -95,9 +118,18 @@ def run(out: Path, seconds: float = 8.0, batch_size: int = 32, concurrency: int 
                 }
             )
             print(f"  {name}: raw {raw:.1f}/s, pipeline {pipe:.1f}/s")
+        # the default encoder through one worker process, then two separate workers (as on two hosts)
+        records = pool[: rows[0]["items"]]
+        by_workers = {
+            str(n): pipeline_throughput(encoders[0], records, batch_size, Path(tmp), redis_url, 1, workers=n)
+            for n in ((1, 2) if worker_scaling else ())
+        }
     print(table(rows, ["encoder", "batch", "items", "raw_items_per_s", "pipeline_items_per_s", "ratio"]))
+    scaling = [{"worker_processes": n, "items_per_s": v} for n, v in by_workers.items()]
+    print(table(scaling, ["worker_processes", "items_per_s"]))
     result = {
         "rows": rows,
+        "pipeline_items_per_s_by_worker_processes": by_workers,
         "worker_processes": concurrency,
         "torch_threads_raw": torch.get_num_threads(),
         "peak_rss_gb": peak_rss_gb(),

@@ -284,7 +284,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         result.update({k: v for k, v in result["frontends"][frontends[0]].items() if k != "process_requests"})
         result["freshness_s"] = result["frontends"][frontends[-1]].pop("freshness_s")
 
-    encoded = encode_run(out, encoders=ENCODERS[:1])
+    encoded = encode_run(out, encoders=ENCODERS[:1], worker_scaling=False)
     result["encode_efficiency"] = encoded["rows"][0]["ratio"]
     result.update(user_tower_cost())
     rows = [{"metric": k, "value": v} for k, v in result.items() if not isinstance(v, dict)]
