@@ -148,9 +148,9 @@ def cluster_recall(
         query = queries[i] if queries is not None and queries[i] is not None else None
         if query is None:
             query = vectors[row] if 0 <= row < len(table.assignment) else table.centroids[cluster]
-        if table.contiguous and allowed is None:  # one block of rows: a slice, not a gather
+        if table.contiguous and 4 * int(keep.sum()) > len(members):  # one block of rows: a slice, not a gather
             sims = (vectors[members[0] : members[-1] + 1] @ query)[keep]
-        else:  # a filter keeps a few of the members: gather those
+        else:  # few of the members kept (a selective filter): gather those
             sims = vectors[members[keep]] @ query
         members = members[keep]
         scores = weight * (sims + (prior_weight * prior[members] if prior is not None else 0.0))

@@ -22,8 +22,8 @@ import numpy as np
 
 from mmrecall.index.ranked import member_mask, top_rows
 
-# at most this many allowed rows: searched exactly over their gathered vectors (at 1M items x 256 dims a
-# 2% filter is 20k rows, 20 MB, about 1 ms per query); more: faiss's in-search ID selector, widened
+# at most this many allowed rows: scanned over their gathered vectors (a 2% filter at 1M items x 256
+# dims is 20k rows, 10 MB in half precision, about 0.2 ms a query); more: the ANN index's ID selector
 EXACT_MAX_ROWS = 60_000
 CACHE_BYTES = 256 * 2**20  # the cached masks and gathered vectors of one serving state, at most
 RESCORE_MARGIN = 32  # rows beyond n that the half-precision scan passes on to the exact rescoring
