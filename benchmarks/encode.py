@@ -24,7 +24,7 @@ from mmrecall.core.settings import Settings
 from mmrecall.encoders import get_encoder
 from mmrecall.encoders.media import load_content
 from mmrecall.pipeline.ingest import ingest_items
-from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers, workers_alive
+from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
 
 ENCODERS = ("text-minilm", "skeleton-base", "image-effnet", "dual-stream-base")  # the default first
 
@@ -65,10 +65,7 @@ def pipeline_throughput(
         for i, log in enumerate(logs)
     ]
     try:
-        deadline = time.time() + 300
-        while workers_alive(settings, timeout=1.0) < workers and time.time() < deadline:
-            time.sleep(0.5)
-        wait_for_workers(settings)
+        wait_for_workers(settings, timeout=300, count=workers)
         warm_count = batch_size * concurrency * workers
         warm = [r.model_copy(update={"id": f"warm-{i}"}) for i, r in enumerate(records[:warm_count])]
         wait_for_items(settings, ingest_items(settings, warm), progress=False)  # models load once per process

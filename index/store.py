@@ -260,6 +260,8 @@ class MilvusStore:
         except ImportError as exc:  # pragma: no cover - pymilvus is a dependency
             raise StoreError("the Milvus backend needs pymilvus (pip install 'pymilvus[milvus_lite]')") from exc
         self.uri, self.exact_below = uri, exact_below
+        self._dims: dict[str, int] = {}  # per collection, read once: a search would otherwise ask each time
+        self._indexed: set[str] = set()
         try:
             self.client = MilvusClient(uri=uri, timeout=10)
             self.client.list_collections()
@@ -282,6 +284,9 @@ class MilvusStore:
 
     def _index(self, collection: str) -> None:
         """Index (FLAT or HNSW by size) and load, once, before the first search."""
+        if collection in self._indexed:
+            return
+        self._indexed.add(collection)
         if self.client.list_indexes(collection):
             return
         params = self.client.prepare_index_params()
@@ -335,9 +340,11 @@ class MilvusStore:
 
     def dim(self, target: str) -> int:
         self._known(target)
-        described = self.client.describe_collection(self.resolve(target) or target)
-        field = next(f for f in described["fields"] if f["name"] == "vector")
-        return int(field["params"]["dim"])
+        name = self.resolve(target) or target
+        if name not in self._dims:
+            described = self.client.describe_collection(name)
+            self._dims[name] = int(next(f for f in described["fields"] if f["name"] == "vector")["params"]["dim"])
+        return self._dims[name]
 
     def swap_alias(self, alias: str, collection: str) -> None:
         if not self.client.has_collection(collection):
@@ -357,6 +364,8 @@ class MilvusStore:
         if self.client.has_collection(collection) and self.client.list_aliases(collection).get("aliases"):
             raise StoreError(f"collection {collection!r} is served under an alias: swap it first")
         self.client.drop_collection(collection)
+        self._dims.pop(collection, None)
+        self._indexed.discard(collection)
 
     def collections(self) -> list[str]:
         return sorted(self.client.list_collections())

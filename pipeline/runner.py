@@ -107,14 +107,16 @@ def start_worker(
     )
 
 
-def wait_for_workers(settings: Settings, *, timeout: float = 120.0) -> int:
+def wait_for_workers(settings: Settings, *, timeout: float = 120.0, count: int = 1) -> int:
+    """Until at least `count` workers answer on the queue; their number."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         alive = workers_alive(settings, timeout=1.0)
-        if alive:
+        if alive >= count:
             return alive
         time.sleep(0.5)
-    raise TimeoutError(f"no worker answered on {settings.redis_url} queue {settings.queue} within {timeout:.0f}s")
+    which = "no worker" if count == 1 else f"fewer than {count} workers"
+    raise TimeoutError(f"{which} answered on {settings.redis_url} queue {settings.queue} within {timeout:.0f}s")
 
 
 def free_port() -> int:

@@ -371,10 +371,6 @@ class ServiceSources:
         ):
             at = np.asarray(rows, np.int64)
             return state.v2v_rows[at, :n], state.v2v_scores[at, :n]  # type: ignore[index]  # written as a pair
-        if self.filtered is not None and self.filtered.exact and len(rows):  # one scan for every row
-            queries = np.stack([self.live.row_vector(r) for r in rows])
-            found = self.filtered.search(queries, n, self._blocked_array(np.asarray(rows, np.int64)))
-            return stack_neighbors(found)
         return stack_neighbors([self.neighbors(row, n) for row in rows])
 
     def summed_neighbors(

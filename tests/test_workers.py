@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmrecall.benchmarks.faults import isolated_settings, kill, make_items, wait_terminal
 from mmrecall.pipeline.ingest import ingest_items
-from mmrecall.pipeline.runner import start_worker, wait_for_workers, workers_alive
+from mmrecall.pipeline.runner import start_worker, wait_for_workers
 
 TASK = re.compile(r"\[([0-9a-f-]{36})\] (received|succeeded)")
 
@@ -35,10 +35,7 @@ def test_two_hosts_share_the_queue_and_a_killed_workers_task_goes_to_the_other(t
     logs = {host: tmp_path / f"worker-{host}.log" for host in ("host-a", "host-b")}
     workers = {host: start_worker(settings, pool="solo", log_path=str(log), host=host) for host, log in logs.items()}
     try:
-        deadline = time.time() + 120
-        while workers_alive(settings, timeout=1.0) < 2 and time.time() < deadline:
-            time.sleep(0.5)
-        assert wait_for_workers(settings) == 2
+        assert wait_for_workers(settings, count=2) == 2
         ids = ingest_items(settings, make_items(settings, "h", 96, size=640))  # 12 batches of 8 large covers
         deadline = time.time() + 120
         while time.time() < deadline:  # host-a busy with a batch it has not acknowledged yet
