@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         problems = dependency_problems(settings)
         if app.state.serving.snapshot_name is None:
             problems["snapshot"] = "no snapshot loaded yet: run `mmrecall reindex` (writes are accepted meanwhile)"
+        if app.state.serving.refused:
+            name, reason, _ = app.state.serving.refused
+            problems["vector_store"] = f"snapshot {name} is not served ({reason}); the loaded one serves on"
         body = {
             "status": "not ready" if problems else "ready",
             "problems": problems,

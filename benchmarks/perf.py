@@ -48,6 +48,7 @@ from mmrecall.core.settings import Settings
 from mmrecall.encoders.content_g import GConfig, TwoTower
 from mmrecall.finetune.export import export_user_tower
 from mmrecall.index.ann import VectorIndex
+from mmrecall.index.store import VectorStore
 from mmrecall.pipeline.balancer import haproxy_available, server_stats
 from mmrecall.pipeline.reindex import reindex
 from mmrecall.pipeline.runner import settings_env
@@ -122,9 +123,12 @@ def timed_reindex(settings: Settings) -> tuple[float, float, dict]:
     return seconds, peak_gb, result
 
 
-def personal_ann(snapshot_dir: Path, vectors: np.ndarray, queries: int = 300) -> tuple[float, float]:
-    """p99 ms of single user-vector queries on the serving index, and recall@100 against exact search."""
-    index = snapshots.load_snapshot(snapshot_dir).index
+def personal_ann(
+    snapshot_dir: Path, vectors: np.ndarray, queries: int = 300, *, store: VectorStore | None = None
+) -> tuple[float, float]:
+    """p99 ms of single user-vector queries on the serving index (in `store` when its reindex wrote to
+    one), and recall@100 against exact search."""
+    index = snapshots.load_snapshot(snapshot_dir, store=store).index
     rng = np.random.default_rng(5)
     picks = rng.integers(len(vectors), size=(queries, 20))
     users = vectors[picks].mean(axis=1)  # a user vector is a blend of the items they liked

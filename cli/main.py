@@ -279,6 +279,7 @@ def serve(
     if not keys:
         typer.echo("no API keys configured: serving loopback clients only (set MMRECALL_API_KEYS to open up)")
     workers = workers or settings.api_workers
+    _check_vector_store(settings)
     if balancer not in ("uvicorn", "haproxy"):
         _fail(f"--balancer is uvicorn or haproxy, not {balancer!r}")
     logs.configure(json_lines=settings.log_format == "json")
@@ -301,6 +302,22 @@ def serve(
         uvicorn.run("mmrecall.api.app:create_app", factory=True, workers=workers, **options, log_config=None)
     else:  # uvicorn's own loggers go through the root handler above (the request id, JSON if asked)
         uvicorn.run(create_app(settings), **options, log_config=None)
+
+
+def _check_vector_store(settings) -> None:
+    """Before serving: the configured vector store answers, and holds the serving snapshot's collection
+    with vectors of its dimension (each failure a one-line reason, nothing started)."""
+    from mmrecall.index.ann import checked_collection
+    from mmrecall.index.store import StoreError, serving_store
+    from mmrecall.storage import snapshots
+
+    try:
+        store = serving_store(settings.vector_store, home=settings.home)
+        current = snapshots.current_snapshot(settings.snapshots_dir)
+        if current is not None:
+            checked_collection(current, store)
+    except StoreError as exc:
+        _fail(f"vector store: {exc}")
 
 
 @app.command()
@@ -659,11 +676,11 @@ def demo(
 @app.command()
 def bench(
     name: Annotated[
-        str, typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served or homophily")
+        str, typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served, homophily or store")
     ],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
     scale: Annotated[
-        str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf and answers: 10k, 100k or 1m")
+        str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf, answers and store: 10k, 100k or 1m")
     ] = "100k",
     dataset: Annotated[Path | None, typer.Option(help="served: a dataset directory (interchange format)")] = None,
     encoder: Annotated[str | None, typer.Option(help="served: the encoder (default: the settings')")] = None,

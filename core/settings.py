@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     # exact search reads every vector per query (about 0.1 ms per 1,000 items at 256-d here): at 20k it costs
     # what HNSW costs at 1M; at 100k a /v1/recall spent 9.5 of its 12 ms in it
     exact_search_below: int = Field(default=20_000, description="'auto' uses exact search below this size.")
+    vector_store: str = Field(
+        default="faiss",
+        description="Where the item vectors are searched: `faiss` (in process, each snapshot's own index), "
+        "`milvus://HOST:PORT` (a Milvus server or cluster; a reindex writes a new collection and moves the alias), "
+        "`faiss:///DIR` (the faiss store in a directory). Checked at start-up: an unreachable store, a missing "
+        "collection or vectors of another dimension stop the API with the reason.",
+    )
+    vector_store_alias: str = Field(
+        default="mmrecall_items",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="The alias that names the serving collection in the vector store; each reindex's collection "
+        "is named after it and the snapshot.",
+    )
     cluster_k: int = Field(default=0, description="k-means clusters at reindex; 0 = about 4 sqrt(n).")
     v2v_table_size: int = Field(default=100, description="Neighbours kept per item in the v2v table.")
     v2v_table_ef_search: int = Field(

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
+if TYPE_CHECKING:
+    from mmrecall.index.store import VectorStore
+
 # a saved index's files (mmrecall.storage.snapshots lists them with the rest of a snapshot):
-# float32 (n, d) unit rows, the faiss index over them, the ids in row order, factory and search breadth
+# float32 (n, d) unit rows, the faiss index over them (none when a vector store answers the searches: then
+# index.json names its collection), the ids in row order, factory and search breadth
+STORE_FACTORY = "store"  # the factory recorded for an index whose searches a vector store answers
 FILES = {"vectors": "vectors.npy", "ann": "index.faiss", "ids": "ids.json", "info": "index.json"}
 
 HNSW_EF_SEARCH = 512  # recall@100 >= 0.95 at 1M low-rank vectors (0.946 at 256); snapshots tune their own
@@ -23,6 +29,7 @@ IVF_NPROBE = 32
 # faiss's flat search takes a slow non-BLAS path for small batches (measured at 100k x 256, one query:
 # 6.8 ms in faiss, 2.4 ms as a numpy product + partial sort); few queries go through numpy instead
 NUMPY_FLAT_MAX_QUERIES = 8
+STORE_WRITE_BATCH = 20_000  # vectors per upsert when a reindex writes a store collection
 
 
 def choose_factory(n: int, spec: str = "auto", *, exact_below: int = 20_000) -> str:
@@ -48,19 +55,36 @@ FILTER_MAX_WIDENING = 64  # a filtered search that finds too few widens its brea
 
 
 class VectorIndex:
-    """Rows are positions; `ids[pos]` is the item id. Scores are inner products (cosine on unit vectors)."""
+    """Rows are positions; `ids[pos]` is the item id. Scores are inner products (cosine on unit vectors).
+
+    The nearest-neighbour searches run on a faiss index in process, or on a collection of a vector store
+    (`index.store`: Milvus by URL) holding the same ids and vectors; the float rows stay here either way
+    (the v2v table, exact rescoring and the filtered scans read them by row)."""
 
     def __init__(
-        self, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index, factory: str, ef_search: int = HNSW_EF_SEARCH
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        index: faiss.Index | None,
+        factory: str,
+        ef_search: int = HNSW_EF_SEARCH,
+        *,
+        store: VectorStore | None = None,
+        collection: str | None = None,
     ) -> None:
+        if (index is None) == (store is None):
+            raise ValueError("a VectorIndex searches a faiss index or a store collection: exactly one")
         self.ids = list(ids)
         self.vectors = vectors  # (n, d), possibly memory-mapped
         self.index = index
         self.factory = factory
+        self.store, self.collection = store, collection
         self.position = {item_id: pos for pos, item_id in enumerate(self.ids)}
         self.ef_search = ef_search
-        self.exact_scores = _scores_exactly(index)  # False: quantised codes, rescored from `vectors`
-        _tune(index, ef_search)
+        # False: quantised codes, rescored from `vectors` (a store's scores are its own inner products)
+        self.exact_scores = index is None or _scores_exactly(index)
+        if index is not None:
+            _tune(index, ef_search)
 
     @classmethod
     def build(cls, ids: Sequence[str], vectors: np.ndarray, factory: str = "Flat") -> VectorIndex:
@@ -75,16 +99,45 @@ class VectorIndex:
         index.add(matrix)
         return cls(ids, matrix, index, factory)
 
+    @classmethod
+    def in_store(
+        cls, store: VectorStore, collection: str, ids: Sequence[str], vectors: np.ndarray, *, progress=None
+    ) -> VectorIndex:
+        """Write the ids and vectors into a new collection of the store and search there: the index a
+        reindex builds when a vector store holds the vectors (the collection is dropped if writing fails)."""
+        matrix = as_matrix(vectors)
+        if len(ids) != matrix.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {matrix.shape[0]} vectors")
+        store.create(collection, matrix.shape[1])
+        try:
+            for start in range(0, len(ids), STORE_WRITE_BATCH):
+                end = start + STORE_WRITE_BATCH
+                store.upsert(collection, ids[start:end], matrix[start:end])
+                if progress:
+                    progress(min(end, len(ids)), len(ids))
+            store.search(collection, matrix[:1], 1)  # builds and loads its index: searchable before it is named
+            if store.count(collection) != len(ids):
+                raise RuntimeError(f"collection {collection} holds {store.count(collection)} of {len(ids)} vectors")
+        except BaseException:
+            store.drop(collection)
+            raise
+        return cls(ids, matrix, None, STORE_FACTORY, store=store, collection=collection)
+
     def tune_search(self, target_recall: float, *, queries: int = 200, k: int = 100, seed: int = 0) -> dict:
         """HNSW: set the serving breadth to the smallest efSearch (EF_LADDER) whose recall@k against exact
         search reaches the target on user-like queries (the mean of 20 random items: a user vector blends
         the items they liked). The breadth an index needs depends on its size and data; a fixed one is
-        either slow or short."""
+        either slow or short. A store collection searches at the store's own breadth: its recall@k on the
+        same queries is measured and reported."""
+        if self.store is not None and len(self) > k:
+            sample, exact = self._user_like_queries(20, queries, k, seed)
+            _, found = self.search(sample, k)
+            return {f"ann_recall_at_{k}": round(_recall(found, exact, k), 4)}
         if not self.is_hnsw or len(self) <= k:
             return {}
         ef, recall = self.search_breadth(target_recall, queries=queries, k=k, seed=seed)
         self.ef_search = ef
-        _tune(self.index, ef)
+        _tune(self.faiss_index, ef)
         return {"ef_search": ef, f"ann_recall_at_{k}": round(recall, 4)}
 
     def search_breadth(
@@ -92,27 +145,38 @@ class VectorIndex:
     ) -> tuple[int, float]:
         """(efSearch, its recall@k): the smallest breadth on EF_LADDER that reaches the target on queries that
         are each the mean of `blend` random items (1: the items themselves, as the v2v table asks)."""
+        sample, exact = self._user_like_queries(blend, queries, k, seed)
+        for ef in EF_LADDER:
+            _, found = self.faiss_index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))  # type: ignore[attr-defined]
+            recall = _recall(found, exact, k)
+            if recall >= target_recall:
+                break
+        return max(ef, k), recall  # faiss needs efSearch >= k
+
+    def _user_like_queries(self, blend: int, queries: int, k: int, seed: int) -> tuple[np.ndarray, list[set]]:
+        """(queries, d) unit means of `blend` random rows each, and each one's exact top-k rows."""
         rng = np.random.default_rng(seed)
         picks = np.sort(rng.integers(len(self), size=(queries, blend)), axis=1)  # sorted: mapped pages in order
         sample = np.stack([np.asarray(self.vectors[row], np.float32).mean(axis=0) for row in picks])
         sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-        exact = [set(row) for row in _exact_top_k_chunked(self.vectors, sample, k)]
-        for ef in EF_LADDER:
-            _, found = self.index.search(sample, k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k)))  # type: ignore[attr-defined]
-            recall = float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
-            if recall >= target_recall:
-                break
-        return max(ef, k), recall  # faiss needs efSearch >= k
+        return sample, [set(row) for row in _exact_top_k_chunked(self.vectors, sample, k)]
 
     def _filter_params(self, selector: faiss.IDSelector, k: int, breadth: int = 1) -> faiss.SearchParameters:
         """The index kind's search parameters with the selector, at `breadth` times the breadth it serves with."""
         if self.is_hnsw:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k) * breadth)  # type: ignore[attr-defined]
         try:
-            ivf = faiss.extract_index_ivf(self.index)
+            ivf = faiss.extract_index_ivf(self.faiss_index)
         except RuntimeError:  # not an IVF index
             return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return faiss.SearchParametersIVF(sel=selector, nprobe=min(ivf.nprobe * breadth, ivf.nlist))  # type: ignore[call-arg]
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The faiss index (an index whose searches a store answers has none)."""
+        if self.index is None:
+            raise TypeError(f"collection {self.collection!r} is searched in a vector store, not by faiss")
+        return self.index
 
     @property
     def is_hnsw(self) -> bool:
@@ -137,12 +201,29 @@ class VectorIndex:
         ID selector), so a narrow filter still fills k where that many pass it."""
         k = max(1, min(k, len(self.ids)))
         queries = as_matrix(queries)
+        if self.store is not None:
+            return self._store_search(queries, k, allowed)
         if allowed is not None:
             return self._filtered(queries, k, np.asarray(allowed, bool))
         if self.factory == "Flat" and len(queries) <= NUMPY_FLAT_MAX_QUERIES:
             return _exact_top_k(self.vectors, queries, k)
-        scores, positions = self.index.search(queries, k)
+        scores, positions = self.faiss_index.search(queries, k)
         return (scores, positions) if self.exact_scores else self._rescored(queries, positions)
+
+    def _store_search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The store's hits as (scores, positions) in this index's rows (ids it holds that these rows do not
+        are dropped: none, for the collection a reindex wrote beside them)."""
+        assert self.store is not None and self.collection is not None
+        allowed_ids = None if allowed is None else [self.ids[i] for i in np.flatnonzero(allowed)]
+        hits = self.store.search(self.collection, queries, k, allowed=allowed_ids)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        positions = np.full((len(queries), k), -1, np.int64)
+        for row, found in enumerate(hits):
+            known = [(self.position[i], s) for i, s in found if i in self.position][:k]
+            if known:
+                positions[row, : len(known)] = [p for p, _ in known]
+                scores[row, : len(known)] = [s for _, s in known]
+        return scores, positions
 
     def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.factory == "Flat":
@@ -155,7 +236,7 @@ class VectorIndex:
             wanted, breadth = min(k, int(allowed.sum())), 1
             while True:
                 params = self._filter_params(selector, k, breadth)
-                found_scores, positions = self.index.search(queries, k, params=params)
+                found_scores, positions = self.faiss_index.search(queries, k, params=params)
                 # a filtered graph walk or probe can end short of k allowed items: widen until it does not
                 if (positions >= 0).sum(axis=1).min() >= wanted or breadth >= FILTER_MAX_WIDENING:
                     break
@@ -177,19 +258,48 @@ class VectorIndex:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / FILES["vectors"], self.vectors)
-        faiss.write_index(self.index, str(directory / FILES["ann"]))
+        if self.index is not None:
+            faiss.write_index(self.index, str(directory / FILES["ann"]))
         (directory / FILES["ids"]).write_text(json.dumps(self.ids))
-        (directory / FILES["info"]).write_text(
-            json.dumps({"factory": self.factory, "count": len(self.ids), "ef_search": self.ef_search})
-        )
+        info = {"factory": self.factory, "count": len(self.ids), "ef_search": self.ef_search}
+        if self.store is not None:
+            info["collection"] = self.collection
+        (directory / FILES["info"]).write_text(json.dumps(info))
 
     @classmethod
-    def load(cls, directory: Path) -> VectorIndex:
+    def load(cls, directory: Path, *, store: VectorStore | None = None) -> VectorIndex:
+        """store: the vector store that answers an index saved from one (`checked_collection`)."""
         ids = json.loads((directory / FILES["ids"]).read_text())
         meta = json.loads((directory / FILES["info"]).read_text())
         vectors = np.asarray(np.load(directory / FILES["vectors"], mmap_mode="r"))  # an ndarray view of the map
-        index = faiss.read_index(str(directory / FILES["ann"]))
-        return cls(ids, vectors, index, meta["factory"], meta.get("ef_search", HNSW_EF_SEARCH))
+        collection = checked_collection(directory, store)
+        if collection is None:
+            index = faiss.read_index(str(directory / FILES["ann"]))
+            return cls(ids, vectors, index, meta["factory"], meta.get("ef_search", HNSW_EF_SEARCH))
+        return cls(ids, vectors, None, meta["factory"], store=store, collection=collection)
+
+
+def checked_collection(directory: Path, store: VectorStore | None) -> str | None:
+    """The store collection a saved index is searched in (None: its own faiss index), once it is known to
+    answer there: StoreError where no store is given, the collection is missing or holds vectors of another
+    dimension. `mmrecall serve` asks before it starts; the API before it serves a snapshot."""
+    collection = json.loads((directory / FILES["info"]).read_text()).get("collection")
+    if collection is None:
+        return None
+    from mmrecall.index.store import StoreError  # the store module imports this one
+
+    if store is None:
+        raise StoreError(
+            f"snapshot {directory.name} is searched in the vector-store collection {collection!r}, and no "
+            "vector store is configured: set MMRECALL_VECTOR_STORE to the store its reindex wrote to"
+        )
+    dim = np.load(directory / FILES["vectors"], mmap_mode="r").shape[1]
+    if store.dim(collection) != dim:  # StoreError where the collection is missing
+        raise StoreError(
+            f"collection {collection!r} holds {store.dim(collection)}-dimensional vectors; snapshot "
+            f"{directory.name} has {dim}: run `mmrecall reindex`"
+        )
+    return collection
 
 
 def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +332,10 @@ def _exact_top_k_chunked(vectors: np.ndarray, queries: np.ndarray, k: int, chunk
         kept_scores = np.take_along_axis(kept_scores, best, axis=1)
         kept_rows = np.take_along_axis(kept_rows, best, axis=1)
     return kept_rows
+
+
+def _recall(found: np.ndarray, exact: list[set], k: int) -> float:
+    return float(np.mean([len(set(f) & t) / k for f, t in zip(found, exact, strict=True)]))
 
 
 def _scores_exactly(index: faiss.Index) -> bool:

@@ -18,22 +18,25 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-import faiss
 import numpy as np
 
-from mmrecall.index.ann import choose_factory
+from mmrecall.core.errors import ServiceUnavailable
+from mmrecall.index.ann import VectorIndex, choose_factory
 
 Hit = tuple[str, float]  # (item id, inner product)
+INDEX_WAIT_S = 3600.0  # how long a collection's index may take to build before a search is refused
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")  # what Milvus accepts as a collection or alias name
 
 
-class StoreError(RuntimeError):
+class StoreError(ServiceUnavailable):
     """A store that cannot answer: unreachable, a missing collection, a dimension mismatch (the reason says
-    which); raised at start-up or at the call, never turned into an empty answer."""
+    which); raised at start-up or at the call (the API answers 503 with it), never turned into an empty
+    answer."""
 
 
 class VectorStore(Protocol):
@@ -73,6 +76,17 @@ def check_vectors(vectors: np.ndarray, ids: Sequence[str], dim: int, collection:
     return matrix
 
 
+def serving_store(url: str, *, home: Path) -> VectorStore | None:
+    """The store the snapshots' searches go to: None for `faiss` (each snapshot's own faiss index, in
+    process), else `open_store(url)` (StoreError when it does not answer)."""
+    return None if url in ("", "faiss") else open_store(url, home=home)
+
+
+def collection_name(alias: str, snapshot: str) -> str:
+    """The collection a reindex writes for a snapshot directory: the alias, then the directory's name."""
+    return check_name(f"{alias}_{re.sub(r'[^A-Za-z0-9_]', '_', snapshot)}")
+
+
 def open_store(url: str, *, home: Path) -> VectorStore:
     """`faiss` (or empty): in process under home/vector-store; `faiss:///path`; `milvus://host:port`,
     `http(s)://host:port`: a Milvus server; a path ending in `.db`: Milvus Lite in that file."""
@@ -81,10 +95,23 @@ def open_store(url: str, *, home: Path) -> VectorStore:
     if url.startswith("faiss://"):
         return FaissStore(Path(url.removeprefix("faiss://")))
     if url.startswith(("milvus://", "http://", "https://")):
-        return MilvusStore("http://" + url.removeprefix("milvus://") if url.startswith("milvus://") else url)
+        return _milvus("http://" + url.removeprefix("milvus://") if url.startswith("milvus://") else url)
     if url.endswith(".db"):
-        return MilvusStore(url)
+        return _milvus(url)
     raise StoreError(f"unknown vector store {url!r}: faiss, faiss:///DIR, milvus://HOST:PORT or FILE.db")
+
+
+_MILVUS_CLIENTS: dict[str, MilvusStore] = {}
+_MILVUS_LOCK = threading.Lock()
+
+
+def _milvus(uri: str) -> MilvusStore:
+    """One client per server and process: every reindex and snapshot load shares its connection (a new
+    connection each time piles keepalive pings on the server, which then refuses them)."""
+    with _MILVUS_LOCK:
+        if uri not in _MILVUS_CLIENTS:
+            _MILVUS_CLIENTS[uri] = MilvusStore(uri)
+        return _MILVUS_CLIENTS[uri]
 
 
 class _FaissCollection:
@@ -97,7 +124,7 @@ class _FaissCollection:
         self.vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
         self.position = {item: at for at, item in enumerate(self.ids)}
         self.live = np.ones(len(self.ids), bool)
-        self.index: faiss.Index | None = None
+        self.index: VectorIndex | None = None
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         fresh = [i for i in dict.fromkeys(ids) if i not in self.position]
@@ -121,11 +148,6 @@ class _FaissCollection:
     def search(
         self, queries: np.ndarray, k: int, allowed: Sequence[str] | None, exclude: Sequence[str]
     ) -> list[list[Hit]]:
-        if self.index is None:
-            self.index = faiss.index_factory(self.dim, choose_factory(len(self.ids)), faiss.METRIC_INNER_PRODUCT)
-            if len(self.ids):
-                self.index.train(self.vectors)
-                self.index.add(self.vectors)
         keep = self.live.copy()
         if allowed is not None:
             mask = np.zeros(len(self.ids), bool)
@@ -134,15 +156,9 @@ class _FaissCollection:
         keep[[self.position[i] for i in exclude if i in self.position]] = False
         if not keep.any() or k <= 0:
             return [[] for _ in queries]
-        bitmap = np.packbits(keep, bitorder="little")  # referenced until the search ends: faiss reads it
-        selector = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
-        params = (
-            faiss.SearchParametersHNSW(sel=selector, efSearch=max(4 * k, 256))  # type: ignore[attr-defined]
-            if isinstance(self.index, faiss.IndexHNSW)
-            else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-        )
-        queries = np.ascontiguousarray(queries, np.float32)
-        scores, found = self.index.search(queries, min(k, int(keep.sum())), params=params)
+        if self.index is None:  # the serving index's kind and search: exact, or HNSW over 8-bit codes rescored
+            self.index = VectorIndex.build(self.ids, self.vectors, choose_factory(len(self.ids)))
+        scores, found = self.index.search(queries, min(k, int(keep.sum())), allowed=None if keep.all() else keep)
         return [
             [(self.ids[at], float(score)) for at, score in zip(row, row_scores, strict=True) if at >= 0]
             for row, row_scores in zip(found, scores, strict=True)
@@ -262,15 +278,25 @@ class MilvusStore:
         self.uri, self.exact_below = uri, exact_below
         self._dims: dict[str, int] = {}  # per collection, read once: a search would otherwise ask each time
         self._indexed: set[str] = set()
+        self._present: set[str] = set()  # collections seen to exist (dropped through this client: forgotten)
         try:
             self.client = MilvusClient(uri=uri, timeout=10)
             self.client.list_collections()
         except Exception as exc:  # noqa: BLE001 - whatever the transport raises, the reason is what matters
             raise StoreError(f"the Milvus at {uri} does not answer: {exc}") from exc
 
-    def _known(self, target: str) -> None:
-        if not self.client.has_collection(target) and self.resolve(target) is None:
+    def _name(self, target: str) -> str:
+        """The collection a target names: itself, or the one its alias names (StoreError: neither exists).
+        A collection once seen is not asked about again: a served search then costs one round trip."""
+        if target in self._present:
+            return target
+        aliased = self.resolve(target)
+        if aliased is not None:
+            return aliased
+        if not self.client.has_collection(target):
             raise StoreError(f"no collection or alias {target!r} in the Milvus at {self.uri}")
+        self._present.add(target)
+        return target
 
     def create(self, collection: str, dim: int) -> None:
         from pymilvus import DataType
@@ -289,6 +315,7 @@ class MilvusStore:
         self._indexed.add(collection)
         if self.client.list_indexes(collection):
             return
+        self.client.flush(collection)  # sealed segments get the index; rows left in memory are searched by brute force
         params = self.client.prepare_index_params()
         if self.count(collection) < self.exact_below:
             params.add_index("vector", index_type="FLAT", metric_type="IP")
@@ -296,22 +323,36 @@ class MilvusStore:
             params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80})
         self.client.create_index(collection, params)
         self.client.load_collection(collection)
+        deadline = time.monotonic() + INDEX_WAIT_S
+        while time.monotonic() < deadline:  # built in the background: serve once every row is indexed
+            state = self.client.describe_index(collection, "vector")
+            if state.get("state") == "Finished" and not state.get("pending_index_rows"):
+                return
+            time.sleep(0.5)
+        raise StoreError(f"collection {collection!r} was not indexed within {INDEX_WAIT_S:.0f} s")
 
     def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
-        self._known(collection)
+        self._name(collection)
         matrix = check_vectors(vectors, ids, self.dim(collection), collection)
         rows = [{"id": item, "vector": vector.tolist()} for item, vector in zip(ids, matrix, strict=True)]
         for start in range(0, len(rows), 5_000):
             self.client.upsert(collection, rows[start : start + 5_000])
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
-        self._known(collection)
+        self._name(collection)
         if ids:
             self.client.delete(collection, ids=list(ids))
 
     def search(self, target, queries, k, *, allowed=None, exclude=()) -> list[list[Hit]]:
-        self._known(target)
-        name = self.resolve(target) or target
+        try:
+            return self._search(target, queries, k, allowed, exclude)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a server gone mid-request: the reason, not the transport's type
+            raise StoreError(f"the Milvus at {self.uri} did not answer a search: {exc}") from exc
+
+    def _search(self, target, queries, k, allowed, exclude) -> list[list[Hit]]:
+        name = self._name(target)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.dim(name):
             raise StoreError(f"{target!r} holds {self.dim(name)}-dimensional vectors, not {queries.shape[1]}")
@@ -334,13 +375,11 @@ class MilvusStore:
         return [[(hit["id"], float(hit["distance"])) for hit in hits] for hits in found]
 
     def count(self, target: str) -> int:
-        self._known(target)
-        name = self.resolve(target) or target
+        name = self._name(target)
         return int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def dim(self, target: str) -> int:
-        self._known(target)
-        name = self.resolve(target) or target
+        name = self._name(target)
         if name not in self._dims:
             described = self.client.describe_collection(name)
             self._dims[name] = int(next(f for f in described["fields"] if f["name"] == "vector")["params"]["dim"])
@@ -366,6 +405,7 @@ class MilvusStore:
         self.client.drop_collection(collection)
         self._dims.pop(collection, None)
         self._indexed.discard(collection)
+        self._present.discard(collection)
 
     def collections(self) -> list[str]:
         return sorted(self.client.list_collections())

@@ -31,7 +31,7 @@ def neighbor_table(
     for start in range(0, size, batch):
         block = np.asarray(index.vectors[start : start + batch], np.float32)
         if params is not None:
-            found_scores, found = index.index.search(block, n + 1, params=params)
+            found_scores, found = index.faiss_index.search(block, n + 1, params=params)
         else:
             found_scores, found = index.search(block, n + 1)
         for offset in range(len(block)):

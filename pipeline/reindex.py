@@ -18,10 +18,11 @@ from mmrecall.encoders.registry import checkpoint_dir
 from mmrecall.finetune.common import EtaLogger
 from mmrecall.finetune.export import user_tower_arrays
 from mmrecall.finetune.sasrec import SEQUENTIAL_FILE
-from mmrecall.index.ann import VectorIndex, choose_factory
+from mmrecall.index.ann import STORE_FACTORY, VectorIndex, choose_factory
 from mmrecall.index.clusters import ClusterTable, popularity_prior
 from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.rankings import item_rankings
+from mmrecall.index.store import VectorStore, collection_name, serving_store
 from mmrecall.index.v2v import neighbor_table
 from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
 from mmrecall.recall.serving import ServiceSources, ServingState
@@ -96,6 +97,8 @@ def reindex(
         catalogue.update_job(session, job_id, state="running", total=total, done=0, message=version)
     if total == 0:
         raise ValueError(f"no vectors stored for encoder version {version}; nothing to index")
+    store = serving_store(settings.vector_store, home=settings.home)  # StoreError: it does not answer
+    collection = None  # the store collection this reindex wrote, until it serves
     try:
         ids: list[str] = []
         matrix: np.ndarray | None = None  # filled in place: memory grows with the index, not with copies
@@ -119,12 +122,18 @@ def reindex(
         ids, matrix, table = cluster_ordered(ids, matrix, table)
         cluster_s = time.time() - started_clusters
         log.info("reindex: %d clusters in %.1fs", len(table.centroids), cluster_s)
-        factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
-        built = VectorIndex.build(ids, matrix, factory)
-        del matrix
-        tuned = built.tune_search(settings.ann_target_recall)  # before save: the breadth is stored with it
         writer = snapshots.SnapshotWriter(settings.snapshots_dir, job_id[:8])
         target = writer.directory
+        if store is None:
+            factory = choose_factory(len(ids), settings.index_factory, exact_below=settings.exact_search_below)
+            built = VectorIndex.build(ids, matrix, factory)
+        else:  # a new collection, searched by this snapshot; the alias moves to it once the snapshot serves
+            collection = collection_name(settings.vector_store_alias, target.name)
+            eta = EtaLogger(f"vectors into {collection}", len(ids), every_s=15.0)
+            built = VectorIndex.in_store(store, collection, ids, matrix, progress=lambda done, _n: eta(done, {}))
+            factory = STORE_FACTORY
+        del matrix
+        tuned = built.tune_search(settings.ann_target_recall)  # before save: the breadth is stored with it
         writer.index(built)
         with session_scope(url) as session:
             positions = built.position
@@ -150,22 +159,32 @@ def reindex(
             "encoder_version": version,
             "count": len(ids),
             "factory": factory,
+            **({"collection": collection} if collection else {}),
             "max_row": max_row,
             "job_id": job_id,
             "created_at": time.time(),
             **tuned,
             **extras,
         }
-        tuned = tune_recall_set(settings, writer.directory, meta, spec, report)
+        tuned = tune_recall_set(settings, writer.directory, meta, spec, report, store=store)
         if tuned:
             meta["recall"] = tuned
         with session_scope(url) as session:
             catalogue.set_cluster_ids(session, built.ids, table.assignment)
         writer.publish(meta)
-        snapshots.prune(settings.snapshots_dir)
+        if store is not None and collection is not None:
+            store.swap_alias(settings.vector_store_alias, collection)  # after CURRENT: what the API processes load
+            collection = None  # serving: never dropped by this job from here on
+        snapshots.prune(settings.snapshots_dir, store=store)
     except Exception as exc:
         with session_scope(url) as session:
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        unserved = collection is not None and snapshots.current_snapshot(settings.snapshots_dir) != target
+        if store is not None and unserved:
+            try:
+                store.drop(collection)  # nothing serves it: no orphan collection is left behind
+            except Exception:  # the job's own error is the one to report
+                log.exception("reindex: could not drop the unpublished collection %s", collection)
         raise
     result = {**meta, "snapshot": target.name, "seconds": round(time.time() - started, 3)}
     if finish:
@@ -243,7 +262,13 @@ def write_sequential(path, row_items: list[str], writer: snapshots.SnapshotWrite
 
 
 def tune_recall_set(
-    settings: Settings, directory, meta: dict, spec: str, report: Callable | None = None
+    settings: Settings,
+    directory,
+    meta: dict,
+    spec: str,
+    report: Callable | None = None,
+    *,
+    store: VectorStore | None = None,
 ) -> dict | None:
     """The recall set's parameters tuned on G's held-out interactions (recall.tuning) over this snapshot,
     before it serves: None when the encoder is not a G checkpoint with held-out queries."""
@@ -253,7 +278,7 @@ def tune_recall_set(
     started = time.time()
     queries = sample_queries([HeldOut(**q) for q in json.loads((checkpoint / HELD_OUT_FILE).read_text())])
     snapshots.write_meta(directory, meta)  # loadable, not yet serving
-    state = ServingState.from_snapshot(snapshots.load_snapshot(directory))
+    state = ServingState.from_snapshot(snapshots.load_snapshot(directory, store=store))
     url = settings.resolved_database_url
 
     def sources_for(query: HeldOut) -> ServiceSources:

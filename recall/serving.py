@@ -24,6 +24,7 @@ from mmrecall.index.clusters import ClusterTable, cluster_recall
 from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.live import LiveIndex
 from mmrecall.index.ranked import NO_ROWS, Ranked, member_mask, top_rows
+from mmrecall.index.store import StoreError, VectorStore, serving_store
 from mmrecall.index.v2v import stack_neighbors
 from mmrecall.recall.filters import EXACT_MAX_ROWS, AllowedRows, FilterCache, FilterError, RecallFilter, SnapshotRows
 from mmrecall.recall.sequential import SequentialModel
@@ -40,6 +41,7 @@ FEED_WINDOW = 1000
 # window every tick cost the API 3.5% of its throughput at 1M items. A late commit below the newest row
 # is picked up by the next read, at most this long after.
 FEED_WINDOW_EVERY_S = 2.0
+STORE_RETRY_S = 30.0  # how often a snapshot refused for its store collection is tried again
 
 
 @dataclass
@@ -181,6 +183,10 @@ class ServingIndex:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
+        self._store: list[VectorStore | None] = []  # where the snapshots' searches go, once opened (None: faiss)
+        # a published snapshot that could not be served (its store collection missing, of another dimension,
+        # the store down): (name, reason, when), retried every STORE_RETRY_S while the old state serves
+        self.refused: tuple[str, str, float] | None = None
 
     @property
     def live(self) -> LiveIndex:
@@ -194,6 +200,12 @@ class ServingIndex:
     def snapshot_name(self) -> str | None:
         return self.state.snapshot_name
 
+    def store(self) -> VectorStore | None:
+        """The configured vector store, opened on first use (None: each snapshot's own faiss index)."""
+        if not self._store:
+            self._store.append(serving_store(self.settings.vector_store, home=self.settings.home))
+        return self._store[0]
+
     # --- following the snapshot pointer, the change feed and deletions ----------------------------
     def refresh(self) -> None:
         with self._refresh_lock:
@@ -205,7 +217,18 @@ class ServingIndex:
         current = snapshots.current_snapshot(self.settings.snapshots_dir)
         if current is None or current.name == self.state.snapshot_name:
             return
-        snapshot = snapshots.load_snapshot(current)  # SnapshotLayoutError names the command that rebuilds it
+        refused = self.refused
+        if refused and refused[0] == current.name and time.monotonic() - refused[2] < STORE_RETRY_S:
+            return
+        try:  # SnapshotLayoutError names the command that rebuilds it
+            snapshot = snapshots.load_snapshot(current, store=self.store())
+        except StoreError as exc:
+            self.refused = (current.name, str(exc), time.monotonic())
+            if self.state.snapshot_name is None:
+                raise  # nothing serves yet: the API does not start on it
+            log.error("snapshot %s not served, %s serves on: %s", current.name, self.state.snapshot_name, exc)
+            return
+        self.refused = None
         meta = snapshot.meta
         state = ServingState.from_snapshot(snapshot)
         state.live.deleted = set(self.state.live.deleted)
@@ -260,6 +283,9 @@ class ServingIndex:
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Open the configured vector store and load the serving snapshot: a StoreError (the store does not
+        answer, the snapshot's collection is missing or of another dimension) stops the start with its reason."""
+        self.store()
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="serving-refresh", daemon=True)
         self._thread.start()

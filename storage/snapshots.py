@@ -22,6 +22,7 @@ from mmrecall.index.ann import VectorIndex
 from mmrecall.index.clusters import ClusterTable
 from mmrecall.index.item_meta import FILES as ITEM_META_FILES
 from mmrecall.index.item_meta import TOP_SET_FILES, ItemMeta
+from mmrecall.index.store import VectorStore
 
 LAYOUT_VERSION = 1  # bump when a file's name, dtype or meaning changes; readers refuse other versions
 CURRENT = "CURRENT"  # in the snapshots root: the name of the serving snapshot directory
@@ -150,14 +151,16 @@ def check_layout(directory: Path, meta: dict) -> None:
         )
 
 
-def load_snapshot(directory: Path) -> Snapshot:
+def load_snapshot(directory: Path, *, store: VectorStore | None = None) -> Snapshot:
+    """store: the vector store a snapshot written to one is searched in (index.store.StoreError where it
+    cannot be: none given, its collection missing, or of another dimension)."""
     meta = read_meta(directory)
     check_layout(directory, meta)
     rows = _mapped(directory / V2V_ROWS)
     return Snapshot(
         directory=directory,
         meta=meta,
-        index=VectorIndex.load(directory),
+        index=VectorIndex.load(directory, store=store),
         clusters=ClusterTable.load(directory),
         v2v_rows=rows,
         v2v_scores=_mapped(directory / V2V_SCORES) if rows is not None else None,
@@ -203,11 +206,15 @@ def read_meta(snapshot_dir: Path) -> dict:
     return json.loads((snapshot_dir / META).read_text())
 
 
-def prune(root: Path, keep: int = 3) -> list[Path]:
-    """Delete all but the newest `keep` published snapshots; never the current one."""
+def prune(root: Path, keep: int = 3, *, store: VectorStore | None = None) -> list[Path]:
+    """Delete all but the newest `keep` published snapshots; never the current one. store: the vector store
+    their collections are in (each removed snapshot's collection is dropped with it)."""
     current = current_snapshot(root)
     published = sorted(p for p in root.iterdir() if p.is_dir() and (p / META).is_file())
     removed = [p for p in published[:-keep] if p != current] if keep else []
     for path in removed:
+        collection = read_meta(path).get("collection")
+        if store is not None and collection and collection in store.collections():
+            store.drop(collection)  # first: a failure leaves the snapshot that names it, not an orphan
         shutil.rmtree(path, ignore_errors=True)
     return removed

@@ -12,8 +12,7 @@ import redis
 import sqlalchemy
 
 from mmrecall.core.settings import Settings
-from mmrecall.pipeline.runner import start_worker, wait_for_workers
-from tests.helpers import POSTGRES_URL, REDIS_URL, ApiServer, Service, make_settings
+from tests.helpers import POSTGRES_URL, REDIS_URL, Service, make_settings, running_service
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +33,8 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
 def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
     """A real Celery worker process and the API over HTTP, sharing one catalogue and one queue."""
     home = tmp_path_factory.mktemp("service")
-    settings = make_settings(home, redis_url)
-    worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(home / "worker.log"))
-    try:
-        wait_for_workers(settings, timeout=90)
-        with ApiServer(settings) as api:
-            service = Service(settings, api)
-            yield service
-            service.http.close()
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        redis.Redis.from_url(redis_url).delete(settings.queue)
+    with running_service(make_settings(home, redis_url)) as service:
+        yield service
 
 
 def _postgres_schema() -> Iterator[str]:

@@ -3,19 +3,25 @@ on a loopback port, and a client that waits on the service."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import uvicorn
 
 from mmrecall.api.app import create_app
 from mmrecall.benchmarks.faults import isolated_settings
 from mmrecall.core.settings import Settings
-from mmrecall.pipeline.runner import free_port, wait_for_api
+from mmrecall.pipeline.runner import free_port, start_milvus_lite, start_worker, wait_for_api, wait_for_workers
 
 SHARED_DATA = Path(os.environ.get("MMRECALL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 # a database of its own on the broker: the tests never touch what a developer keeps in database 0
@@ -30,7 +36,26 @@ def shared_dataset(*parts: str) -> Path:
     return path
 
 
+# "milvus": the service tests' second pass (the README's test command), every snapshot searched in a Milvus
+# (Milvus Lite's server, one per test session) instead of its own faiss index
+VECTOR_STORE = os.environ.get("MMRECALL_TEST_VECTOR_STORE", "faiss")
+_milvus_servers: list[str] = []
+
+
+def milvus_url() -> str:
+    """The test session's Milvus Lite server (started on first use, stopped when the session ends)."""
+    if not _milvus_servers:
+        process, url = start_milvus_lite(Path(tempfile.mkdtemp(prefix="mmrecall-test-milvus-")))
+        atexit.register(process.kill)
+        _milvus_servers.append(url)
+    return _milvus_servers[0]
+
+
 def make_settings(home: Path, redis_url: str, **overrides) -> Settings:
+    if VECTOR_STORE == "milvus":  # an alias of its own: tests sharing the server never meet
+        overrides = {"vector_store": milvus_url(), "vector_store_alias": f"t_{uuid.uuid4().hex[:12]}", **overrides}
+    elif VECTOR_STORE != "faiss":
+        raise ValueError(f"MMRECALL_TEST_VECTOR_STORE is faiss or milvus, not {VECTOR_STORE!r}")
     return isolated_settings(home, redis_url, queue_prefix="mmrecall-test", **overrides)
 
 
@@ -90,3 +115,19 @@ class Service:
             assert time.time() < deadline
             time.sleep(0.1)
         return job
+
+
+@contextmanager
+def running_service(settings: Settings) -> Iterator[Service]:
+    """A real Celery worker process and the API over HTTP on `settings`, sharing one catalogue and one queue."""
+    worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(settings.home / "worker.log"))
+    try:
+        wait_for_workers(settings, timeout=90)
+        with ApiServer(settings) as api:
+            service = Service(settings, api)
+            yield service
+            service.http.close()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        redis.Redis.from_url(settings.redis_url).delete(settings.queue)
