@@ -4,8 +4,12 @@ name."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import Service
 from tests.test_filters import N, catalogue, item  # noqa: F401  # the catalogue fixture: items, behaviour, a snapshot
+
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
 
 FALLBACKS = {"popular", "trending", "latest"}
 

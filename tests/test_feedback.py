@@ -18,6 +18,8 @@ from mmrecall.storage import catalogue as store
 from mmrecall.storage.db import session_scope
 from tests.helpers import Service
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 N = 24
 
 

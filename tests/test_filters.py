@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import Service
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 TOPICS = {  # tag -> title words: the tiny encoder's vectors follow the titles
     "food/noodles": "noodle soup",
     "food/cake": "chocolate cake",

@@ -15,6 +15,8 @@ from mmrecall.encoders.frames import MAX_FRAMES, item_frames, sample_video_frame
 from mmrecall.encoders.media import MediaError, load_content
 from tests.helpers import shared_dataset
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 
 

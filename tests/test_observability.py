@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mmrecall.core.logs import JsonFormatter
 from mmrecall.pipeline.runner import free_port, settings_env, wait_for_api
 from tests.helpers import Service, make_settings
+
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
 
 
 def scrape(http: httpx.Client) -> dict[str, list]:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from mmrecall.core.interchange import InteractionRecord, ItemRecord
 from mmrecall.pipeline.reindex import reindex
 from mmrecall.storage import catalogue
 from mmrecall.storage.db import session_scope
 from tests.helpers import ApiServer, make_settings
+
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
 
 
 def test_a_user_with_1000_interactions_is_never_recalled_what_they_saw(tmp_path: Path, redis_url: str) -> None:

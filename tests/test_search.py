@@ -14,6 +14,8 @@ from mmrecall.storage.db import session_scope
 from mmrecall.storage.title_search import title_matches
 from tests.helpers import Service
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 TITLES = {
     "m1": "Toy Story (1995)",
     "m2": "Toy Story 2 (1999)",

@@ -12,6 +12,8 @@ import redis
 
 from tests.helpers import ApiServer, Service, make_settings
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 
 @pytest.fixture(scope="module")
 def seq_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str):

@@ -12,6 +12,8 @@ from PIL import Image
 from mmrecall.benchmarks.common import wrk_available, wrk_load
 from tests.helpers import Service
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 

@@ -19,6 +19,8 @@ from mmrecall.pipeline.runner import settings_env
 from mmrecall.storage.export import export_catalogue
 from tests.helpers import Service, make_settings
 
+pytestmark = pytest.mark.service  # run again with every snapshot in Milvus (README)
+
 
 def test_train_from_the_catalogue_then_serve_it(service: Service) -> None:
     demo = generate_demo(service.settings.media_roots[0] / "train-demo", per_leaf=4, users=24)
