@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
@@ -31,3 +32,17 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # "request", commits after the response: a client's next request could miss what it was just told is stored)
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]
+
+
+T = TypeVar("T")
+
+
+async def searched(serving: ServingIndex, work: Callable[[], T]) -> T:
+    """The hot routes' work: on the event loop while the searches are in process (CPU work: a thread hop
+    costs more than it saves, and requests interleaving in the thread pool under the GIL raise p99), in a
+    worker thread when a vector store answers them over the network (a request waiting on it must not
+    stop the loop: health checks and other requests go on meanwhile)."""
+    snapshot = serving.live.snapshot
+    if snapshot is None or snapshot.store is None:
+        return work()
+    return await anyio.to_thread.run_sync(work)

@@ -11,6 +11,8 @@ recall.service.history_recall), so the bodies are the same; the tests compare th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from urllib.parse import parse_qsl
 
 import orjson
@@ -18,8 +20,10 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmrecall.api.auth import refusal
+from mmrecall.api.deps import searched
 from mmrecall.api.routes.similar import SIMILAR_K, SIMILAR_K_MAX, recall_options
 from mmrecall.api.schemas import RecallIn
+from mmrecall.index.store import StoreError
 from mmrecall.recall.channels import SIMILAR_CHANNELS
 from mmrecall.recall.filters import FilterError
 from mmrecall.recall.service import NoKnownHistory, history_recall
@@ -37,18 +41,25 @@ class FastPaths:
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
             if method == "GET" and path.startswith(SIMILAR_PREFIX):
-                answer = similar_answer(scope)
+                answer = await answered(similar_answer, scope)
                 if answer is not None:
                     await send_json(send, answer)
                     return
             elif method == "POST" and path == RECALL_PATH:
                 body, disconnect = await read_body(receive)
-                answer = recall_answer(scope, body) if disconnect is None else None
+                answer = await answered(recall_answer, scope, body) if disconnect is None else None
                 if answer is not None:
                     await send_json(send, answer)
                     return
                 receive = replay(body, disconnect, receive)
         await self.app(scope, receive, send)
+
+
+async def answered(answer: Callable[..., bytes | None], scope: Scope, *args) -> bytes | None:
+    app = scope.get("app")
+    if app is None:
+        return None
+    return await searched(app.state.serving, partial(answer, scope, *args))
 
 
 def _allowed(scope: Scope) -> bool:
@@ -75,7 +86,7 @@ def similar_answer(scope: Scope) -> bytes | None:
         return None
     try:
         return orjson.dumps(similar_to(scope["app"].state.serving, item_id, int(k_text), channel, in_memory_only=True))
-    except (NeedsDatabase, UnknownItem, NotReady):
+    except (NeedsDatabase, UnknownItem, NotReady, StoreError):  # the route answers (a StoreError: 503, its reason)
         return None
 
 
@@ -95,7 +106,7 @@ def recall_answer(scope: Scope, body: bytes) -> bytes | None:
     try:
         serving = scope["app"].state.serving
         return orjson.dumps(history_recall(serving, history, times, in_memory_only=True, **recall_options(request)))
-    except (NeedsDatabase, NoKnownHistory, FilterError):
+    except (NeedsDatabase, NoKnownHistory, FilterError, StoreError):
         return None
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from mmrecall.api.auth import READ
-from mmrecall.api.deps import ServingDep, SessionDep
+from mmrecall.api.deps import ServingDep, SessionDep, searched
 from mmrecall.api.schemas import ERRORS, ClusterOut, FilterIn, RecallIn, RecallOut, SimilarOut
 from mmrecall.recall.channels import SIMILAR_CHANNELS
 from mmrecall.recall.filters import FilterError
@@ -27,7 +27,8 @@ SIMILAR_K, SIMILAR_K_MAX = 50, 1000  # /v1/similar's default and largest k (api.
 
 # The two hot routes are `async def`: their work is in-memory CPU, so each request runs to completion on
 # the event loop instead of interleaving with others in the thread pool under the GIL (measured at 10k
-# items, 8 clients: recall p99 132 ms in the thread pool). The rare database reads go to a thread.
+# items, 8 clients: recall p99 132 ms in the thread pool). The rare database reads go to a thread, and so
+# does all of it when a vector store answers the searches over the network (api.deps.searched).
 @router.get("/similar/{item_id}", response_model=SimilarOut, dependencies=[READ])
 async def similar(
     item_id: str,
@@ -56,7 +57,10 @@ async def similar(
         raise RequestValidationError(exc.errors(include_url=False)) from exc
     try:
         try:
-            return similar_to(serving, item_id, k, channel, recall_filter=recall_filter, in_memory_only=True)
+            in_memory = partial(
+                similar_to, serving, item_id, k, channel, recall_filter=recall_filter, in_memory_only=True
+            )
+            return await searched(serving, in_memory)
         except NeedsDatabase:
             return await run_in_threadpool(
                 partial(similar_to, serving, item_id, k, channel, recall_filter=recall_filter)
@@ -89,7 +93,9 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     options = {**recall_options(body), "seen_items": seen}
     try:
         try:
-            return history_recall(serving, history, times, in_memory_only=True, **options)
+            return await searched(
+                serving, partial(history_recall, serving, history, times, in_memory_only=True, **options)
+            )
         except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
             return await run_in_threadpool(
                 partial(history_recall, serving, history, times, in_memory_only=False, **options)
