@@ -9,7 +9,9 @@ cluster would be), on the same stored vectors:
 - recall_p99_ms / similar_p99_ms / *_qps: HTTP against `mmrecall serve` (API_WORKERS processes behind
   HAProxy where installed), 8 closed-loop clients;
 - api_pss_mb / store_pss_mb: proportional set size of the API processes and of the store's server after
-  the load (shared pages counted once between them).
+  the load (shared pages counted once between them);
+- same_recall_answers_share: the share of 100 /v1/recall queries (the same histories) answered with the same
+  ids in the same order by both backends (exact search on both below 20k items).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+import numpy as np
 import psutil
 
 from mmrecall.benchmarks.common import low_rank_vectors, table, write_result
@@ -77,12 +81,29 @@ def serve_and_measure(settings: Settings, ids: list[str], n: int, snapshot: str,
         for name, measured in (("recall", recall), ("similar", similar)):
             out.update({f"{name}_{key}": measured[key] for key in ("p50_ms", "p99_ms", "qps")})
         out["http_errors"] = recall["errors"] + similar["errors"]
+        out["answers"] = recall_answers(url, ids, n)
         out["api_pss_mb"] = pss_mb([psutil.Process(server.pid)])
         out["store_pss_mb"] = pss_mb([psutil.Process(store_pid)]) if store_pid else 0.0
         return out
     finally:
         server.terminate()
         server.wait(30)
+
+
+def recall_answers(url: str, ids: list[str], n: int, queries: int = 100) -> list[list[str]]:
+    """The ids /v1/recall answers for the same 100 histories of 20 random items (seeded), in order."""
+    rng = np.random.default_rng(17)
+    answers = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for picks in rng.integers(n, size=(queries, 20)):
+            body = {"history": [ids[int(i)] for i in picks], "k": 50}
+            answers.append([r["id"] for r in http.post("/v1/recall", json=body).json()["results"]])
+    return answers
+
+
+def same_share(first: list[list[str]], second: list[list[str]]) -> float:
+    """The share of queries answered with the same ids in the same order."""
+    return round(float(np.mean([a == b for a, b in zip(first, second, strict=True)])), 3)
 
 
 def run(out: Path, scale: str = "100k", **_kw) -> dict:
@@ -112,10 +133,12 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
                 measured |= {"personal_ann_p99_ms": p99, "personal_ann_recall_at_100": round(recall_at_100, 4)}
                 measured |= serve_and_measure(settings, ids, n, job["snapshot"], milvus.pid if store else None)
                 result["backends"][backend] = measured
-                print(f"{backend}: {measured}", flush=True)
+                print(f"{backend}: {({k: v for k, v in measured.items() if k != 'answers'})}", flush=True)
         finally:
             milvus.kill()
             milvus.wait(30)
+    answers = [m.pop("answers") for m in result["backends"].values()]
+    result["same_recall_answers_share"] = same_share(*answers)  # 100 queries; exact search on both below 20k
     keys = [
         "reindex_s",
         "reindex_peak_gb",
@@ -131,5 +154,6 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
     ]
     rows = [{"backend": backend, **{k: m.get(k) for k in keys}} for backend, m in result["backends"].items()]
     print(table(rows, ["backend", *keys]))
+    print(f"same /v1/recall answers (ids in order) on both backends: {result['same_recall_answers_share']:.0%}")
     write_result(out, "store", result)
     return result

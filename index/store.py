@@ -280,7 +280,9 @@ class MilvusStore:
         self._indexed: set[str] = set()
         self._present: set[str] = set()  # collections seen to exist (dropped through this client: forgotten)
         try:
-            self.client = MilvusClient(uri=uri, timeout=10)
+            # keepalive pings every 5 min, not pymilvus's 10 s: a gRPC server with the default ping policy (Milvus
+            # Lite's) answers more frequent pings with GOAWAY "too_many_pings", dropping calls in flight
+            self.client = MilvusClient(uri=uri, timeout=10, grpc_options={"grpc.keepalive_time_ms": 300_000})
             self.client.list_collections()
         except Exception as exc:  # noqa: BLE001 - whatever the transport raises, the reason is what matters
             raise StoreError(f"the Milvus at {uri} does not answer: {exc}") from exc
