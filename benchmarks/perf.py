@@ -337,15 +337,7 @@ def serve_and_load(
     """`mmrecall serve --workers API_WORKERS --balancer B` on the snapshot, then the loads: /v1/similar,
     /v1/recall, /v1/recall with the selective filter; with HAProxy, the requests each process served; with
     `vectors`, then the freshness probe."""
-    port = 18500 + os.getpid() % 500
-    command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS)]
-    server = subprocess.Popen(
-        [*command, "--balancer", balancer, "--no-access-log"],
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_api(settings, balancer, 18500 + os.getpid() % 500)
     try:
         _wait_serving(url, server, snapshot)
         similar = load(
@@ -387,6 +379,18 @@ def serve_and_load(
     finally:
         server.terminate()
         server.wait(30)
+
+
+def start_api(settings: Settings, balancer: str, port: int) -> tuple[subprocess.Popen, str]:
+    """`mmrecall serve --workers API_WORKERS --balancer B` on the port, in its own process; (it, its URL)."""
+    command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS)]
+    server = subprocess.Popen(
+        [*command, "--balancer", balancer, "--no-access-log"],
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return server, f"http://127.0.0.1:{port}"
 
 
 def load(url: str, python_request, lua_request: str, *, seconds: float = 10.0) -> dict:

@@ -17,8 +17,6 @@ cluster would be), on the same stored vectors:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,19 +26,19 @@ import psutil
 
 from mmrecall.benchmarks.common import low_rank_vectors, table, write_result
 from mmrecall.benchmarks.perf import (
-    API_WORKERS,
     RECALL_LUA,
     SCALES,
     _wait_serving,
     load,
     personal_ann,
+    start_api,
     store_catalogue,
     timed_reindex,
 )
 from mmrecall.core.settings import Settings
 from mmrecall.index.store import serving_store
 from mmrecall.pipeline.balancer import haproxy_available
-from mmrecall.pipeline.runner import settings_env, start_milvus_lite
+from mmrecall.pipeline.runner import start_milvus_lite
 
 BACKENDS = ("faiss", "milvus")
 
@@ -61,16 +59,8 @@ def pss_mb(processes: list[psutil.Process]) -> float:
 
 
 def serve_and_measure(settings: Settings, ids: list[str], n: int, snapshot: str, store_pid: int | None) -> dict:
-    port = 18000 + os.getpid() % 500
     balancer = "haproxy" if haproxy_available() else "uvicorn"
-    command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", str(API_WORKERS)]
-    server = subprocess.Popen(
-        [*command, "--balancer", balancer, "--no-access-log"],
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_api(settings, balancer, 18000 + os.getpid() % 500)
     try:
         _wait_serving(url, server, snapshot)
         recall = load(url, None, RECALL_LUA % (n - 1))
@@ -133,7 +123,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
                 measured |= {"personal_ann_p99_ms": p99, "personal_ann_recall_at_100": round(recall_at_100, 4)}
                 measured |= serve_and_measure(settings, ids, n, job["snapshot"], milvus.pid if store else None)
                 result["backends"][backend] = measured
-                print(f"{backend}: {({k: v for k, v in measured.items() if k != 'answers'})}", flush=True)
+                print(f"{backend}: { ({k: v for k, v in measured.items() if k != 'answers'}) }", flush=True)
         finally:
             milvus.kill()
             milvus.wait(30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -545,7 +546,21 @@ def status() -> None:
         counts = catalogue.count_by_status(session)
     current = snapshots.current_snapshot(settings.snapshots_dir)
     meta = snapshots.read_meta(current) if current else None
-    typer.echo(json.dumps({"items": counts, "snapshot": meta}, indent=2))
+    typer.echo(json.dumps({"items": counts, "snapshot": meta, "vector_store": _store_status(settings)}, indent=2))
+
+
+def _store_status(settings) -> dict:
+    """Where the vectors are searched, and which collection the alias names (or why that is unknown)."""
+    from mmrecall.index.store import StoreError, serving_store
+
+    out = {"url": re.sub(r"//[^/@]+@", "//***@", settings.vector_store), "alias": settings.vector_store_alias}
+    try:
+        store = serving_store(settings.vector_store, home=settings.home)
+        if store is not None:
+            out["serving_collection"] = store.resolve(settings.vector_store_alias)
+    except StoreError as exc:
+        out["error"] = str(exc)
+    return out
 
 
 @app.command()

@@ -189,6 +189,10 @@ def add_missing_columns(engine: Engine) -> list[str]:
     added = []
     with engine.begin() as conn:
         for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                # not made yet: another process starting on a new database is creating the tables (SQLite
+                # commits each CREATE TABLE on its own), and the upgrade that follows makes it whole
+                continue
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present and column.nullable:

@@ -108,6 +108,10 @@ class Service:
         ids = self.http.post("/v1/items", json={"items": items}).json()["ids"]
         assert {s["status"] for s in self.wait_items(ids).values()} == {"ready"}
         assert self.http.post("/v1/interactions", json={"interactions": interactions}).status_code == 202
+        return self.reindex()
+
+    def reindex(self) -> dict:
+        """A reindex through the API, once the API serves its snapshot; the job."""
         job = self.wait_job(self.http.post("/v1/reindex").json()["job_id"])
         assert job["state"] == "succeeded", job
         deadline = time.time() + 10

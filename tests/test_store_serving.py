@@ -41,16 +41,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_url: str, milvus: str
         yield service
 
 
-def reindexed(service: Service) -> dict:
-    job = service.wait_job(service.http.post("/v1/reindex").json()["job_id"])
-    assert job["state"] == "succeeded", job
-    deadline = time.time() + 10
-    while service.http.get("/healthz").json()["snapshot"] != job["result"]["snapshot"]:
-        assert time.time() < deadline
-        time.sleep(0.1)
-    return job["result"]
-
-
 def exact_neighbours(snapshot_dir: Path, item: str, k: int) -> list[str]:
     ids = json.loads((snapshot_dir / "ids.json").read_text())
     vectors = np.load(snapshot_dir / "vectors.npy")
@@ -62,7 +52,7 @@ def test_reindex_writes_a_collection_moves_the_alias_and_the_api_searches_there(
     http, settings = served.http, served.settings
     ids = http.post("/v1/items", json={"items": items_payload(served, "m", 12)}).json()["ids"]
     assert {s["status"] for s in served.wait_items(ids).values()} == {"ready"}
-    first = reindexed(served)
+    first = served.reindex()["result"]
     store = open_store(milvus, home=settings.home)
     collection = collection_name(settings.vector_store_alias, first["snapshot"])
     assert first["collection"] == collection and first["factory"] == "store"
@@ -83,12 +73,16 @@ def test_reindex_writes_a_collection_moves_the_alias_and_the_api_searches_there(
         time.sleep(0.1)
 
     # each reindex writes a new collection; the alias follows CURRENT; pruned snapshots take theirs along
-    later = [reindexed(served) for _ in range(3)]
+    later = [served.reindex()["result"] for _ in range(3)]
     collections = [collection] + [r["collection"] for r in later]
     assert len(set(collections)) == 4 and store.resolve(settings.vector_store_alias) == collections[-1]
     assert collection not in store.collections()  # its snapshot was pruned (3 kept)
     assert set(collections[1:]) <= set(store.collections())
     assert http.get("/readyz").json()["problems"].get("vector_store") is None
+    status = subprocess.run(
+        [sys.executable, "-m", "mmrecall.cli", "status"], env=settings_env(settings), capture_output=True, text=True
+    )
+    assert json.loads(status.stdout)["vector_store"]["serving_collection"] == collections[-1], status.stderr
 
 
 def serve_check(settings: Settings, *, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
@@ -106,7 +100,7 @@ def serve_check(settings: Settings, *, timeout: float = 30, **env: str) -> subpr
 def test_what_cannot_be_served_is_refused_and_the_running_snapshot_serves_on(served: Service, milvus: str) -> None:
     http, settings = served.http, served.settings
     if http.get("/healthz").json()["snapshot"] is None:
-        reindexed(served)
+        served.reindex()
     serving = http.get("/healthz").json()["snapshot"]
     good = http.get("/v1/similar/m0", params={"k": 3}).json()["results"]
     root = settings.snapshots_dir
