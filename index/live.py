@@ -112,6 +112,13 @@ class LiveIndex:
             return np.asarray(self.snapshot.vectors[row], np.float32)  # type: ignore[union-attr]  # row < base
         return self.delta_vectors[row - base].copy()
 
+    def moved_rows(self) -> dict[int, int]:
+        """Snapshot row -> delta row of the items re-encoded since the snapshot."""
+        if not self.superseded:
+            return {}
+        position = self._snapshot_ids()
+        return {position[i]: self.base + self.delta_pos[i] for i in self.superseded if i in self.delta_pos}
+
     def blocked_rows(self) -> set[int]:
         """Rows never returned: deleted items' rows, and snapshot rows whose item was re-encoded since
         (its delta row replaces it)."""

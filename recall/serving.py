@@ -106,10 +106,8 @@ def new_rows(state: ServingState) -> np.ndarray:
     mask = np.ones(live.base + len(live.delta_ids), bool)
     if state.popularity is not None and live.base:
         mask[: live.base] = np.asarray(state.popularity[: live.base]) <= 0
-        position = live.snapshot.position  # type: ignore[union-attr]  # base > 0: a snapshot
-        for item in live.superseded:  # re-encoded since: the snapshot's count still holds for it
-            if item in live.delta_pos:
-                mask[live.base + live.delta_pos[item]] = mask[position[item]]
+        for snapshot_row, delta_row in live.moved_rows().items():  # re-encoded since: its count still holds
+            mask[delta_row] = mask[snapshot_row]
     return mask
 
 
@@ -344,14 +342,6 @@ class ServiceSources:
         self._history_vectors: tuple[bytes, np.ndarray] | None = None  # the last rows asked, their vectors
         self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
 
-    def _moved(self) -> dict[int, int]:
-        """Snapshot row -> delta row of the items re-encoded since the snapshot."""
-        live = self.live
-        if not live.superseded:
-            return {}
-        position = live.snapshot.position  # type: ignore[union-attr]  # only snapshot items are superseded
-        return {position[i]: live.base + live.delta_pos[i] for i in live.superseded if i in live.delta_pos}
-
     def _table_neighbors(
         self, row: int, n: int, exclude: np.ndarray, *, complete: bool = False
     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -453,7 +443,7 @@ class ServiceSources:
                 queries.append(query)
         # the table's members are snapshot rows: an item re-encoded since is listed under its old row (and
         # reported under its new one), so it is skipped when its new row is excluded
-        moved = self._moved()
+        moved = self.live.moved_rows()
         excluded = set(exclude.tolist()) | set(rows)
         skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded}
         found = cluster_recall(
@@ -553,7 +543,7 @@ class ServiceSources:
         model = self.state.sequential
         if model is None:
             return None
-        moved = self._moved()
+        moved = self.live.moved_rows()
         back = {new: old for old, new in moved.items()}
         rows = np.array([back.get(r, r) for r in np.asarray(history).tolist()], np.int64) if back else history
         vector = model.user_vector(rows[rows < self.base])
