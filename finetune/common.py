@@ -1,4 +1,4 @@
-"""Pieces every training job shares: run directories, progress with ETA, frozen frame features."""
+"""Pieces every training job shares: run directories, progress with ETA, early stopping, frozen frame features."""
 
 from __future__ import annotations
 
@@ -23,6 +23,33 @@ def native_bf16() -> bool:
     bfloat16 autocast is emulated and several times slower than float32, so training stays in float32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+class EarlyStopping:
+    """The best held-out score so far, the epoch it came at and the model's weights then (plus any `extra`
+    state the caller keeps with them); `stop` once `patience` epochs have passed without a better one."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.score, self.epoch = -1.0, 0
+        self.state: dict[str, torch.Tensor] | None = None
+        self.extra: dict = {}
+
+    def update(self, epoch: int, score: float, model: torch.nn.Module, **extra) -> bool:
+        """Record an evaluation; True when it is the best so far (its weights are copied)."""
+        if score <= self.score:
+            return False
+        self.score, self.epoch, self.extra = score, epoch, extra
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+        return True
+
+    def stop(self, epoch: int) -> bool:
+        return epoch - self.epoch >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """The best weights back into the model (none recorded: left as it is)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
 
 
 def run_dir(root: Path, kind: str) -> Path:

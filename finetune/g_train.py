@@ -39,7 +39,7 @@ from mmrecall.encoders.content_g import (
     save_g,
 )
 from mmrecall.finetune import losses
-from mmrecall.finetune.common import EtaLogger, Progress, native_bf16
+from mmrecall.finetune.common import EarlyStopping, EtaLogger, Progress, native_bf16
 from mmrecall.finetune.frequency import StreamingFrequency
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class GTrainer:
         )
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
-        best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
+        best = EarlyStopping(cfg.patience)
         history, started = [], time.time()
         for epoch in range(1, cfg.epochs + 1):
             state.hard_pool = self._hard_pool(known) if cfg.hard_negatives else None
@@ -302,28 +302,21 @@ class GTrainer:
             hit = self.validate(fit_seqs, valid_users, valid_targets, known)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_hitrate@50": hit})
             log.info("G epoch %d: loss %.4f, valid hitrate@50 %.4f", epoch, np.mean(losses), hit)
-            if hit > best["hitrate@50"]:
-                best = {
-                    "hitrate@50": hit,
-                    "epoch": epoch,
-                    "activations": self.activations.copy(),
-                    "state": {k: v.clone() for k, v in self.model.state_dict().items()},
-                }
-            elif epoch - best["epoch"] >= cfg.patience:
+            if not best.update(epoch, hit, self.model, activations=self.activations.copy()) and best.stop(epoch):
                 break
             self.activations[:] = 0  # one epoch's record: the interests as they were at that epoch
-        self.model.load_state_dict(best["state"])
+        best.restore(self.model)
         self.model.eval()
         self.known = known
         if self.seq:
-            self.activations = best["activations"]
+            self.activations = best.extra["activations"]
             self.active = torch.from_numpy(activity(self.activations, cfg.min_activation))
         # what early stopping held out: (user, history, target), for tuning what sits on top of G
         self.held_out = [(int(u), fit_seqs[int(u)], int(t)) for u, t in zip(valid_users, valid_targets, strict=True)]
         self.held_out_times = user_sequences(data, data.times) if data.times is not None else None
         report = {
-            "best_epoch": best["epoch"],
-            "valid_hitrate@50": best["hitrate@50"],
+            "best_epoch": best.epoch,
+            "valid_hitrate@50": best.score,
             "epochs": history,
             "seconds": round(time.time() - started, 1),
             "examples": int(sum(len(q) - 1 for q in fit_seqs.values() if len(q))),

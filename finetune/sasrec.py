@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrecall.core.dataset import by_user_in_time, load_dataset
-from mmrecall.finetune.common import EtaLogger, native_bf16
+from mmrecall.finetune.common import EarlyStopping, EtaLogger, native_bf16
 from mmrecall.finetune.export import encoder_layer_arrays
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class SASRecTrainer:
         cfg = self.config
         train = training_windows(train, cfg.max_len)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
-        best = {"hitrate@50": -1.0, "epoch": 0, "state": None}
-        started, evaluations_without_gain, history = time.time(), 0, []
+        best = EarlyStopping(cfg.patience * cfg.eval_every)  # patience counts evaluations
+        started, history = time.time(), []
         steps_per_epoch = -(-len(train) // cfg.batch_size)
         eta, step = EtaLogger("sasrec" if held else "sasrec retrain", epochs * steps_per_epoch), 0
         bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
@@ -173,22 +173,12 @@ class SASRecTrainer:
             hit = self.hit_rate([h for h, _ in held], np.array([t for _, t in held]))
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "held_out_hitrate@50": hit})
             log.info("sasrec epoch %d: loss %.4f, held-out hitrate@50 %.4f", epoch, np.mean(losses), hit)
-            if hit > best["hitrate@50"]:
-                best = {
-                    "hitrate@50": hit,
-                    "epoch": epoch,
-                    "state": {k: v.clone() for k, v in self.model.state_dict().items()},
-                }
-                evaluations_without_gain = 0
-            else:
-                evaluations_without_gain += 1
-                if evaluations_without_gain >= cfg.patience:
-                    break
-        if best["state"] is not None:
-            self.model.load_state_dict(best["state"])
+            if not best.update(epoch, hit, self.model) and best.stop(epoch):
+                break
+        best.restore(self.model)
         return {
-            "best_epoch": best["epoch"],
-            "valid_hitrate@50": best["hitrate@50"],
+            "best_epoch": best.epoch,
+            "valid_hitrate@50": best.score,
             "trained_s": round(time.time() - started, 1),
             "epochs": history,
         }

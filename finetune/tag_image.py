@@ -21,7 +21,7 @@ from mmrecall.core.interchange import tag_at_level
 from mmrecall.encoders import create_encoder, load_config
 from mmrecall.encoders.config import TagHeadConfig
 from mmrecall.encoders.image_encoders import ImageEncoder
-from mmrecall.finetune.common import EtaLogger, Progress, frame_features, run_dir
+from mmrecall.finetune.common import EarlyStopping, EtaLogger, Progress, frame_features, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def train_tag_image(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     prior = np.broadcast_to(y[train].mean(axis=0), y[valid].shape)
     prior_map = mean_ap(prior, y[valid])
-    best = {"map": -1.0, "epoch": 0, "state": None}
+    best = EarlyStopping(patience)
     eta = EtaLogger("tag-image", epochs, on_progress, every_s=5.0)
     for epoch in range(1, epochs + 1):
         head.train()
@@ -127,12 +127,11 @@ def train_tag_image(
         head.eval()
         with torch.no_grad():
             valid_map = mean_ap(head(xt[valid])[1].numpy(), y[valid])
-        if valid_map > best["map"]:
-            best = {"map": valid_map, "epoch": epoch, "state": {k: v.clone() for k, v in head.state_dict().items()}}
-        eta(epoch, {"loss": loss.item(), "valid_map": valid_map, "best": best["map"]})
-        if epoch - best["epoch"] >= patience:
+        best.update(epoch, valid_map, head)
+        eta(epoch, {"loss": loss.item(), "valid_map": valid_map, "best": best.score})
+        if best.stop(epoch):
             break
-    head.load_state_dict(best["state"])
+    best.restore(head)
 
     trained = ImageEncoder(replace(config, tag_head=head_config))
     trained.head.load_state_dict(head.state_dict())
@@ -145,9 +144,9 @@ def train_tag_image(
         "tags": len(vocab),
         "train_items": int(len(train)),
         "valid_items": int(len(valid)),
-        "valid_map": best["map"],
+        "valid_map": best.score,
         "prior_map": prior_map,
-        "best_epoch": best["epoch"],
+        "best_epoch": best.epoch,
     }
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
