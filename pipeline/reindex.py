@@ -182,7 +182,8 @@ def reindex(
         unserved = collection is not None and snapshots.current_snapshot(settings.snapshots_dir) != target
         if store is not None and unserved:
             try:
-                store.drop(collection)  # nothing serves it: no orphan collection is left behind
+                if collection in store.collections():  # nothing serves it: no orphan collection is left behind
+                    store.drop(collection)
             except Exception:  # the job's own error is the one to report
                 log.exception("reindex: could not drop the unpublished collection %s", collection)
         raise

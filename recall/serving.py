@@ -214,6 +214,8 @@ class ServingIndex:
     def _follow_snapshot(self) -> None:
         current = snapshots.current_snapshot(self.settings.snapshots_dir)
         if current is None or current.name == self.state.snapshot_name:
+            if current is not None:
+                self.refused = None  # the pointer is back on what serves: nothing is refused any more
             return
         refused = self.refused
         if refused and refused[0] == current.name and time.monotonic() - refused[2] < STORE_RETRY_S:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -152,14 +153,44 @@ def get_engine(url: str) -> Engine:
 
 def create_schema(engine: Engine) -> None:
     """The tables at the newest schema revision (storage.migrations), and the title search index.
-    Processes starting together on a new database (the API's processes, workers) race to create them: the
-    loser finds them made meanwhile, and checks again."""
+    Processes starting together on a new database (the API's processes, workers) take turns: one makes the
+    schema, the others then find it made. Without the turns, a process could see the first tables of a
+    schema still being made (SQLite commits each CREATE TABLE on its own) and take it for a database from
+    before migrations."""
 
     def create() -> None:
         migrations.upgrade(engine, before_stamp=lambda: add_missing_columns(engine))
         create_title_index(engine)
 
-    retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
+    with schema_lock(engine):
+        retry_while(create, DBAPIError, ("already exists", "duplicate"), attempts=5)
+
+
+SCHEMA_LOCK_KEY = 0x6D6D7263  # PostgreSQL advisory lock id for schema changes ("mmrc")
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """One process at a time changes the schema: an advisory lock on PostgreSQL, a lock file beside a SQLite
+    file (an in-memory SQLite database belongs to one process: no lock)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.schema-lock", "a") as handle:  # noqa: PTH123 - a lock file, held while open
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def retry_while(
@@ -189,10 +220,6 @@ def add_missing_columns(engine: Engine) -> list[str]:
     added = []
     with engine.begin() as conn:
         for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                # not made yet: another process starting on a new database is creating the tables (SQLite
-                # commits each CREATE TABLE on its own), and the upgrade that follows makes it whole
-                continue
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in present and column.nullable:

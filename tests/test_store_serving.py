@@ -143,6 +143,10 @@ def test_what_cannot_be_served_is_refused_and_the_running_snapshot_serves_on(ser
         assert http.get("/healthz").json()["snapshot"] == serving
     finally:
         (root / "CURRENT").write_text(serving)
+    deadline = time.time() + 10
+    while "vector_store" in http.get("/readyz").json()["problems"]:  # the pointer is back on what serves
+        assert time.time() < deadline, "the refusal outlived the snapshot it was about"
+        time.sleep(0.1)
     # restored: the check passes (the server starts and is stopped by the timeout)
     restored = serve_check(settings, timeout=8)
     assert restored.returncode == 0 and "vector store" not in restored.stderr
