@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-NAMES = ("encode", "index", "api", "perf", "faults", "scaling", "answers", "served", "homophily", "store")
+NAMES = ("encode", "index", "api", "perf", "faults", "scaling", "answers", "served", "homophily", "store", "train")
 
 
 def get_benchmark(name: str) -> Callable[..., dict]:

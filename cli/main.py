@@ -691,16 +691,22 @@ def demo(
 @app.command()
 def bench(
     name: Annotated[
-        str, typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served, homophily or store")
+        str,
+        typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served, homophily, store or train"),
     ],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
     scale: Annotated[
         str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf, answers and store: 10k, 100k or 1m")
     ] = "100k",
-    dataset: Annotated[Path | None, typer.Option(help="served: a dataset directory (interchange format)")] = None,
-    encoder: Annotated[str | None, typer.Option(help="served: the encoder (default: the settings')")] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="served, homophily, train: a dataset directory (interchange format)")
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="served: the encoder (default: the settings'); train: G's features")
+    ] = None,
     encoders: Annotated[str | None, typer.Option(help="homophily: comma-separated encoders")] = None,
     sequential: Annotated[bool, typer.Option(help="served: `mmrecall train --sequential` (SASRec beside G)")] = False,
+    user_tower: Annotated[str | None, typer.Option(help="train: G's user tower, pool or seq")] = None,
 ) -> None:
     """Run a benchmark: prints a table and writes OUT/NAME.json."""
     from mmrecall.benchmarks import get_benchmark
@@ -710,7 +716,13 @@ def bench(
     except KeyError as exc:
         _fail(str(exc))
     # only what was given: each has defaults
-    given = {"dataset": dataset, "encoder": encoder, "encoders": encoders, "sequential": sequential}
+    given = {
+        "dataset": dataset,
+        "encoder": encoder,
+        "encoders": encoders,
+        "sequential": sequential,
+        "user_tower": user_tower,
+    }
     runner(out=out, scale=scale, redis_url=get_settings().redis_url, **{k: v for k, v in given.items() if v})
     typer.echo(f"wrote {out / (name + '.json')}")
 

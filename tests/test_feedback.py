@@ -145,12 +145,12 @@ def test_star_ratings_as_dislikes_become_hard_negatives(tmp_path: Path) -> None:
         GTrainConfig(disliked_rate=1.0, hard_negatives=False),
     )
     from mmrecall.finetune.frequency import StreamingFrequency
-    from mmrecall.finetune.g_train import FitState
+    from mmrecall.finetune.g_train import FitState, FlatSequences
 
     state = FitState(
         seqs={0: np.array([0, 2, 4])},
         weight_seqs=None,
-        item_sets={0: {0, 2, 4}},
+        flat=FlatSequences.of({0: np.array([0, 2, 4])}, None, 8),
         known=torch.ones(8, dtype=torch.bool),
         frequency=StreamingFrequency(),
         hard_pool=None,

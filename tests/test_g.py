@@ -206,7 +206,7 @@ def test_training_tag_preferences_match_the_served_ones() -> None:
     """Training reads the tag preferences after every slot from running sums; serving computes them from
     the history. At a window's last slot they must agree (TAG_HISTORY items back, longer sequences too)."""
     from mmrecall.core.features import TAG_HISTORY
-    from mmrecall.finetune.g_train import FitState, history_matrix
+    from mmrecall.finetune.g_train import FitState, FlatSequences, history_matrix
 
     rng = np.random.default_rng(0)
     n_items, length = 60, 8
@@ -226,7 +226,7 @@ def test_training_tag_preferences_match_the_served_ones() -> None:
     state = FitState(
         seqs=sequences,
         weight_seqs=None,
-        item_sets={},
+        flat=FlatSequences.of(sequences, None, n_items),
         known=torch.ones(n_items, dtype=torch.bool),
         frequency=None,
         hard_pool=None,
@@ -241,6 +241,30 @@ def test_training_tag_preferences_match_the_served_ones() -> None:
         assert torch.allclose(every[0, -1], served[0], atol=1e-6)
 
 
+def test_flat_sequences_gather_what_the_per_user_lists_hold() -> None:
+    """A batch is gathered from one flat array: the histories, targets, weights and 'has the user got it'
+    must be those of the per-user sequences (users missing from the dict have nothing)."""
+    from mmrecall.finetune.g_train import FlatSequences, history_matrix
+
+    rng = np.random.default_rng(1)
+    n_items, length = 30, 6
+    sequences = {0: rng.integers(n_items, size=9), 2: rng.integers(n_items, size=3), 3: rng.integers(n_items, size=1)}
+    weights = {u: rng.random(len(s)).astype(np.float32) for u, s in sequences.items()}
+    flat = FlatSequences.of(sequences, weights, n_items)
+    users = np.array([0, 0, 0, 2, 2, 3])
+    positions = np.array([0, 4, 8, 1, 2, 0])
+    assert flat.at(users, positions).tolist() == [sequences[u][p] for u, p in zip(users, positions, strict=True)]
+    got_weights = flat.weights_at(users, positions).numpy()
+    assert np.allclose(got_weights, [weights[u][p] for u, p in zip(users, positions, strict=True)])
+    index, mask = flat.before(users, positions, length)
+    expected, expected_mask = history_matrix([sequences[u][:p] for u, p in zip(users, positions, strict=True)], length)
+    assert (mask == expected_mask).all() and (index[mask] == expected[expected_mask]).all()
+    items = np.arange(n_items)
+    for user in (0, 1, 2, 3):
+        owned = set(sequences.get(user, np.array([], np.int64)).tolist())
+        assert flat.has(np.full(n_items, user), items).tolist() == [i in owned for i in items]
+
+
 def test_interests_that_rarely_win_are_dropped() -> None:
     from mmrecall.finetune.g_train import activity
 
@@ -252,7 +276,7 @@ def test_interests_that_rarely_win_are_dropped() -> None:
 def test_dense_all_action_targets_come_from_the_users_next_items(demo_data) -> None:
     """The all-action loss draws each row's later item from the user's next `future_window` items (the next
     one included, never past the sequence's end), spread over that window, and the tower trains with it."""
-    from mmrecall.finetune.g_train import FitState
+    from mmrecall.finetune.g_train import FitState, FlatSequences
 
     config = make_config(np.zeros((400, 4), np.float32), ("synthetic",), history=8, user_tower="seq")
     trainer = GTrainer(
@@ -266,7 +290,7 @@ def test_dense_all_action_targets_come_from_the_users_next_items(demo_data) -> N
     state = FitState(
         seqs=sequences,
         weight_seqs=None,
-        item_sets={},
+        flat=FlatSequences.of(sequences, None, 400),
         known=torch.ones(400, dtype=torch.bool),
         frequency=None,
         hard_pool=None,
