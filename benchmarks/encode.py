@@ -4,7 +4,9 @@ Raw: the encoder's forward on pre-processed batches in this process (all cores t
 Pipeline: items ingested through the service function, encoded by a real worker pool on the real
 Redis (decode, preprocessing, forward, storing vectors), timed from enqueue until all are `ready`.
 Both use the same encoder and the same batch size. Then the default encoder's pipeline through one worker
-process and through two separate workers on one queue (`pipeline_items_per_s_by_worker_processes`).
+process and through two separate workers on one queue (`pipeline_items_per_s_by_worker_processes`), and
+the text encoder against sentence-transformers' own `encode()` on the same texts (benchmarks.encode_peers):
+the demo catalogue's titles, or a dataset's (`--dataset DIR`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from pathlib import Path
 import torch
 
 from mmrecall.benchmarks.common import peak_rss_gb, table, write_result
+from mmrecall.benchmarks.encode_peers import image_rows, text_rows
+from mmrecall.core.dataset import load_dataset
 from mmrecall.core.demo_data import generate_demo
 from mmrecall.core.interchange import read_items
 from mmrecall.core.settings import Settings
-from mmrecall.encoders import get_encoder
+from mmrecall.encoders import ContentInput, get_encoder
+from mmrecall.encoders.images import load_image
 from mmrecall.encoders.media import load_content
 from mmrecall.pipeline.ingest import ingest_items
 from mmrecall.pipeline.runner import start_worker, wait_for_items, wait_for_workers
@@ -90,6 +95,8 @@ def run(
     concurrency: int = 2,
     encoders=ENCODERS,
     worker_scaling: bool = True,
+    dataset: Path | None = None,
+    text_items: int = 2048,
     **_kw,
 ) -> dict:
     """Each encoder gets enough items for about `seconds` of raw forward, so polling granularity and
@@ -121,12 +128,25 @@ def run(
             str(n): pipeline_throughput(encoders[0], records, batch_size, Path(tmp), redis_url, 1, workers=n)
             for n in ((1, 2) if worker_scaling else ())
         }
+        if dataset is not None:
+            texts = [ContentInput(item.title, list(item.tags)) for item in load_dataset(dataset).items[:text_items]]
+        else:
+            texts = [ContentInput(record.title, list(record.tags)) for record in pool[:text_items]]
+        text_peers = text_rows(texts, batch_size)
+        covers = [load_image(r.cover) for r in pool if r.cover][: batch_size * 8]
+        image_peers = image_rows(covers, batch_size)
     print(table(rows, ["encoder", "batch", "items", "raw_items_per_s", "pipeline_items_per_s", "ratio"]))
+    print(f"text, {len(texts)} titles in batches of {batch_size} ({'dataset' if dataset else 'demo catalogue'}):")
+    print(table(text_peers, ["encoder", "items_per_s", "vs_peer", "cos_min", "cos_mean"]))
+    print(f"image backbones, {len(covers)} demo covers in batches of {batch_size}:")
+    print(table(image_peers, ["encoder", "items_per_s", "vs_peer", "cos_min", "cos_mean"]))
     scaling = [{"worker_processes": n, "items_per_s": v} for n, v in by_workers.items()]
     print(table(scaling, ["worker_processes", "items_per_s"]))
     result = {
         "rows": rows,
         "pipeline_items_per_s_by_worker_processes": by_workers,
+        "text_vs_sentence_transformers": {"titles": str(dataset or "demo"), "items": len(texts), "rows": text_peers},
+        "image_vs_eager": {"covers": len(covers), "rows": image_peers},
         "worker_processes": concurrency,
         "torch_threads_raw": torch.get_num_threads(),
         "peak_rss_gb": peak_rss_gb(),

@@ -13,6 +13,11 @@ class TextConfig:
     hidden: int = 32  # tiny-bert only: hidden size
     layers: int = 2  # tiny-bert only: transformer layers
     heads: int = 2  # tiny-bert only: attention heads
+    # dynamic int8: the Linear layers' weights quantized once at load, activations per batch (fbgemm/oneDNN)
+    int8: bool = False
+    # > 0: a batch runs sorted by token count, this many rows at a time, each group padded only to its own
+    # longest text (titles vary in length, so one padded batch spends much of its work on padding)
+    bucket_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,9 @@ class ImageConfig:
     backbone: str = "resnet18"  # see encoders.backbones: resnet*, resnet-tiny, efficientnet-lite0, open_clip:NAME
     image_size: int = 224  # square input side after resize + center crop (a fixed-size backbone overrides)
     checkpoint: str | None = None  # local backbone weights; None = the backbone's default
+    # "torch": eager PyTorch; "onnxruntime": the frozen backbone exported to ONNX at first use and run by ONNX
+    # Runtime (the same vectors, faster convolutions on CPU: encoders/onnx_runtime.py)
+    runtime: str = "torch"
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,13 @@ def encode_dataset(
     if path is not None and path.is_file():
         return np.load(path)
     encoder = get_encoder(encoder_name)
+    # longest texts first, as sentence-transformers orders a corpus: each batch then holds texts of about one
+    # length and pads little (the vectors go back to item order below)
+    order = sorted(range(data.n_items), key=lambda i: -len(data.items[i].title) - sum(map(len, data.items[i].tags)))
     chunks, media_errors = [], 0
     for start in tqdm(range(0, data.n_items, batch_size), desc=f"encoding {encoder_name}", disable=not progress):
         batch = []
-        for item in data.items[start : start + batch_size]:
+        for item in (data.items[i] for i in order[start : start + batch_size]):
             try:
                 batch.append(
                     load_content(
@@ -49,7 +52,8 @@ def encode_dataset(
         chunks.append(encoder.encode(batch))
     if media_errors:
         log.warning("%s: %d items encoded without their media (undecodable)", encoder_name, media_errors)
-    vectors = np.concatenate(chunks).astype(np.float32)
+    vectors = np.empty((data.n_items, encoder.dim), np.float32)
+    vectors[order] = np.concatenate(chunks)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)

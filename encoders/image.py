@@ -10,6 +10,9 @@ from PIL import Image
 
 from mmrecall.encoders.backbones import Backbone, build_backbone
 from mmrecall.encoders.config import ImageConfig
+from mmrecall.encoders.onnx_runtime import LazyOnnxRuntime
+
+RUNTIMES = ("torch", "onnxruntime")
 
 
 def image_to_array(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -32,10 +35,13 @@ class ImageStack:
     """A backbone with its preprocessing: PIL images in, pooled features out."""
 
     def __init__(self, config: ImageConfig, checkpoint: str | None = None) -> None:
+        if config.runtime not in RUNTIMES:
+            raise ValueError(f"unknown image runtime {config.runtime!r} (known: {', '.join(RUNTIMES)})")
         self.backbone: Backbone = build_backbone(config.backbone, checkpoint or config.checkpoint)
         self.backbone.module.eval()
         self.size = self.backbone.image_size or config.image_size
         self.dim = self.backbone.dim
+        self.onnx = LazyOnnxRuntime(self.backbone.module, self.size) if config.runtime == "onnxruntime" else None
 
     def to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         arrays = [image_to_array(img, self.size, self.backbone.mean, self.backbone.std) for img in images]
@@ -46,4 +52,6 @@ class ImageStack:
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[0] == 0:
             return torch.zeros((0, self.dim))
+        if self.onnx is not None and not torch.is_grad_enabled():  # a backbone being trained stays in torch
+            return self.onnx(pixels)  # (m, dim)
         return self.backbone.module(pixels.contiguous(memory_format=torch.channels_last))  # (m, dim)

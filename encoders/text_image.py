@@ -15,7 +15,7 @@ from mmrecall.encoders.base import ContentInput, Encoder, l2_normalize, weights_
 from mmrecall.encoders.config import EncoderConfig
 from mmrecall.encoders.image import ImageStack
 from mmrecall.encoders.registry import register_kind
-from mmrecall.encoders.text import build_text_model, load_tokenizer, mean_pool
+from mmrecall.encoders.text import build_text_model, length_groups, load_tokenizer, mean_pool, quantized_int8
 
 
 @register_kind("text-image")
@@ -33,6 +33,7 @@ class TextImageEncoder(Encoder):
         torch.manual_seed(config.seed)  # random-init parts must be identical in every worker process
         model_dir = Path(text_model_dir) if text_model_dir else None
         self.tokenizer = load_tokenizer(model_dir if config.text.kind == "minilm" else None)
+        self.tokenizer.padding_side = "right"  # length groups trim each group's padded tail
         self.text_model = build_text_model(config.text, model_dir).eval()
         self.text_dim = int(self.text_model.config.hidden_size)
         self.image: ImageStack | None = None
@@ -45,6 +46,10 @@ class TextImageEncoder(Encoder):
         # Split the unit norm between the parts: sqrt keeps w_t^2 + w_i^2 proportions as given.
         if weights:
             self.load_weights(weights)
+        # what forward runs: the float model, or its int8 copy (self.net keeps the float weights for `save`)
+        self.text_runner = self.text_model
+        if config.text.int8:
+            self.text_runner = quantized_int8(self.text_model, self.tokenizer, config.text.max_length)
         total = config.text_weight + (config.image_weight if self.image is not None else 0.0)
         self.text_scale = math.sqrt(config.text_weight / total)
         self.image_scale = math.sqrt(config.image_weight / total) if self.image is not None else 0.0
@@ -68,11 +73,17 @@ class TextImageEncoder(Encoder):
             # (m, 3, s, s), m = items with a cover
         return batch
 
+    def text_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(n, h) mean-pooled token states, by length groups (config.text.bucket_rows) or in one batch."""
+        pooled = torch.empty((input_ids.shape[0], self.text_dim))
+        for rows, length in length_groups(attention_mask, self.config.text.bucket_rows):
+            ids, mask = input_ids[rows, :length], attention_mask[rows, :length]  # right-padded: trim the tail
+            hidden = self.text_runner(input_ids=ids, attention_mask=mask).last_hidden_state  # (g, t, h)
+            pooled[rows] = mean_pool(hidden, mask).float()
+        return pooled
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.text_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state  # (n, t, h)
-        text = l2_normalize(mean_pool(hidden, batch["attention_mask"])) * self.text_scale  # (n, h)
+        text = l2_normalize(self.text_vectors(batch["input_ids"], batch["attention_mask"])) * self.text_scale  # (n, h)
         if self.image is None:
             return l2_normalize(text)
         image = torch.zeros((text.shape[0], self.image_dim), dtype=text.dtype)  # (n, f)

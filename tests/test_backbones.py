@@ -72,3 +72,42 @@ def test_checkpoint_directory_roundtrip(tmp_path: Path) -> None:
     v = loaded.encode(items)
     assert np.allclose(v, encoder.encode(items), atol=1e-6)
     assert np.allclose(np.linalg.norm(v[0]), 1) and not v[1].any()  # no cover: a zero row
+
+
+def _cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b).min())
+
+
+def test_onnxruntime_runs_the_weights_the_backbone_holds_now() -> None:
+    """The ONNX Runtime path gives the eager features, and after new weights are loaded into the backbone
+    (a checkpoint after build, or training) it runs those, not the ones it exported first."""
+    from mmrecall.encoders.config import ImageConfig
+    from mmrecall.encoders.image import ImageStack
+
+    eager = ImageStack(ImageConfig(backbone="resnet-tiny", image_size=64))
+    onnx = ImageStack(ImageConfig(backbone="resnet-tiny", image_size=64, runtime="onnxruntime"))
+    onnx.backbone.module.load_state_dict(eager.backbone.module.state_dict())
+    pixels = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        assert _cosine_min(onnx.features(pixels), eager.features(pixels)) > 0.9999
+        changed = {k: v * 1.5 if v.is_floating_point() else v for k, v in eager.backbone.module.state_dict().items()}
+        before = onnx.features(pixels)
+        onnx.backbone.module.load_state_dict(changed)
+        eager.backbone.module.load_state_dict(changed)
+        after = onnx.features(pixels)
+        assert _cosine_min(after, eager.features(pixels)) > 0.9999
+        assert not torch.allclose(before, after, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown image runtime 'tensorrt'"):
+        ImageStack(ImageConfig(backbone="resnet-tiny", runtime="tensorrt"))
+
+
+def test_registered_effnet_runs_on_onnxruntime_with_the_eager_vectors() -> None:
+    """image-effnet as registered serves through ONNX Runtime; its vectors are eager PyTorch's."""
+    encoder = create_encoder("image-effnet")
+    assert encoder.image.onnx is not None
+    covers = [Image.new("RGB", (300, 200), color) for color in ("red", (20, 160, 40), (240, 240, 10))]
+    pixels = encoder.image.to_tensor(covers)
+    with torch.no_grad():
+        served = encoder.image.features(pixels)
+        eager = encoder.image.backbone.module(pixels)
+    assert _cosine_min(served, eager) > 0.9999

@@ -133,3 +133,45 @@ def test_the_default_encoder_has_no_random_backbone_and_covers_do_not_split_the_
     shares = cover_shares(blind.astype(np.float32), has_cover)
     assert abs(shares["with_cover"] - 0.3) < 0.1 and abs(shares["without_cover"] - 0.3) < 0.1
     assert cover_shares(split.astype(np.float32), has_cover) == {"with_cover": 1.0, "without_cover": 0.0}
+
+
+def _variant(name: str, **text_overrides):
+    from dataclasses import replace
+
+    from mmrecall.encoders.registry import KINDS
+
+    config = load_config(name)
+    config = replace(config, text=replace(config.text, **text_overrides))
+    return KINDS[config.kind](config)
+
+
+TITLES = [
+    "Toy Story (1995). Adventure, Animation, Children, Comedy, Fantasy",
+    "Heat (1995). Action, Crime, Thriller",
+    "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1964). Comedy, War",
+    "Up (2009)",
+    "The Lord of the Rings: The Fellowship of the Ring (2001). Adventure, Fantasy",
+    "Jaws",
+    "Three Colors: Blue (Trois couleurs: Bleu) (1993). Drama",
+]
+
+
+def test_length_groups_give_the_vectors_of_one_padded_batch() -> None:
+    """Running a batch sorted by token count in small groups, each padded only to its own longest text,
+    changes the work, not the vectors (padding is masked out of attention and pooling)."""
+    items = [ContentInput(title) for title in TITLES]
+    whole, grouped = _variant("tiny-test", bucket_rows=0), _variant("tiny-test", bucket_rows=2)
+    mask = grouped.preprocess(items)["attention_mask"]
+    assert len(set(mask.sum(1).tolist())) > 2  # the titles really differ in length
+    assert np.allclose(whole.encode(items), grouped.encode(items), atol=1e-5)
+
+
+def test_int8_text_encoder_stays_within_cosine_099_of_float() -> None:
+    """Smoothed dynamic int8 MiniLM: every vector within cosine 0.99 of the float model's on these titles,
+    and the similarities between titles (what recall ranks by) within 0.05."""
+    items = [ContentInput(title) for title in TITLES]
+    exact = _variant("text-minilm", int8=False, bucket_rows=0).encode(items)
+    quantized = _variant("text-minilm", int8=True).encode(items)
+    assert ((exact * quantized).sum(1) >= 0.99).all()
+    assert np.abs(exact @ exact.T - quantized @ quantized.T).max() <= 0.05
+    assert not np.array_equal(exact, quantized)  # it did run quantized
