@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +49,10 @@ log = logging.getLogger(__name__)
 class GTrainConfig:
     epochs: int = 30
     patience: int = 3
-    # rows per step and learning rate; None: the tower's own (POOL_STEP, SEQ_STEP). The pooling tower's step
-    # runs G over nearly the whole catalogue at 1024 rows, so fewer, larger steps cost less per epoch
-    batch_size: int | None = None
-    lr: float | None = None
+    # 1024 rows at lr 2e-3 (with a 256-wide G) cost less per epoch, but stopped early and lower in the train job
+    # on MovieLens (held-out hitRate@50 0.256 against 0.316; docs/models.md, "Training speed")
+    batch_size: int = 512
+    lr: float = 1e-3
     weight_decay: float = 1e-5
     random_negatives: int = 256
     hard_negatives: bool = True
@@ -72,13 +72,6 @@ class GTrainConfig:
     future_loss: float = 0.5  # its weight (0: next item only)
     future_window: int = 50
     bf16: bool | None = None  # bfloat16 autocast for the sequence tower; None: where the CPU has it in hardware
-
-
-# (batch_size, lr) by user tower, measured on MovieLens (`mmrecall bench train`): the pooling tower reaches the
-# held-out hitRate@50 of batch 512 at lr 1e-3 with 1024 at 2e-3 (2048 at 4e-3 fell short); the sequence
-# tower keeps 512 at 1e-3
-POOL_STEP = (1024, 2e-3)
-SEQ_STEP = (512, 1e-3)
 
 
 @dataclass
@@ -330,7 +323,7 @@ class GTrainer:
         self.known = known  # validation reads histories as they will be served
         # the sequence tower steps over windows of `seq_run` rows each, the pooling tower over rows
         units = self.windows(fit_seqs, cfg.seq_run) if self.seq else self.examples(fit_seqs)
-        batch_size, lr = self.step_settings()
+        batch_size, lr = cfg.batch_size, cfg.lr
         per_step = max(1, batch_size // cfg.seq_run) if self.seq else batch_size  # about batch_size rows
         steps_per_epoch = max(1, int(np.ceil(len(units) / per_step)))
         state = FitState(
@@ -389,11 +382,6 @@ class GTrainer:
             recorded = self.activations.sum(axis=1) > 0
             report["active_interests_mean"] = float(self.active.numpy()[recorded].sum(axis=1).mean())
         return report
-
-    def step_settings(self) -> tuple[int, float]:
-        """(rows per step, learning rate): the training config's, or the user tower's defaults."""
-        batch_size, lr = SEQ_STEP if self.seq else POOL_STEP
-        return self.train_cfg.batch_size or batch_size, self.train_cfg.lr or lr
 
     def _hard_pool(self, known: torch.Tensor) -> torch.Tensor:
         """(N, hard_pool) nearest items of every item in the current G space (itself excluded)."""
@@ -676,4 +664,5 @@ def activity(activations: np.ndarray, min_share: float) -> np.ndarray:
 
 
 def make_config(features: np.ndarray, specs: tuple[str, ...], **overrides) -> GConfig:
-    return replace(GConfig(feature_encoders=specs, feature_dim=int(features.shape[1])), **overrides)
+    # one construction, so a width left to the tower follows the tower given here
+    return GConfig(feature_encoders=specs, feature_dim=int(features.shape[1]), **overrides)

@@ -60,7 +60,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
         train = GTrainConfig(
             **{
                 k: params[k]
-                for k in ("epochs", "batch_size", "log_q", "hard_negatives", "disliked_rate")
+                for k in ("epochs", "batch_size", "lr", "log_q", "hard_negatives", "disliked_rate")
                 if k in params
             }
         )
@@ -73,7 +73,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
             progress=on_progress is None,
             on_progress=on_progress,
             events=settings.event_rules,
-            **{k: params[k] for k in ("user_tower", "interests", "history") if k in params},
+            **{k: params[k] for k in ("user_tower", "interests", "history", "hidden") if k in params},
         )
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
 
