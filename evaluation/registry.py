@@ -17,7 +17,7 @@ from mmrecall.evaluation.channels import (
     VectorV2VChannel,
 )
 from mmrecall.evaluation.recall_channels import RecallSetChannel
-from mmrecall.recall.channels import CHANNELS
+from mmrecall.recall.channels import CHANNELS, REGISTRY
 
 SERVED_G = ("personal", "personal_seq")  # G's rows that are served rows, not harness ablations
 
@@ -41,6 +41,9 @@ def channel_factories(extra: Sequence[str] = ()) -> dict[str, Callable[[], Chann
     }
     for name in (*CHANNELS, "merged"):  # served: what /v1/recall answers (evaluation.recall_channels)
         factories[name] = lambda name=name: RecallSetChannel(name)
+    for name, served in REGISTRY.items():  # served when a request names them (u2i2i)
+        if not served.default and not served.fallback:
+            factories[name] = lambda name=name: RecallSetChannel(name)
     # the sequential channel is served when the train job trains it: its rows come from such a state
     factories["sequential"] = lambda: RecallSetChannel("sequential", tower="pool+sequential")
     factories["merged_sequential"] = lambda: RecallSetChannel(

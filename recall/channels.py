@@ -40,15 +40,21 @@ class Channel:
     recall: Callable[[ChannelRequest], Ranked | None]
     item_to_item: bool = False  # also answers /v1/similar for one item
     fallback: bool = False  # non-personalised: what a user without (enough) history is recalled from
+    default: bool = True  # in a request's default channels (else served when a request names it)
 
 
 def _v2v(request: ChannelRequest) -> Ranked:
+    return _expand(request, request.triggers, request.trigger_weights)
+
+
+def _expand(request: ChannelRequest, triggers: list[int], weights: np.ndarray) -> Ranked:
+    """The triggers' v2v neighbours, each weighted by its trigger's weight (decay ** position), summed."""
     sources, n = request.sources, request.n
-    summed = sources.summed_neighbors(request.triggers, request.trigger_weights, n, request.seen)
+    summed = sources.summed_neighbors(triggers, weights, n, request.seen)
     if summed is not None:
         return summed
     return recall_from_triggers(
-        request.triggers, lambda t: sources.neighbor_lists(t, n), k=n, decay=request.config.decay, exclude=request.seen
+        triggers, lambda t: sources.neighbor_lists(t, n), k=n, decay=request.config.decay, exclude=request.seen
     )
 
 
@@ -62,6 +68,20 @@ def _personal(request: ChannelRequest) -> Ranked:
     if vector is None:
         return Ranked.empty()
     return Ranked.of(*request.sources.search(vector, request.n, request.seen))
+
+
+U2I2I_SEEDS = 10  # the user's nearest items that u2i2i expands
+
+
+def _u2i2i(request: ChannelRequest) -> Ranked:
+    """MIC's u2i2i: the user's nearest items (the personal channel's best, unseen) as seeds, each expanded
+    through its v2v neighbours and weighted by its rank; an item's provenance is the seed that led there."""
+    sources = request.sources
+    vector = sources.user_vector(request.history, request.user)
+    if vector is None:
+        return Ranked.empty()
+    seeds = [int(seed) for seed in sources.search(vector, U2I2I_SEEDS, request.seen)[0]]
+    return _expand(request, seeds, np.power(request.config.decay, np.arange(len(seeds))))
 
 
 def _multi_interest(request: ChannelRequest) -> Ranked | None:
@@ -112,6 +132,13 @@ REGISTRY: dict[str, Channel] = {
         ),
         Channel("cluster", "k-means cluster-mates of the trigger items", _cluster, item_to_item=True),
         Channel("personal", "the user tower over the history -> ANN over G item vectors", _personal),
+        # not in the default merge: it did not raise merged on MovieLens (docs/models.md)
+        Channel(
+            "u2i2i",
+            "the user's nearest items (personal) expanded through their v2v neighbours",
+            _u2i2i,
+            default=False,
+        ),
         Channel(
             "multi_interest",
             "PinnerSage: Ward clusters of the history, one ANN query per top interest",
@@ -133,7 +160,7 @@ REGISTRY: dict[str, Channel] = {
     )
 }
 ALL_CHANNELS = tuple(REGISTRY)  # every served channel, in merge order
-CHANNELS = tuple(name for name, c in REGISTRY.items() if not c.fallback)  # a request's default: the history's
+CHANNELS = tuple(name for name, c in REGISTRY.items() if c.default and not c.fallback)  # a request's default
 FALLBACK_CHANNELS = tuple(name for name, c in REGISTRY.items() if c.fallback)  # added for short histories
 SIMILAR_CHANNELS = tuple(name for name, channel in REGISTRY.items() if channel.item_to_item)
 

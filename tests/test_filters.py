@@ -85,7 +85,7 @@ def test_filters_combined_inside_every_channel(catalogue: Service) -> None:
         for i in range(12, N)
         if item(i)["tags"][0] in ("food/noodles", "sports/golf") and f"f{i}" not in ("f12", "f15")
     }
-    for channel in ("v2v", "cluster", "personal", "multi_interest"):
+    for channel in ("v2v", "cluster", "personal", "u2i2i", "multi_interest"):
         answer = recall(catalogue, channels=[channel], k=30, **body)
         found = {r["id"] for r in answer["results"]}
         assert found and found <= allowed, (channel, found - allowed)

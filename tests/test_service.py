@@ -187,6 +187,12 @@ def test_recall_clusters_and_deletes_across_every_channel(service: Service) -> N
     for result in body["results"]:
         assert result["channels"] and all(source["channel"] in result["channels"] for source in result["sources"])
     assert any(source.get("trigger") in {"r0", "r2"} for r in body["results"] for source in r["sources"])
+    # u2i2i: the user's nearest items (personal's top 10) expanded through v2v; each result names its seed
+    only = {"history": ["r0", "r2"], "k": 20}
+    nearest = http.post("/v1/recall", json={**only, "k": 10, "channels": ["personal"]}).json()["results"]
+    expanded = http.post("/v1/recall", json={**only, "channels": ["u2i2i"]}).json()["results"]
+    seeds = {source["trigger"] for r in expanded for source in r["sources"]}
+    assert expanded and seeds and seeds <= {r["id"] for r in nearest} and not seeds & {"r0", "r2"}
     by_user = http.post("/v1/recall", json={"user_id": "ru", "k": 5, "channels": ["v2v"]}).json()
     assert by_user["history_used"] == 3 and len(by_user["results"]) == 5
     nobody = http.post("/v1/recall", json={"user_id": "nobody"}).json()  # a new user: the fallback channels
