@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mmrecall.encoders import ContentInput, load_config
+from mmrecall.encoders.image import ImageStack
 from mmrecall.encoders.registry import KINDS
 
 TEXT_ENCODER = "text-minilm"
@@ -108,19 +109,15 @@ IMAGE_PEERS = {"image-effnet": "timm tf_efficientnet_lite0, eager", "image-resne
 def image_rows(images: Sequence, batch_size: int, rounds: int = ROUNDS) -> list[dict]:
     """Per registered image encoder: its backbone in eager PyTorch (the peer), then ours as registered, on
     the same pre-processed pixels in the same batches (decoding and resizing are the same for both)."""
-    from mmrecall.encoders.image import ImageStack, image_to_array
-
     rows = []
     for name, peer_label in IMAGE_PEERS.items():
         stack = ImageStack(load_config(name).image)
-        pixels = torch.from_numpy(
-            np.stack([image_to_array(image, stack.size, stack.backbone.mean, stack.backbone.std) for image in images])
-        )  # (n, 3, s, s)
+        pixels = stack.to_tensor(images)  # (n, 3, s, s)
         rows += compare(_image_runs(stack, name, peer_label, pixels, batch_size), len(pixels), rounds)
     return rows
 
 
-def _image_runs(stack, name: str, peer_label: str, pixels: torch.Tensor, batch_size: int) -> dict:
+def _image_runs(stack: ImageStack, name: str, peer_label: str, pixels: torch.Tensor, batch_size: int) -> dict:
     eager = stack.backbone.module
     ours = f"ours ({name}: {'onnxruntime' if stack.onnx is not None else 'torch'})"
     return {

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +79,7 @@ class FitState:
     """What every training step reads: the fit sequences and what was derived from them."""
 
     seqs: dict[int, np.ndarray]  # user -> training items in time order
-    weight_seqs: dict[int, np.ndarray] | None  # user -> row weights (normalized to mean 1), aligned with seqs
-    flat: FlatSequences  # the same sequences as one array, so a batch is gathered without a Python loop
+    flat: FlatSequences  # the same sequences (and row weights) as one array: a batch is gathered without a loop
     known: torch.Tensor  # (N,) bool: items seen in training (their bias is used)
     frequency: StreamingFrequency  # streaming item frequency for the log-q correction
     hard_pool: torch.Tensor | None  # (N, hard_pool) each item's nearest items in the current G space
@@ -323,12 +322,10 @@ class GTrainer:
         self.known = known  # validation reads histories as they will be served
         # the sequence tower steps over windows of `seq_run` rows each, the pooling tower over rows
         units = self.windows(fit_seqs, cfg.seq_run) if self.seq else self.examples(fit_seqs)
-        batch_size, lr = cfg.batch_size, cfg.lr
-        per_step = max(1, batch_size // cfg.seq_run) if self.seq else batch_size  # about batch_size rows
+        per_step = max(1, cfg.batch_size // cfg.seq_run) if self.seq else cfg.batch_size  # about batch_size rows
         steps_per_epoch = max(1, int(np.ceil(len(units) / per_step)))
         state = FitState(
             seqs=fit_seqs,
-            weight_seqs=weight_seqs,
             known=known,
             hard_pool=None,
             flat=FlatSequences.of(fit_seqs, weight_seqs, self.n_items),
@@ -337,7 +334,7 @@ class GTrainer:
             disliked=disliked_by_user(data),
         )
         # fused: one kernel over all parameters (the id tables are most of them) instead of a dozen ops per tensor
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
         best = EarlyStopping(cfg.patience)
         history, started = [], time.time()
@@ -498,9 +495,8 @@ class GTrainer:
 
     def _later_items(self, users: np.ndarray, next_pos: np.ndarray, state: FitState) -> np.ndarray:
         """(R,) one item per row drawn uniformly from its user's next `future_window` items (the next included)."""
-        reach = np.minimum(
-            state.flat.lengths[users] - next_pos, self.train_cfg.future_window
-        )  # >= 1: the next is there
+        # >= 1: the next item is always there
+        reach = np.minimum(state.flat.lengths[users] - next_pos, self.train_cfg.future_window)
         picks = next_pos + (self.rng.random(len(users)) * reach).astype(np.int64)
         return state.flat.at(users, picks)
 
@@ -664,5 +660,4 @@ def activity(activations: np.ndarray, min_share: float) -> np.ndarray:
 
 
 def make_config(features: np.ndarray, specs: tuple[str, ...], **overrides) -> GConfig:
-    # one construction, so a width left to the tower follows the tower given here
-    return GConfig(feature_encoders=specs, feature_dim=int(features.shape[1]), **overrides)
+    return replace(GConfig(feature_encoders=specs, feature_dim=int(features.shape[1])), **overrides)

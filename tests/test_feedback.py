@@ -149,7 +149,6 @@ def test_star_ratings_as_dislikes_become_hard_negatives(tmp_path: Path) -> None:
 
     state = FitState(
         seqs={0: np.array([0, 2, 4])},
-        weight_seqs=None,
         flat=FlatSequences.of({0: np.array([0, 2, 4])}, None, 8),
         known=torch.ones(8, dtype=torch.bool),
         frequency=StreamingFrequency(),

@@ -225,7 +225,6 @@ def test_training_tag_preferences_match_the_served_ones() -> None:
     sequences = {0: rng.integers(n_items, size=TAG_HISTORY + 40), 1: rng.integers(n_items, size=5)}
     state = FitState(
         seqs=sequences,
-        weight_seqs=None,
         flat=FlatSequences.of(sequences, None, n_items),
         known=torch.ones(n_items, dtype=torch.bool),
         frequency=None,
@@ -289,7 +288,6 @@ def test_dense_all_action_targets_come_from_the_users_next_items(demo_data) -> N
     sequences = {0: np.arange(100, 400), 1: np.arange(5)}  # an item's value is its position (+100 for user 0)
     state = FitState(
         seqs=sequences,
-        weight_seqs=None,
         flat=FlatSequences.of(sequences, None, 400),
         known=torch.ones(400, dtype=torch.bool),
         frequency=None,
