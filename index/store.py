@@ -31,6 +31,9 @@ from mmrecall.index.ann import VectorIndex, choose_factory
 Hit = tuple[str, float]  # (item id, inner product)
 INDEX_WAIT_S = 3600.0  # how long a collection's index may take to build before a search is refused
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")  # what Milvus accepts as a collection or alias name
+# keepalive pings every 5 min, not pymilvus's 10 s: a gRPC server with the default ping policy (Milvus Lite's)
+# answers more frequent pings with GOAWAY "too_many_pings", dropping calls in flight
+MILVUS_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000}
 
 
 class StoreError(ServiceUnavailable):
@@ -266,13 +269,22 @@ class FaissStore:
         return sorted(p.name for p in self.directory.iterdir() if (p / "ids.json").is_file())
 
 
+def milvus_client(uri: str, *, timeout: float):
+    """A pymilvus client on its own gRPC channel with MILVUS_GRPC_OPTIONS. pymilvus 3 otherwise shares one channel
+    per address within a process, so whichever client connected first (say, a probe with the default 10 s
+    pings) would set the keepalive for every later one, and the shared channel is never closed."""
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri=uri, timeout=timeout, grpc_options=MILVUS_GRPC_OPTIONS, dedicated=True)
+
+
 class MilvusStore:
     """Milvus through pymilvus's MilvusClient: a string primary key `id` and a float vector `vector` per
     collection, inner-product metric; FLAT below `exact_below` rows at index time, HNSW above."""
 
     def __init__(self, uri: str, *, exact_below: int = 20_000) -> None:
         try:
-            from pymilvus import MilvusClient
+            import pymilvus  # noqa: F401 - only to say what is missing
         except ImportError as exc:  # pragma: no cover - pymilvus is a dependency
             raise StoreError("the Milvus backend needs pymilvus (pip install 'pymilvus[milvus_lite]')") from exc
         self.uri, self.exact_below = uri, exact_below
@@ -280,9 +292,7 @@ class MilvusStore:
         self._indexed: set[str] = set()
         self._present: set[str] = set()  # collections seen to exist (dropped through this client: forgotten)
         try:
-            # keepalive pings every 5 min, not pymilvus's 10 s: a gRPC server with the default ping policy (Milvus
-            # Lite's) answers more frequent pings with GOAWAY "too_many_pings", dropping calls in flight
-            self.client = MilvusClient(uri=uri, timeout=10, grpc_options={"grpc.keepalive_time_ms": 300_000})
+            self.client = milvus_client(uri, timeout=10)
             self.client.list_collections()
         except Exception as exc:  # noqa: BLE001 - whatever the transport raises, the reason is what matters
             raise StoreError(f"the Milvus at {uri} does not answer: {exc}") from exc

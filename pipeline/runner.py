@@ -134,7 +134,7 @@ def start_milvus_lite(
     """Milvus Lite's gRPC server (the `milvus-lite` command of the PyPI package) on a loopback port, once it
     answers: (the process, its `milvus://` URL). Several processes (API, workers) share it, as they would a
     Milvus cluster; the file-backed embedded mode opens in one process only."""
-    from pymilvus import MilvusClient
+    from mmrecall.index.store import milvus_client
 
     port = port or free_port()
     binary = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
@@ -143,7 +143,9 @@ def start_milvus_lite(
     deadline = time.time() + timeout
     while True:
         try:
-            MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=2).list_collections()
+            probe = milvus_client(f"http://127.0.0.1:{port}", timeout=2)
+            probe.list_collections()
+            probe.close()
             return process, f"milvus://127.0.0.1:{port}"
         except Exception:  # noqa: BLE001 - not listening yet
             if process.poll() is not None or time.time() > deadline:

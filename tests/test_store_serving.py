@@ -151,3 +151,14 @@ def test_what_cannot_be_served_is_refused_and_the_running_snapshot_serves_on(ser
     restored = serve_check(settings, timeout=8)
     assert restored.returncode == 0 and "vector store" not in restored.stderr
     assert os.environ.get("MMRECALL_VECTOR_STORE") is None  # nothing leaked into this process
+
+
+def test_the_store_pings_no_faster_than_the_server_allows_after_a_probe_in_the_same_process(
+    milvus: str, tmp_path: Path
+) -> None:
+    # start_milvus_lite probed the server from this process. pymilvus 3 shares one gRPC channel per address, so
+    # the store used to inherit the probe's 10 s keepalive, and an idle spell of about a minute ended in
+    # GOAWAY "too_many_pings" with a call in flight (bench store's Milvus leg). The store has its own channel.
+    store = open_store(milvus, home=tmp_path)
+    handler = store.client._handler  # pymilvus 3's per-client connection
+    assert handler._grpc_options.get("grpc.keepalive_time_ms") == 300_000
