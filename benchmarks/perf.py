@@ -7,7 +7,8 @@
   which); `frontends` holds them for each frontend of BALANCERS in one run on the same snapshot (with
   HAProxy, the requests each process served), the top-level ones are the first's;
 - recall_cpu_ms (_filtered): where one /v1/recall's time goes, CPU ms in process per channel, merge and
-  whole request (with the 2% tag filter);
+  whole request (with the 2% tag filter); filtered_scan_recall_at_100: the scan behind that filter, once in
+  use, against exact search over its rows;
 - personal_ann_p99_ms / personal_ann_recall_at_100: the serving index (efSearch as the reindex tuned it)
   on user-like query vectors, single queries, against exact search;
 - freshness_s: a vector stored as a worker stores it, until /v1/similar of its neighbour returns it;
@@ -48,6 +49,7 @@ from mmrecall.core.settings import Settings
 from mmrecall.encoders.content_g import GConfig, TwoTower
 from mmrecall.finetune.export import export_user_tower
 from mmrecall.index.ann import VectorIndex
+from mmrecall.index.ranked import NO_ROWS
 from mmrecall.index.store import VectorStore
 from mmrecall.pipeline.balancer import haproxy_available, server_stats
 from mmrecall.pipeline.reindex import reindex
@@ -143,6 +145,31 @@ def personal_ann(
         _, truth = exact.search(user[None, :], 100)
         recalls.append(len(set(found[0]) & set(truth[0])) / 100)
     return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
+
+
+def filtered_scan_recall(settings: Settings, recall_filter: RecallFilter, queries: int = 200) -> float | None:
+    """recall@100 of the scan behind a selective filter once it is in use (recall.filters: fast-scan codes
+    order the allowed rows, exact scores decide) against exact search over the same rows, on user-like
+    queries; None when the filter is not answered by a scan."""
+    serving = ServingIndex(settings)
+    serving.refresh()
+    filtered = allowed_rows(serving.state, recall_filter, settings.resolved_database_url, in_memory_only=True)
+    if filtered is None or not filtered.exact or filtered.snapshot is None or filtered.snapshot.vectors is None:
+        return None
+    rows, gathered = filtered.snapshot.rows, filtered.snapshot.vectors
+    rng = np.random.default_rng(6)
+    users = np.asarray(serving.state.live.snapshot.vectors)[rng.integers(serving.state.live.base, size=(queries, 20))]
+    users = users.mean(axis=1)
+    users = (users / np.linalg.norm(users, axis=1, keepdims=True)).astype(np.float32)
+    deadline = time.time() + 60
+    while filtered.snapshot.fast is None and time.time() < deadline:  # in use: its codes are being built
+        filtered.search(users[:1], 100, NO_ROWS)
+        time.sleep(0.1)
+    found = filtered.search(users, 100, NO_ROWS)
+    truth = [rows[np.argsort(-(gathered @ user), kind="stable")[:100]] for user in users]
+    return float(
+        np.mean([len(set(f.tolist()) & set(t.tolist())) / 100 for (f, _), t in zip(found, truth, strict=True)])
+    )
 
 
 def recall_cpu(settings: Settings, n: int, requests: int = 200, recall_filter: RecallFilter = NO_FILTER) -> dict:
@@ -277,6 +304,7 @@ def run(out: Path, scale: str = "100k", **_kw) -> dict:
         result["recall_cpu_ms"] = recall_cpu(settings, n)
         selective = RecallFilter(include_tags=(SELECTIVE_TAG,))
         result["recall_cpu_ms_filtered"] = recall_cpu(settings, n, recall_filter=selective)
+        result["filtered_scan_recall_at_100"] = filtered_scan_recall(settings, selective)
         frontends = [b for b in BALANCERS if b != "haproxy" or haproxy_available()]
         result["api_workers"] = API_WORKERS
         result["frontends"] = {}

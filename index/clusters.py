@@ -4,6 +4,7 @@ ranked by closeness to the trigger plus a small popularity/recency prior."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def cluster_recall(
     queries: list[np.ndarray | None] | None = None,
     exclude: np.ndarray | None = None,
     allowed: np.ndarray | None = None,
+    cluster_rows: Sequence[np.ndarray] | None = None,
 ) -> Ranked:
     """Items of the triggers' clusters (rows, scores, trigger rows), best first.
 
@@ -114,6 +116,8 @@ def cluster_recall(
     (a trigger row of -1 with no query vector is scored against its cluster's centroid).
     exclude: rows never returned; allowed: a boolean mask over rows, the only ones returned; prior_max: the
     prior's largest value when known (it bounds the scores; else it is read from the prior, O(n)).
+    cluster_rows: per cluster, the only members that may be returned, ascending (a selective filter's, kept
+    with it: a few of each cluster's rows instead of a mask over all of them); default: the table's members.
 
     Vectors are unit length, so a trigger's scores are at most weight * (1 + prior_weight * max prior):
     once k items score above what every remaining trigger could reach, those triggers are skipped (the
@@ -136,7 +140,7 @@ def cluster_recall(
         if kth_best > reachable[i]:
             break
         cluster = trigger_clusters[i] if trigger_clusters is not None else int(table.assignment[row])
-        members = table.members[cluster]
+        members = table.members[cluster] if cluster_rows is None else cluster_rows[cluster]
         keep = members != row
         drop = excluded[excluded_cluster == cluster]
         if len(drop):
@@ -148,7 +152,8 @@ def cluster_recall(
         query = queries[i] if queries is not None and queries[i] is not None else None
         if query is None:
             query = vectors[row] if 0 <= row < len(table.assignment) else table.centroids[cluster]
-        if table.contiguous and 4 * int(keep.sum()) > len(members):  # one block of rows: a slice, not a gather
+        sliced = table.contiguous and cluster_rows is None  # one block of rows: a slice, not a gather
+        if sliced and 4 * int(keep.sum()) > len(members):
             sims = (vectors[members[0] : members[-1] + 1] @ query)[keep]
         else:  # few of the members kept (a selective filter): gather those
             sims = vectors[members[keep]] @ query

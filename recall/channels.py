@@ -97,18 +97,17 @@ def _multi_interest(request: ChannelRequest) -> Ranked | None:
         half_life=config.interest_half_life,
         max_interests=config.max_interests,
     )
+    if not found_interests:
+        return Ranked.empty()
+    medoid_rows = [int(recent[interest.medoid]) for interest in found_interests]
+    vectors = np.stack([interest.vector for interest in found_interests])
+    lists = sources.nearest_each(medoid_rows, vectors, quotas(found_interests, request.n), request.seen)
     rows, scores, numbers, medoids = [], [], [], []
-    exclude = request.seen
-    for number, (interest, quota) in enumerate(zip(found_interests, quotas(found_interests, request.n), strict=True)):
-        medoid = int(recent[interest.medoid])
-        found, found_scores = sources.nearest(medoid, interest.vector, quota, exclude)
+    for number, (medoid, (found, found_scores)) in enumerate(zip(medoid_rows, lists, strict=True)):
         rows.append(found)
         scores.append(np.asarray(found_scores, np.float64))
         numbers.append(np.full(len(found), number))
         medoids.append(np.full(len(found), medoid))
-        exclude = np.concatenate([exclude, found])
-    if not rows:
-        return Ranked.empty()
     ranked = Ranked.of(*(np.concatenate(part) for part in (rows, scores, medoids, numbers)))
     return ranked.take(np.argsort(-ranked.scores, kind="stable"))
 

@@ -3,10 +3,11 @@ over the serving rows (the snapshot's, then the delta's), which every channel ap
 
 A filter on the catalogue (tags, creation time, `new_only`) is the same for every user, so its snapshot
 part is cached on the serving state (replaced whole on a swap, so the cache never outlives its snapshot),
-with the vectors of the rows it allows when they are few: a selective filter is then answered by one exact
-scan of those rows instead of an ANN graph walk that finds too few of them (the pre-filtering that Qdrant
-and Milvus switch to below a cardinality threshold). Rows newer than the snapshot are checked against the
-database per request (they are few). `exclude_ids` is per request and never cached.
+with the vectors of the rows it allows when they are few: a selective filter is then answered by a scan of
+those rows (quantised codes order them, exact scores decide) instead of an ANN graph walk that finds too few
+of them (the pre-filtering that Qdrant and Milvus switch to below a cardinality threshold). Rows newer than
+the snapshot are checked against the database per request (they are few). `exclude_ids` is per request and
+never cached.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from mmrecall.index.ranked import member_mask, top_rows
 EXACT_MAX_ROWS = 60_000
 CACHE_BYTES = 256 * 2**20  # the cached masks and gathered vectors of one serving state, at most
 RESCORE_MARGIN = 32  # rows beyond n that the half-precision scan passes on to the exact rescoring
+# A filter used this often, over at least FAST_MIN_ROWS rows, gets 4-bit product-quantisation codes in the
+# background (faiss's fast scan: 4 dims a code, in SIMD registers), which then order its rows instead of the
+# half-precision scan: at 20k rows x 256 dims, 0.07 ms a query against 0.32, and with FAST_SHORTLIST x the
+# rows rescored exactly, recall@100 0.995 of the exact scan (bench perf reports it). Training the codes
+# takes about 0.5 s, which a one-off filter (a moving time bound) should not pay, nor wait for.
+FAST_AFTER_USES = 2
+FAST_MIN_ROWS = 4096
+FAST_SHORTLIST = 4
 
 
 class FilterError(ValueError):
@@ -125,7 +134,12 @@ class SnapshotRows:
     # is what bounds a single query's time; its order is final after an exact rescoring of the best
     codes: faiss.Index | None = None
 
+    fast: faiss.Index | None = None  # the fast-scan codes, once built (FAST_AFTER_USES)
+
     _cluster_counts: np.ndarray | None = None
+    _cluster_members: list[np.ndarray] | None = None
+    _uses: int = 0
+    _fast_started: bool = False
 
     @classmethod
     def gathered(cls, mask: np.ndarray, vectors: np.ndarray) -> SnapshotRows:
@@ -135,10 +149,36 @@ class SnapshotRows:
         codes.add(vectors)
         return cls(mask, np.flatnonzero(mask), vectors, codes)
 
+    def scan(self, queries: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:
+        """(q, m) positions in `rows` in about the best order for each query, -1 padded, and how many to
+        rescore per row wanted (m = that many x `wanted`, at most every row): from the fast-scan codes once a
+        background thread has built them (this filter is in use), else the half-precision ones; the caller
+        rescores them exactly."""
+        self._uses += 1
+        if self._uses >= FAST_AFTER_USES and not self._fast_started and self.vectors is not None:
+            if len(self.rows) >= FAST_MIN_ROWS and self.vectors.shape[1] % 4 == 0:
+                self._fast_started = True  # two requests racing here build it twice, harmlessly
+                threading.Thread(target=self._build_fast, name="filter-fast-scan", daemon=True).start()
+        fast = self.fast
+        if fast is not None:
+            return fast.search(queries, min(len(self.rows), FAST_SHORTLIST * wanted))[1], FAST_SHORTLIST
+        assert self.codes is not None
+        return self.codes.search(queries, wanted)[1], 1
+
+    def _build_fast(self) -> None:
+        assert self.vectors is not None
+        d = self.vectors.shape[1]
+        fast = faiss.index_factory(d, f"PQ{d // 4}x4fs", faiss.METRIC_INNER_PRODUCT)
+        fast.train(self.vectors)
+        fast.add(self.vectors)
+        self.fast = fast  # one reference assignment: a request sees the old codes or the new, whole
+
     @property
     def nbytes(self) -> int:
         gathered = self.vectors.nbytes * 3 // 2 if self.vectors is not None else 0  # float32 and half codes
-        return self.mask.nbytes + self.rows.nbytes + gathered
+        by_cluster = self.rows.nbytes if self._cluster_members is not None else 0
+        fast = len(self.rows) * self.vectors.shape[1] // 8 if self.vectors is not None and self._fast_started else 0
+        return self.mask.nbytes + self.rows.nbytes + gathered + by_cluster + fast
 
     def cluster_counts(self, table) -> np.ndarray:
         """(clusters,) allowed rows per cluster of the snapshot's table (computed once, then kept)."""
@@ -146,6 +186,17 @@ class SnapshotRows:
             assignment = np.asarray(table.assignment[: len(self.mask)])
             self._cluster_counts = np.bincount(assignment[self.mask], minlength=len(table.centroids))
         return self._cluster_counts
+
+    def cluster_members(self, table) -> list[np.ndarray]:
+        """Per cluster of the snapshot's table, its allowed rows, ascending (computed once, then kept): the
+        cluster channel reads these few instead of testing every member of each cluster against the mask."""
+        if self._cluster_members is None:
+            clusters = np.asarray(table.assignment)[self.rows]
+            order = np.argsort(clusters, kind="stable")  # rows ascending within each cluster
+            cuts = np.concatenate([[0], np.cumsum(self.cluster_counts(table))])
+            by_cluster = self.rows[order]
+            self._cluster_members = [by_cluster[cuts[c] : cuts[c + 1]] for c in range(len(table.centroids))]
+        return self._cluster_members
 
 
 @dataclass
@@ -172,8 +223,8 @@ class FilterCache:
 @dataclass
 class AllowedRows:
     """One request's filter over the serving rows: the mask every channel applies, and a scan of the allowed
-    rows when they are few (SnapshotRows.codes: half-precision, rescored exactly), the rows newer than the
-    snapshot scanned exactly beside it."""
+    rows when they are few (SnapshotRows.scan: quantised codes order them, exact scores decide), the rows newer
+    than the snapshot scanned exactly beside it."""
 
     mask: np.ndarray  # (rows,) bool: snapshot rows, then the delta's
     snapshot: SnapshotRows | None  # None: the catalogue part allows every snapshot row
@@ -196,8 +247,11 @@ class AllowedRows:
         assert self.snapshot is not None
         return np.flatnonzero(~self.mask[self.snapshot.rows])
 
-    def search(self, queries: np.ndarray, n: int, exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query (q, d): the n best allowed rows not excluded (rows, exact scores), best first."""
+    def search(
+        self, queries: np.ndarray, n: int | Sequence[int] | np.ndarray, exclude: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query (q, d): the n best allowed rows not excluded (rows, exact scores), best first; n may
+        differ by query (one scan still serves them all)."""
         snapshot = self.snapshot
         assert snapshot is not None and snapshot.vectors is not None and snapshot.codes is not None
         queries = np.atleast_2d(queries).astype(np.float32)
@@ -205,22 +259,26 @@ class AllowedRows:
         rows = snapshot.rows
         at = np.minimum(np.searchsorted(rows, exclude), max(len(rows) - 1, 0))  # excluded rows' positions
         skipped = np.union1d(self._cleared, at[rows[at] == exclude] if len(rows) else at[:0])
-        # the half-precision scan orders the rows; enough more than n that the skipped ones and a near tie
-        # at the cut cannot push an item out, then exact float scores decide
-        wanted = min(len(rows), n + len(skipped) + RESCORE_MARGIN)
-        _, found = snapshot.codes.search(queries, wanted) if wanted else (None, np.zeros((len(queries), 0), int))
+        # the quantised scan orders the rows; enough more than n that the skipped ones and a near tie at the
+        # cut cannot push an item out, then exact float scores decide
+        counts = np.broadcast_to(np.asarray(n, np.int64), (len(queries),))
+        wanted = np.minimum(len(rows), counts + len(skipped) + RESCORE_MARGIN)
+        found, shortlist = (
+            snapshot.scan(queries, int(wanted.max())) if len(rows) else (np.zeros((len(queries), 0), int), 1)
+        )
         delta_scores = queries @ self.delta_vectors.T if len(self.delta_rows) else None
         if delta_scores is not None:
             delta_scores[:, ~self.mask[self.delta_rows] | member_mask(self.delta_rows, exclude)] = -np.inf
         out = []
         for i, query in enumerate(queries):
-            positions = found[i][found[i] >= 0]
+            positions = found[i][: shortlist * wanted[i]]
+            positions = positions[positions >= 0]
             positions = positions[~member_mask(positions, skipped)] if len(skipped) else positions
             candidates, scores = rows[positions], snapshot.vectors[positions] @ query
             if delta_scores is not None:
                 candidates = np.concatenate([candidates, self.delta_rows])
                 scores = np.concatenate([scores, delta_scores[i]])
-            best, best_scores = top_rows(candidates, scores.astype(np.float64), n)
+            best, best_scores = top_rows(candidates, scores.astype(np.float64), int(counts[i]))
             finite = np.isfinite(best_scores)
             out.append((best[finite], best_scores[finite]))
         return out

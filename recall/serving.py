@@ -394,20 +394,20 @@ class ServiceSources:
     def summed_neighbors(
         self, triggers: Sequence[int], weights: np.ndarray, n: int, exclude: np.ndarray
     ) -> Ranked | None:
-        """Under a selective filter (an exact scan of its rows): the v2v score of every allowed item without
+        """Under a selective filter (a scan of its rows): the v2v score of every allowed item without
         each trigger's top-n cut, sum over triggers of w_t * <t, j> = <sum of w_t * t, j>, so one search for
         all the triggers instead of one each; provenance, as from the lists: the trigger that contributed
         most (the latest on ties). None elsewhere: the v2v table's lists cost less than any search."""
         if self.filtered is None or not self.filtered.exact or not len(triggers):
             return None
         at = np.asarray(triggers, np.int64)
-        vectors = np.stack([self.live.row_vector(r) for r in at.tolist()])  # (t, d)
+        vectors = self._gather(at)  # (t, d)
         query = np.asarray(weights, np.float32) @ vectors
         skip = self._blocked_array(np.union1d(np.asarray(exclude, np.int64), at))
         rows, scores = self.filtered.search(query, n, skip)[0]
         if not len(rows):
             return Ranked.empty()
-        found = np.stack([self.live.row_vector(r) for r in rows.tolist()])  # (n, d)
+        found = self._gather(rows)  # (n, d)
         contributions = np.asarray(weights, np.float64)[:, None] * (vectors @ found.T)  # (t, n)
         return Ranked(rows, scores.astype(np.float64), at[np.argmax(contributions, axis=0)])
 
@@ -416,10 +416,29 @@ class ServiceSources:
         blocked = np.fromiter(self.blocked, np.int64, len(self.blocked)) if self.blocked else NO_ROWS
         return np.union1d(blocked, np.asarray(exclude, np.int64)) if len(exclude) or len(blocked) else NO_ROWS
 
-    def nearest(self, row: int, vector: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest items to a history row (a PinnerSage medoid): its cached v2v row where that answers."""
-        found = None if self.allowed is not None else self._table_neighbors(row, n, exclude, complete=True)
-        return found if found is not None else self.search(vector, n, exclude)
+    def nearest_each(
+        self, rows: Sequence[int], vectors: np.ndarray, n: Sequence[int], exclude: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Nearest items to each history row (PinnerSage medoids), n[i] for the i-th and none that an earlier
+        one found: its cached v2v row where that answers, else a search; under a selective filter, one scan
+        for them all instead of one each."""
+        if self.filtered is not None and self.filtered.exact and len(rows):
+            # each list asks for its own count plus every earlier one's, which is all an earlier list can take
+            lists = self.filtered.search(np.atleast_2d(vectors), np.cumsum(n), self._blocked_array(exclude))
+            out, taken = [], np.zeros(0, np.int64)
+            for (found, scores), wanted in zip(lists, n, strict=True):
+                keep = ~member_mask(found, taken)
+                found, scores = found[keep][:wanted], scores[keep][:wanted]
+                out.append((found, scores))
+                taken = np.concatenate([taken, found])
+            return out
+        out = []
+        for row, vector, wanted in zip(rows, vectors, n, strict=True):
+            cached = None if self.allowed is not None else self._table_neighbors(row, wanted, exclude, complete=True)
+            answer = cached if cached is not None else self.search(vector, wanted, exclude)
+            out.append(answer)
+            exclude = np.concatenate([exclude, answer[0]])
+        return out
 
     def cluster_mates(self, triggers: Sequence[tuple[int, float]], n: int, exclude: np.ndarray = NO_ROWS) -> Ranked:
         table = self.state.clusters
@@ -448,6 +467,8 @@ class ServiceSources:
         moved = self.live.moved_rows()
         excluded = set(exclude.tolist()) | set(rows)
         skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded}
+        # under a selective filter, each cluster's allowed rows (kept with the filter) instead of all its members
+        exact = self.filtered is not None and self.filtered.exact and self.filtered.snapshot is not None
         found = cluster_recall(
             table,
             self.live.snapshot.vectors,
@@ -458,6 +479,7 @@ class ServiceSources:
             exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]),
             prior=self.state.popularity,
             allowed=None if self.allowed is None else self.allowed[: self.base],
+            cluster_rows=self.filtered.snapshot.cluster_members(table) if exact else None,  # type: ignore[union-attr]
             prior_max=1.0,  # popularity_prior's largest value (0 when nothing is popular: a looser bound)
         )
         if moved:
@@ -484,6 +506,12 @@ class ServiceSources:
             have += int(per_cluster[cluster])
         return out
 
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) float32 vectors of non-empty rows: one gather when all are the snapshot's."""
+        if self.live.snapshot is not None and int(rows.max()) < self.base:  # one gather, not a copy per row
+            return np.asarray(self.live.snapshot.vectors[rows], np.float32)
+        return np.stack([self.live.row_vector(r) for r in rows.tolist()])
+
     def content_vectors(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of the rows, in order."""
         rows = np.asarray(rows, np.int64)
@@ -492,10 +520,7 @@ class ServiceSources:
         key = rows.tobytes()  # the user tower and multi-interest both read the history's vectors
         if self._history_vectors is not None and self._history_vectors[0] == key:
             return self._history_vectors[1]
-        if self.live.snapshot is not None and int(rows.max()) < self.base:  # one gather, not a copy per row
-            vectors = np.asarray(self.live.snapshot.vectors[rows], np.float32)
-        else:
-            vectors = np.stack([self.live.row_vector(r) for r in rows.tolist()])
+        vectors = self._gather(rows)
         vectors.flags.writeable = False  # shared by the callers
         self._history_vectors = (key, vectors)
         return vectors

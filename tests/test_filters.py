@@ -183,3 +183,77 @@ def test_filtered_scan_matches_brute_force() -> None:
         for query, (rows, scores) in zip(queries, allowed.search(queries, n, exclude), strict=True):
             assert rows.tolist() == brute(query, n, exclude)
             assert np.allclose(scores, vectors[rows] @ query, atol=1e-5)  # exact, not half-precision, scores
+
+
+def test_interests_under_a_selective_filter_share_one_scan_and_answer_as_one_search_each() -> None:
+    """PinnerSage's per-interest searches (ServiceSources.nearest_each) under a selective filter run as one
+    scan for every interest; each list must be what its own search answers once the earlier lists' items
+    are excluded, as without the filter."""
+    import numpy as np
+
+    from mmrecall.index.ann import VectorIndex
+    from mmrecall.index.live import LiveIndex
+    from mmrecall.recall.filters import AllowedRows, SnapshotRows
+    from mmrecall.recall.serving import ServiceSources, ServingState
+
+    rng = np.random.default_rng(5)
+    n, d = 3000, 16
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    state = ServingState(LiveIndex(VectorIndex.build([f"i{r}" for r in range(n)], vectors)))
+    mask = rng.random(n) < 0.1
+    filtered = AllowedRows(mask, SnapshotRows.gathered(mask, vectors[mask]), np.zeros(0, np.int64), vectors[:0])
+    sources = ServiceSources(state, "sqlite://", in_memory_only=True, filtered=filtered)
+    assert filtered.exact
+    medoids = [int(r) for r in np.flatnonzero(mask)[:4]]
+    queries = vectors[medoids] + 0.05 * vectors[medoids[::-1]]  # neighbouring interests: their lists overlap
+    wanted = [40, 25, 20, 15]
+    seen = np.array(sorted(medoids[:2]), np.int64)
+    lists = sources.nearest_each(medoids, queries, wanted, seen)
+    exclude = seen
+    for (rows, scores), query, count in zip(lists, queries, wanted, strict=True):
+        expected_rows, expected_scores = sources.search(query, count, exclude)
+        assert rows.tolist() == expected_rows.tolist() and np.allclose(scores, expected_scores)
+        assert len(rows) == count and mask[rows].all()
+        exclude = np.concatenate([exclude, rows])
+    assert len(np.unique(np.concatenate([rows for rows, _ in lists]))) == sum(wanted)  # each item once
+
+
+def test_a_filter_in_use_is_scanned_by_fast_codes_built_in_the_background() -> None:
+    """A selective filter's rows are first ordered by half-precision codes (exact answers); once the filter
+    is in use, 4-bit fast-scan codes built in a background thread take over, and the exactly rescored
+    shortlist still finds nearly all of the exact top n, never an excluded or disallowed row."""
+    import numpy as np
+
+    from mmrecall.recall.filters import FAST_AFTER_USES, FAST_MIN_ROWS, AllowedRows, SnapshotRows
+
+    rng = np.random.default_rng(4)
+    d = 32
+    vectors = rng.normal(size=(20_000, 8)) @ rng.normal(size=(8, d)) + 0.3 * rng.normal(size=(20_000, d))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    mask = rng.random(len(vectors)) < 0.4
+    assert mask.sum() >= FAST_MIN_ROWS
+    snapshot = SnapshotRows.gathered(mask, vectors[mask])
+    allowed = AllowedRows(mask, snapshot, np.zeros(0, np.int64), vectors[:0])
+    queries = vectors[rng.integers(len(vectors), size=50)]
+    exclude = np.flatnonzero(mask)[::7]
+
+    def exact(query: np.ndarray, n: int) -> set[int]:
+        scores = vectors @ query
+        scores[~mask] = -np.inf
+        scores[exclude] = -np.inf
+        return set(np.argsort(-scores, kind="stable")[:n].tolist())
+
+    for _ in range(FAST_AFTER_USES):
+        first = allowed.search(queries, 100, exclude)
+    assert all(set(rows.tolist()) == exact(q, 100) for q, (rows, _) in zip(queries, first, strict=True))
+    deadline = time.time() + 30
+    while snapshot.fast is None:
+        assert time.time() < deadline, "the fast-scan codes were not built"
+        time.sleep(0.05)
+    found = allowed.search(queries, 100, exclude)
+    overlap = [len(set(rows.tolist()) & exact(q, 100)) / 100 for q, (rows, _) in zip(queries, found, strict=True)]
+    assert np.mean(overlap) >= 0.95, np.mean(overlap)
+    for query, (rows, scores) in zip(queries, found, strict=True):
+        assert len(rows) == 100 and mask[rows].all() and not np.isin(rows, exclude).any()
+        assert np.allclose(scores, vectors[rows] @ query, atol=1e-5) and (np.diff(scores) <= 1e-12).all()
