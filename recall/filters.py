@@ -36,6 +36,7 @@ RESCORE_MARGIN = 32  # rows beyond n that the half-precision scan passes on to t
 FAST_AFTER_USES = 2
 FAST_MIN_ROWS = 4096
 FAST_SHORTLIST = 4
+FAST_TRAIN_ROWS = 8192  # at most about this many rows train the codes
 
 
 class FilterError(ValueError):
@@ -167,9 +168,13 @@ class SnapshotRows:
 
     def _build_fast(self) -> None:
         assert self.vectors is not None
+        # one OpenMP thread, for this thread only: the requests keep the cores (a team of spinning OpenMP
+        # threads beside busy API processes stalled them for seconds)
+        faiss.omp_set_num_threads(1)
         d = self.vectors.shape[1]
         fast = faiss.index_factory(d, f"PQ{d // 4}x4fs", faiss.METRIC_INNER_PRODUCT)
-        fast.train(self.vectors)
+        step = max(1, len(self.vectors) // FAST_TRAIN_ROWS)  # 16 centroids per sub-quantiser need few rows
+        fast.train(np.ascontiguousarray(self.vectors[::step]))
         fast.add(self.vectors)
         self.fast = fast  # one reference assignment: a request sees the old codes or the new, whole
 

@@ -342,6 +342,7 @@ class ServiceSources:
         self.blocked = self.live.blocked_rows()  # deleted, or re-encoded since the snapshot
         self._db_tags: dict[str, list[str]] = {}
         self._history_vectors: tuple[bytes, np.ndarray] | None = None  # the last rows asked, their vectors
+        self._user_vector: tuple[tuple[bytes, str | None], np.ndarray | None] | None = None  # the last asked
         self.history_times = history_times or {}  # item -> unix seconds of the user's interaction, when known
 
     def _table_neighbors(
@@ -526,6 +527,15 @@ class ServiceSources:
         return vectors
 
     def user_vector(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
+        """The user tower over the history (the last answer kept: personal and u2i2i both ask for it)."""
+        key = (np.asarray(history, np.int64).tobytes(), user)
+        if self._user_vector is not None and self._user_vector[0] == key:
+            return self._user_vector[1]
+        vector = self._user_vector_of(history, user)
+        self._user_vector = (key, vector)
+        return vector
+
+    def _user_vector_of(self, history: np.ndarray, user: str | None) -> np.ndarray | None:
         vectors = self.content_vectors(history)
         if not len(vectors):
             return None
@@ -550,7 +560,7 @@ class ServiceSources:
     def search(self, vector: np.ndarray, n: int, exclude: np.ndarray = NO_ROWS) -> tuple[np.ndarray, np.ndarray]:
         """Nearest rows to a vector, or to several (interests): each row scored by its best one."""
         queries = np.atleast_2d(vector)
-        if self.filtered is not None and self.filtered.exact:  # a selective filter: scan its rows exactly
+        if self.filtered is not None and self.filtered.exact:  # a selective filter: scan its rows
             found = self.filtered.search(queries, n, self._blocked_array(exclude))
         else:
             skip = set(np.asarray(exclude).tolist())
