@@ -55,7 +55,7 @@ from mmrecall.pipeline.balancer import haproxy_available, server_stats
 from mmrecall.pipeline.reindex import reindex
 from mmrecall.pipeline.runner import settings_env
 from mmrecall.recall.channels import CHANNELS
-from mmrecall.recall.filters import FAST_AFTER_USES, FAST_MIN_ROWS, NO_FILTER, AllowedRows, RecallFilter
+from mmrecall.recall.filters import NO_FILTER, RecallFilter
 from mmrecall.recall.merge import MergeWeights, merge
 from mmrecall.recall.service import channel_candidates, recall_answer
 from mmrecall.recall.serving import ServiceSources, ServingIndex, allowed_rows
@@ -147,19 +147,6 @@ def personal_ann(
     return percentiles_ms(timings)["p99_ms"], float(np.mean(recalls))
 
 
-def in_use(filtered: AllowedRows | None, timeout: float = 60.0) -> None:
-    """A selective filter as a serving process has it after its first requests: with its fast-scan codes
-    (built in the background once the filter is in use) where it gets them."""
-    if filtered is None or not filtered.exact or filtered.snapshot is None:
-        return
-    query = np.zeros((1, filtered.snapshot.vectors.shape[1]), np.float32)  # type: ignore[union-attr]  # exact
-    deadline = time.time() + timeout
-    for _ in range(FAST_AFTER_USES):
-        filtered.search(query, 1, NO_ROWS)
-    while filtered.snapshot.fast is None and len(filtered.snapshot.rows) >= FAST_MIN_ROWS and time.time() < deadline:
-        time.sleep(0.05)
-
-
 def filtered_scan_recall(settings: Settings, recall_filter: RecallFilter, queries: int = 200) -> float | None:
     """recall@100 of the scan behind a selective filter once it is in use (recall.filters: fast-scan codes
     order the allowed rows, exact scores decide) against exact search over the same rows, on user-like
@@ -174,7 +161,7 @@ def filtered_scan_recall(settings: Settings, recall_filter: RecallFilter, querie
     users = np.asarray(serving.state.live.snapshot.vectors)[rng.integers(serving.state.live.base, size=(queries, 20))]
     users = users.mean(axis=1)
     users = (users / np.linalg.norm(users, axis=1, keepdims=True)).astype(np.float32)
-    in_use(filtered)
+    filtered.snapshot.in_use()
     found = filtered.search(users, 100, NO_ROWS)
     truth = [rows[np.argsort(-(gathered @ user), kind="stable")[:100]] for user in users]
     return float(
@@ -205,7 +192,9 @@ def _recall_cpu(settings: Settings, n: int, requests: int, recall_filter: Recall
     state, url, rng = serving.state, settings.resolved_database_url, np.random.default_rng(1)
     histories = [[f"item{i:07d}" for i in rng.integers(n, size=20)] for _ in range(requests)]
     config = RecallConfig(per_channel=100)
-    in_use(allowed_rows(state, recall_filter, url, in_memory_only=True))  # the steady state, as under load
+    warm = allowed_rows(state, recall_filter, url, in_memory_only=True)
+    if warm is not None and warm.snapshot is not None:
+        warm.snapshot.in_use()  # the steady state, as under load
 
     def request_sources() -> ServiceSources:
         filtered = allowed_rows(state, recall_filter, url, in_memory_only=True)  # per request, as the API does

@@ -13,6 +13,7 @@ never cached.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,15 +157,31 @@ class SnapshotRows:
         background thread has built them (this filter is in use), else the half-precision ones; the caller
         rescores them exactly."""
         self._uses += 1
-        if self._uses >= FAST_AFTER_USES and not self._fast_started and self.vectors is not None:
-            if len(self.rows) >= FAST_MIN_ROWS and self.vectors.shape[1] % 4 == 0:
-                self._fast_started = True  # two requests racing here build it twice, harmlessly
-                threading.Thread(target=self._build_fast, name="filter-fast-scan", daemon=True).start()
+        if self._uses >= FAST_AFTER_USES and not self._fast_started and self.takes_fast_codes:
+            self._fast_started = True  # two requests racing here build it twice, harmlessly
+            threading.Thread(target=self._build_fast, name="filter-fast-scan", daemon=True).start()
         fast = self.fast
         if fast is not None:
             return fast.search(queries, min(len(self.rows), FAST_SHORTLIST * wanted))[1], FAST_SHORTLIST
         assert self.codes is not None
         return self.codes.search(queries, wanted)[1], 1
+
+    @property
+    def takes_fast_codes(self) -> bool:
+        """Whether the filter gets fast-scan codes once in use: enough rows, and 4 dims to a code."""
+        return self.vectors is not None and len(self.rows) >= FAST_MIN_ROWS and self.vectors.shape[1] % 4 == 0
+
+    def in_use(self, timeout: float = 60.0) -> None:
+        """The filter as a serving process has it after its first requests (benchmarks measure that steady
+        state): with its fast-scan codes where it takes them, waiting up to `timeout` for the build."""
+        if self.vectors is None:
+            return
+        query = np.zeros((1, self.vectors.shape[1]), np.float32)
+        while self._uses < FAST_AFTER_USES:
+            self.scan(query, 1)
+        deadline = time.time() + timeout
+        while self.takes_fast_codes and self.fast is None and time.time() < deadline:
+            time.sleep(0.05)
 
     def _build_fast(self) -> None:
         assert self.vectors is not None
@@ -244,6 +261,10 @@ class AllowedRows:
     def exact(self) -> bool:
         """Whether searches scan the allowed rows' vectors instead of the ANN index."""
         return self.snapshot is not None and self.snapshot.vectors is not None
+
+    def cluster_rows(self, table) -> list[np.ndarray] | None:
+        """Per cluster of the table, the allowed snapshot rows when this filter is scanned (few), else None."""
+        return self.snapshot.cluster_members(table) if self.exact else None  # type: ignore[union-attr]  # exact
 
     @cached_property
     def _cleared(self) -> np.ndarray:

@@ -468,8 +468,6 @@ class ServiceSources:
         moved = self.live.moved_rows()
         excluded = set(exclude.tolist()) | set(rows)
         skip = (self.blocked - moved.keys()) | {old for old, new in moved.items() if new in excluded}
-        # under a selective filter, each cluster's allowed rows (kept with the filter) instead of all its members
-        exact = self.filtered is not None and self.filtered.exact and self.filtered.snapshot is not None
         found = cluster_recall(
             table,
             self.live.snapshot.vectors,
@@ -480,7 +478,8 @@ class ServiceSources:
             exclude=np.concatenate([exclude, np.fromiter(skip, np.int64, len(skip))]),
             prior=self.state.popularity,
             allowed=None if self.allowed is None else self.allowed[: self.base],
-            cluster_rows=self.filtered.snapshot.cluster_members(table) if exact else None,  # type: ignore[union-attr]
+            # under a selective filter, each cluster's allowed rows (kept with the filter), not all its members
+            cluster_rows=self.filtered.cluster_rows(table) if self.filtered is not None else None,
             prior_max=1.0,  # popularity_prior's largest value (0 when nothing is popular: a looser bound)
         )
         if moved:
