@@ -178,6 +178,11 @@ class RecallOut(BaseModel):
     fallback: bool = Field(
         default=False, description="the history was too short: the non-personalised channels were merged in"
     )
+    degraded: str | None = Field(
+        default=None,
+        description="why this is less than the full answer: the database did not answer, so a user's stored "
+        "history was not read and the non-personalised channels answered from the loaded snapshot",
+    )
 
 
 class ClusterOut(BaseModel):

@@ -153,5 +153,11 @@ def workers_alive(settings: Settings, timeout: float = 1.0) -> int:
         check_broker(settings)
     except BrokerUnavailable:
         return 0
-    replies = client(settings).control.inspect(timeout=timeout).active_queues() or {}
+    app = client(settings)
+    # a connection of its own: a pooled one the broker dropped when it restarted would fail the broadcast
+    try:
+        with app.connection_for_write() as connection:
+            replies = app.control.inspect(timeout=timeout, connection=connection).active_queues() or {}
+    except (redis.RedisError, OSError, OperationalError):
+        return 0
     return sum(any(q.get("name") == settings.queue for q in queues) for queues in replies.values())

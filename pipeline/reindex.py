@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +101,7 @@ def reindex(
         raise ValueError(f"no vectors stored for encoder version {version}; nothing to index")
     store = serving_store(settings.vector_store, home=settings.home)  # StoreError: it does not answer
     collection = None  # the store collection this reindex wrote, until it serves
+    target: Path | None = None  # the snapshot directory it builds into, until it serves
     try:
         ids: list[str] = []
         matrix: np.ndarray | None = None  # filled in place: memory grows with the index, not with copies
@@ -179,7 +182,10 @@ def reindex(
     except Exception as exc:
         with session_scope(url) as session:
             catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
-        unserved = collection is not None and snapshots.current_snapshot(settings.snapshots_dir) != target
+        serving = snapshots.current_snapshot(settings.snapshots_dir)
+        if target is not None and serving != target:  # half-written (a full disk, a kill): never served, removed
+            shutil.rmtree(target, ignore_errors=True)
+        unserved = collection is not None and serving != target
         if store is not None and unserved:
             try:
                 if collection in store.collections():  # nothing serves it: no orphan collection is left behind

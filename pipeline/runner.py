@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -207,6 +208,67 @@ class PrivateRedis:
     def restart_empty(self) -> None:
         self.kill()
         self.start()
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl), or None where they are not installed."""
+    found = shutil.which("initdb") or shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own (initdb in a fresh folder, a free loopback port, trust auth): it can
+    be stopped and started again while clients keep trying, which a shared server must not be. As root the
+    server runs as the `postgres` user (PostgreSQL refuses to run as root)."""
+
+    def __init__(self, root: Path | None = None, database: str = "mmrecall") -> None:
+        """root: a folder the server's user can reach (default: a new one in the system's temp folder)."""
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("no PostgreSQL server programs found (install the postgresql package)")
+        self.bin_dir = bin_dir
+        self.root = root or Path(tempfile.mkdtemp(prefix="mmrecall-postgres-"))
+        self.data = self.root / "pgdata"
+        self.port = free_port()
+        self.database = database
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        subprocess.run([*self._as, *args], check=True, timeout=timeout, capture_output=True)
+
+    def init(self) -> PrivatePostgres:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o777)  # the server's user writes its folder and log here
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+        self._run(
+            str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database
+        )
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        log = self.root / "postgres.log"
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(log), "-w", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are cut, as in a failover."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def destroy(self) -> None:
+        if self.running():
+            try:
+                self.stop()
+            except subprocess.SubprocessError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def wait_for_api(url: str, *, timeout: float = 60.0) -> None:

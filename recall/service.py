@@ -167,6 +167,7 @@ def history_recall(
     )
     answer["short_by"] = max(0, k - len(answer["results"]))
     answer["fallback"] = fallback
+    answer["degraded"] = None  # the API's answer while the database is down says why (api.routes.similar)
     answer["filter"] = recall_filter.answer_part(filtered.count if filtered is not None else None)
     return answer
 

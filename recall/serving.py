@@ -61,6 +61,9 @@ class ServingState:
     rankings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # the fallback channels' (index.rankings)
     created_at: float | None = None  # when the snapshot was built (unix seconds)
     filter_cache: FilterCache = field(default_factory=FilterCache)  # catalogue filters' snapshot rows
+    # (title, tags, created_at) of the items newer than the snapshot, read with their vectors: requests
+    # answer them from memory, and keep answering while the database is down
+    delta_facts: dict[str, tuple[str | None, list[str], float | None]] = field(default_factory=dict)
 
     @classmethod
     def from_snapshot(cls, snapshot: snapshots.Snapshot) -> ServingState:
@@ -126,10 +129,14 @@ def allowed_rows(
     if len(delta_ids) and recall_filter.new_only:
         delta &= new_rows(state)[base : base + len(delta_ids)]
     if len(delta_ids) and recall_filter.reads_item_facts:
-        if in_memory_only:
-            raise NeedsDatabase(f"tags and creation times of {len(delta_ids)} items newer than the snapshot")
-        with session_scope(database_url) as session:
-            facts = catalogue.tags_and_created(session, delta_ids)
+        known = state.delta_facts
+        facts = {i: (known[i][1], known[i][2]) for i in delta_ids if i in known}
+        missing = [i for i in delta_ids if i not in known]
+        if missing and in_memory_only:
+            raise NeedsDatabase(f"tags and creation times of {len(missing)} items newer than the snapshot")
+        if missing:
+            with session_scope(database_url) as session:
+                facts.update(catalogue.tags_and_created(session, missing))
         delta &= np.fromiter((recall_filter.passes(*facts.get(i, ([], None))) for i in delta_ids), bool, len(delta_ids))
     delta_rows = base + np.flatnonzero(delta)
     dim = live.dim or 1
@@ -263,6 +270,7 @@ class ServingIndex:
             for start in range(0, len(fresh), 10_000):
                 chunk = fresh[start : start + 10_000]
                 ids, matrix = catalogue.vectors_by_rows(session, chunk)
+                state.delta_facts.update(catalogue.item_facts(session, ids))  # before the rows can be found
                 state.live.add(ids, matrix)
                 self._seen_rows.update(chunk)
         if rows:
@@ -632,6 +640,8 @@ class ServiceSources:
         if self.state.meta is not None:  # the snapshot's own rows are answered from memory
             rows = rows[rows >= self.base]
         items = {self.item(r) for r in rows.tolist()}
+        known = self.state.delta_facts
+        self._db_tags.update({i: known[i][1] for i in items if i in known and i not in self._db_tags})
         missing = [i for i in items if i not in self._db_tags]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"tags of {len(missing)} items newer than the snapshot")
@@ -675,6 +685,10 @@ class ServiceSources:
         if meta is not None:
             known = [r for r in rows if r < self.base]
             found = dict(zip(known, meta.titles(known), strict=True))
+        facts = self.state.delta_facts
+        for row in rows:
+            if row not in found and self.item(row) in facts:
+                found[row] = facts[self.item(row)][0]
         missing = [r for r in rows if r not in found]
         if missing and self.in_memory_only:
             raise NeedsDatabase(f"titles of {len(missing)} items newer than the snapshot")

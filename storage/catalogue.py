@@ -232,6 +232,12 @@ def tags_and_created(session: Session, item_ids: Sequence[str]) -> dict[str, tup
     return {item: (tags or [], created) for item, tags, created in rows}
 
 
+def item_facts(session: Session, item_ids: Sequence[str]) -> dict[str, tuple[str | None, list[str], float | None]]:
+    """id -> (title, tags, created_at): what serving reads of items newer than the snapshot, in one query."""
+    query = select(Item.id, Item.title, Item.tags, Item.created_at).where(Item.id.in_(list(item_ids)))
+    return {item: (title, tags or [], created) for item, title, tags, created in session.execute(query)}
+
+
 def created_times(session: Session) -> dict[str, float]:
     """id -> created_at of every live item that has one (the snapshot's creation-time column)."""
     query = select(Item.id, Item.created_at).where(Item.status != "deleted", Item.created_at.is_not(None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Annotated, Literal
 
@@ -9,16 +10,23 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from mmrecall.api.auth import READ
 from mmrecall.api.deps import ServingDep, SessionDep, searched
 from mmrecall.api.schemas import ERRORS, ClusterOut, FilterIn, RecallIn, RecallOut, SimilarOut
+from mmrecall.core.errors import ServiceUnavailable
 from mmrecall.recall.channels import SIMILAR_CHANNELS
 from mmrecall.recall.filters import FilterError
 from mmrecall.recall.service import NoKnownHistory, history_recall, stored_history
-from mmrecall.recall.serving import NeedsDatabase, NotReady, UnknownItem, similar_to
+from mmrecall.recall.serving import NeedsDatabase, NotReady, ServingIndex, UnknownItem, similar_to
 from mmrecall.storage.db import Item
+
+log = logging.getLogger(__name__)
+# what a recall for a user says while the database is down (their history and feedback cannot be read)
+DEGRADED_HISTORY = "served without the user's stored history or feedback, from the non-personalised channels"
+SNAPSHOT_FALLBACKS = ("popular", "trending")
 
 router = APIRouter(prefix="/v1", tags=["query"], responses=ERRORS)
 SimilarChannel = Literal[SIMILAR_CHANNELS]  # type: ignore[valid-type]  # from the channel registry
@@ -75,35 +83,56 @@ async def similar(
 async def recall(body: RecallIn, serving: ServingDep) -> dict:
     """The merged recall set with provenance: which channels recalled each item, from which trigger."""
     seen: list[str] = []
+    degraded = None
     if body.user_id is not None:
         settings = serving.settings
-        rows, seen = await run_in_threadpool(
-            partial(
-                stored_history,
-                serving.database_url,
-                body.user_id,
-                settings.event_rules,
-                read_exclude_s=settings.read_exclude_s,
+        try:
+            rows, seen = await run_in_threadpool(
+                partial(
+                    stored_history,
+                    serving.database_url,
+                    body.user_id,
+                    settings.event_rules,
+                    read_exclude_s=settings.read_exclude_s,
+                )
             )
-        )
+        except OperationalError as exc:
+            # the database is down: a read is still served from the loaded snapshot, as for a user without
+            # history (the fallback channels), and the answer says so, rather than refused with a 503
+            log.warning("recall for user %r without their history: the database does not answer", body.user_id)
+            rows, degraded = [], f"the database does not answer ({type(exc.orig).__name__}): {DEGRADED_HISTORY}"
         history, times = [item for item, _ in rows], dict(rows)
     else:
         history = list(body.history or [])
         times = dict(zip(history, body.times, strict=True)) if body.times else {}
     options = {**recall_options(body), "seen_items": seen}
+    if degraded:
+        return await run_in_threadpool(partial(degraded_recall, serving, body, degraded))
     try:
         try:
-            return await searched(
+            answer = await searched(
                 serving, partial(history_recall, serving, history, times, in_memory_only=True, **options)
             )
         except NeedsDatabase:  # candidates newer than the snapshot: their tags and titles come from the database
-            return await run_in_threadpool(
+            answer = await run_in_threadpool(
                 partial(history_recall, serving, history, times, in_memory_only=False, **options)
             )
     except NoKnownHistory as exc:
         raise HTTPException(400, str(exc)) from exc
     except FilterError as exc:
         raise HTTPException(409, str(exc)) from exc
+    return answer
+
+
+def degraded_recall(serving: ServingIndex, body: RecallIn, reason: str) -> dict:
+    """A stored user's recall while the database is down: the non-personalised channels the loaded snapshot
+    answers alone (`latest` lists items newer than it, whose titles are in the database)."""
+    try:
+        options = {**recall_options(body), "channels": SNAPSHOT_FALLBACKS}
+        answer = history_recall(serving, [], {}, in_memory_only=True, **options)
+    except NeedsDatabase as exc:
+        raise ServiceUnavailable(f"the database does not answer and the snapshot alone cannot: {exc}") from exc
+    return {**answer, "fallback": True, "degraded": reason}
 
 
 def recall_options(body: RecallIn) -> dict:
