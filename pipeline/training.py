@@ -60,7 +60,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
         train = GTrainConfig(
             **{
                 k: params[k]
-                for k in ("epochs", "batch_size", "lr", "log_q", "hard_negatives", "disliked_rate")
+                for k in ("epochs", "batch_size", "lr", "log_q", "hard_negatives", "disliked_rate", "seed")
                 if k in params
             }
         )
