@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-NAMES = ("encode", "index", "api", "perf", "faults", "scaling", "answers", "served", "homophily", "store", "train")
+NAMES = (
+    "encode",
+    "index",
+    "api",
+    "perf",
+    "faults",
+    "scaling",
+    "answers",
+    "served",
+    "homophily",
+    "store",
+    "train",
+    "soak",
+)
 
 
 def get_benchmark(name: str) -> Callable[..., dict]:

@@ -692,11 +692,14 @@ def demo(
 def bench(
     name: Annotated[
         str,
-        typer.Argument(help="encode, index, api, perf, faults, scaling, answers, served, homophily, store or train"),
+        typer.Argument(
+            help="encode, index, api, perf, faults, scaling, answers, served, homophily, store, train or soak"
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for NAME.json")] = Path("bench-out"),
     scale: Annotated[
-        str, typer.Option(help="index: 100k, or 1m for 100k and 1M; perf, answers and store: 10k, 100k or 1m")
+        str,
+        typer.Option(help="index: 100k, or 1m for 100k and 1M; perf, answers and store: 10k, 100k or 1m; soak: 1k-1m"),
     ] = "100k",
     dataset: Annotated[
         Path | None, typer.Option(help="served, homophily, train: a dataset directory (interchange format)")
@@ -707,6 +710,11 @@ def bench(
     encoders: Annotated[str | None, typer.Option(help="homophily: comma-separated encoders")] = None,
     sequential: Annotated[bool, typer.Option(help="served: `mmrecall train --sequential` (SASRec beside G)")] = False,
     user_tower: Annotated[str | None, typer.Option(help="train: G's user tower, pool or seq")] = None,
+    minutes: Annotated[float | None, typer.Option(help="soak: how long the load runs (default 30)")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="soak: PostgreSQL to run on (default: a private server it can stop and start)"),
+    ] = None,
 ) -> None:
     """Run a benchmark: prints a table and writes OUT/NAME.json."""
     from mmrecall.benchmarks import get_benchmark
@@ -722,6 +730,8 @@ def bench(
         "encoders": encoders,
         "sequential": sequential,
         "user_tower": user_tower,
+        "minutes": minutes,
+        "database_url": database_url,
     }
     runner(out=out, scale=scale, redis_url=get_settings().redis_url, **{k: v for k, v in given.items() if v})
     typer.echo(f"wrote {out / (name + '.json')}")
