@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
     )
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How much workers lower their CPU priority (nice): beside API processes on one machine, "
+        "reads stay fast while a training or a reindex runs; 0 keeps the default priority.",
+    )
     train_every_s: float = Field(
         default=0.0,
         ge=0,

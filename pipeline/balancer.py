@@ -64,6 +64,11 @@ def haproxy_config(host: str, port: int, servers: list[tuple[str, int]], stats_s
         "    timeout client 60s",
         "    timeout server 120s",  # a large /v1/recall on a cold cache; training is never served here
         "    timeout http-keep-alive 60s",
+        # a request waits this long for a free API process (one restarting leaves half the slots) instead of
+        # the default 2 s, after which HAProxy answers 503 itself: then with a reason and Retry-After
+        "    timeout queue 30s",
+        "    http-error status 503 content-type application/json hdr Retry-After 5 "
+        """string '{"detail":"no API process is free to answer (all busy or restarting): retry shortly"}'""",
         "frontend mmrecall",
         f"    bind {host}:{port}",
         f"    default_backend {BACKEND}",

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from mmrecall.core.settings import Settings
-from mmrecall.pipeline.balancer import haproxy_available, server_stats
+from mmrecall.pipeline.balancer import haproxy_available, haproxy_binary, haproxy_config, server_stats
 from mmrecall.pipeline.runner import free_port, settings_env, wait_for_api
 
 
@@ -112,3 +112,27 @@ def test_haproxy_spreads_each_request_and_routes_around_a_dead_process(tmp_path:
         if server.poll() is None:
             server.kill()
             server.wait(30)
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed (apt-get install haproxy)")
+def test_haproxy_answers_its_own_503_with_a_reason_and_retry_after(tmp_path: Path) -> None:
+    """No API process free (here: none listening): HAProxy's own 503 says why and when to retry, as the
+    API's 503s do, instead of its HTML page."""
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1", port, [("127.0.0.1", free_port())], tmp_path / "haproxy.sock"))
+    proxy = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until_listening = time.time() + 10
+        while True:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/v1/recall", json={"history": []}, timeout=10)
+                break
+            except httpx.ConnectError:
+                assert time.time() < wait_until_listening
+                time.sleep(0.1)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert "no API process is free" in answer.json()["detail"]
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

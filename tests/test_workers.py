@@ -58,3 +58,17 @@ def test_two_hosts_share_the_queue_and_a_killed_workers_task_goes_to_the_other(t
             if process.poll() is None:
                 process.terminate()
                 process.wait(30)
+
+
+def test_workers_run_at_a_lower_cpu_priority_than_the_api(tmp_path: Path, redis_url: str) -> None:
+    """MMRECALL_WORKER_NICE (10 by default): beside the API on one machine, a training yields the CPU."""
+    import psutil
+
+    settings = isolated_settings(tmp_path / "home", redis_url, queue_prefix="mmrecall-nice", worker_nice=7)
+    worker = start_worker(settings, concurrency=1, pool="solo", log_path=str(settings.home / "worker.log"))
+    try:
+        wait_for_workers(settings, timeout=90)
+        assert psutil.Process(worker.pid).nice() == psutil.Process().nice() + 7
+    finally:
+        worker.terminate()
+        worker.wait(30)
