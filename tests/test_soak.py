@@ -1,6 +1,6 @@
-"""`mmrecall bench soak` in small: two minutes of mixed load on 1,000 items with every fault of the full
+"""`mmrecall bench soak` in small: three minutes of mixed load on 1,000 items with every fault of the full
 run (workers SIGKILLed, Redis restarted empty, an API process killed, PostgreSQL stopped for 60 s, a train
-and two reindexes). Slow (about six minutes): `pytest -m slow tests/test_soak.py`."""
+and two reindexes). Slow (about seven minutes): `pytest -m slow tests/test_soak.py`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 @pytest.mark.skipif(postgres_bin_dir() is None, reason="the PostgreSQL server programs are not installed")
 def test_a_short_soak_loses_nothing_and_errs_only_inside_its_fault_windows(tmp_path: Path) -> None:
-    result = soak.run(tmp_path / "out", scale="1k", minutes=2.0)
+    result = soak.run(tmp_path / "out", scale="1k", minutes=3.0)
     names = {fault["name"] for fault in result["faults"]}
     assert {"worker_kill", "redis_restart", "api_kill", "postgres_stop"} <= names
     assert result["items"]["lost"] == 0 and result["items"]["enqueued"] > 0
