@@ -129,15 +129,15 @@ def allowed_rows(
     if len(delta_ids) and recall_filter.new_only:
         delta &= new_rows(state)[base : base + len(delta_ids)]
     if len(delta_ids) and recall_filter.reads_item_facts:
-        known = state.delta_facts
-        facts = {i: (known[i][1], known[i][2]) for i in delta_ids if i in known}
-        missing = [i for i in delta_ids if i not in known]
+        facts = {i: state.delta_facts[i] for i in delta_ids if i in state.delta_facts}
+        missing = [i for i in delta_ids if i not in facts]
         if missing and in_memory_only:
             raise NeedsDatabase(f"tags and creation times of {len(missing)} items newer than the snapshot")
         if missing:
             with session_scope(database_url) as session:
-                facts.update(catalogue.tags_and_created(session, missing))
-        delta &= np.fromiter((recall_filter.passes(*facts.get(i, ([], None))) for i in delta_ids), bool, len(delta_ids))
+                facts.update(catalogue.item_facts(session, missing))
+        passes = (recall_filter.passes(*facts.get(i, (None, [], None))[1:]) for i in delta_ids)
+        delta &= np.fromiter(passes, bool, len(delta_ids))
     delta_rows = base + np.flatnonzero(delta)
     dim = live.dim or 1
     if snapshot.vectors is not None and len(delta_rows):

@@ -226,12 +226,6 @@ def tags_of(session: Session, item_ids: Iterable[str]) -> dict[str, list[str]]:
     return dict(session.execute(select(Item.id, Item.tags).where(Item.id.in_(ids))).all()) if ids else {}
 
 
-def tags_and_created(session: Session, item_ids: Sequence[str]) -> dict[str, tuple[list[str], float | None]]:
-    """id -> (tags, created_at): what a query-time filter checks of items newer than the snapshot."""
-    rows = session.execute(select(Item.id, Item.tags, Item.created_at).where(Item.id.in_(list(item_ids)))).all()
-    return {item: (tags or [], created) for item, tags, created in rows}
-
-
 def item_facts(session: Session, item_ids: Sequence[str]) -> dict[str, tuple[str | None, list[str], float | None]]:
     """id -> (title, tags, created_at): what serving reads of items newer than the snapshot, in one query."""
     query = select(Item.id, Item.title, Item.tags, Item.created_at).where(Item.id.in_(list(item_ids)))

@@ -105,9 +105,9 @@ async def recall(body: RecallIn, serving: ServingDep) -> dict:
     else:
         history = list(body.history or [])
         times = dict(zip(history, body.times, strict=True)) if body.times else {}
-    options = {**recall_options(body), "seen_items": seen}
     if degraded:
         return await run_in_threadpool(partial(degraded_recall, serving, body, degraded))
+    options = {**recall_options(body), "seen_items": seen}
     try:
         try:
             answer = await searched(
