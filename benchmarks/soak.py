@@ -58,12 +58,19 @@ GRACE_S = 15.0  # a fault's window ends this long after it was repaired
 PG_DOWN_S = 60.0
 SAMPLE_S = 5.0  # memory and served-snapshot sampling
 SETTLE_S = 60.0  # a process's first minute (imports, models loaded) is not counted as growth
-JOB_RETRIES = 2  # a train or reindex that failed with its worker is submitted again, as a scheduler would
 READ_ROUTES = ("recall", "recall_user", "similar")
 ITEM_FATES = ("enqueued", "ready", "failed", "lost")
 # the recovery settings of a deployment that expects faults: stuck items re-queued after a minute, a job
 # whose heartbeat stopped (its worker died) failed after three (longer than the database outage)
-RECOVERY = {"reconcile_after_s": 60.0, "reconcile_every_s": 15.0, "job_stale_after_s": 180.0, "refresh_interval_s": 1.0}
+# job_attempts: a worker is killed every 5 minutes here, far more often than anywhere real, so a training
+# gets more runs than the default 3 to go on from where each was killed
+RECOVERY = {
+    "reconcile_after_s": 60.0,
+    "reconcile_every_s": 15.0,
+    "job_stale_after_s": 180.0,
+    "refresh_interval_s": 1.0,
+    "job_attempts": 6,
+}
 
 
 @dataclass
@@ -141,7 +148,10 @@ class Stack:
         for process in self.api_processes():
             out[f"api:{process.pid}"] = process
         for worker in self.live_workers():
-            out[f"worker:{worker.pid}"] = psutil.Process(worker.pid)
+            process = psutil.Process(worker.pid)
+            out[f"worker:{worker.pid}"] = process
+            for child in process.children(recursive=True):  # a job's own process (pipeline/isolated.py)
+                out[f"job:{child.pid}"] = child
         return out
 
     def stop(self) -> None:
@@ -316,23 +326,20 @@ def _all_answer(stack: Stack) -> bool:
 
 
 def follow_jobs(stack: Stack, jobs: list[dict]) -> None:
-    """Refresh each job's state; one that failed because its worker was lost is submitted again."""
+    """Refresh each job's state and its runs (reconcile sends a job whose worker was lost again: the
+    service's own recovery, nothing here resubmits)."""
     try:
         with session_scope(stack.settings.resolved_database_url) as session:
             for job in [j for j in jobs if j["job_id"] and j.get("state") not in ("succeeded", "failed")]:
                 found = session.get(Job, job["job_id"])
                 if found is not None:
                     snapshot = (found.result or {}).get("snapshot")
-                    job.update(state=found.state, error=found.error, result_snapshot=snapshot)
+                    runs = int((found.params or {}).get("attempt", 1))
+                    job.update(state=found.state, error=found.error, result_snapshot=snapshot, runs=runs)
+                    if found.result and "resumed_after_epoch" in found.result:
+                        job["resumed_after_epoch"] = found.result["resumed_after_epoch"]
     except OperationalError:  # the database is down (a fault window): look again later
         return
-    for job in list(jobs):
-        lost = job.get("state") == "failed" and "worker was lost" in (job.get("error") or "")
-        if lost and not job.get("retried") and job.get("attempt", 1) <= JOB_RETRIES:
-            job["retried"] = True
-            path, body = ("/v1/train", {"epochs": 1}) if job["kind"] == "train" else ("/v1/reindex", None)
-            again = {"kind": job["kind"], "submitted": time.time(), "job_id": submit(stack, path, body)}
-            jobs.append({**again, "attempt": job.get("attempt", 1) + 1})
 
 
 def wait_jobs(stack: Stack, jobs: list[dict], timeout: float) -> None:
@@ -394,7 +401,7 @@ def memory_growth(samples: list[tuple[float, str, float]], end: float, window_s:
     """Per process: resident MB at the start and end of its part of the last `window_s` (medians of three
     samples), and the growth."""
     out = {}
-    for role in sorted({role for _, role, _ in samples}):
+    for role in sorted({role for _, role, _ in samples if not role.startswith("job:")}):  # jobs: job_processes
         born = min(t for t, r, _ in samples if r == role)  # its first minute loads models: not growth
         series = [(t, mb) for t, r, mb in samples if r == role and t >= max(end - window_s, born + SETTLE_S)]
         if len(series) < 6:
@@ -407,6 +414,20 @@ def memory_growth(samples: list[tuple[float, str, float]], end: float, window_s:
             "rss_mb_first": round(first, 1),
             "rss_mb_last": round(last, 1),
             "growth": round(last / first - 1, 3),
+        }
+    return out
+
+
+def job_processes(samples: list[tuple[float, str, float]], t0: float) -> dict[str, dict]:
+    """Each job's own process: when it was seen, for how long, and its peak resident MB (its memory goes
+    back to the system when it exits, so growth is not a question for it)."""
+    out = {}
+    for role in sorted({role for _, role, _ in samples if role.startswith("job:")}):
+        series = [(t, mb) for t, r, mb in samples if r == role]
+        out[role] = {
+            "seen_from_s": round(series[0][0] - t0, 0),
+            "seen_for_s": round(series[-1][0] - series[0][0], 0),
+            "peak_rss_mb": round(max(mb for _, mb in series), 1),
         }
     return out
 
@@ -503,7 +524,7 @@ def run(out: Path, scale: str = "100k", minutes: float = 30.0, database_url: str
     home = Path(tempfile.mkdtemp(prefix="mmrecall-soak-"))
     os.chmod(home, 0o755)  # the private PostgreSQL's user reaches its folder inside
     stack = Stack(home, database_url)
-    result: dict = {"scale": scale, "items": n, "minutes": minutes, "users": USERS}
+    result: dict = {"scale": scale, "items": n, "minutes": minutes, "users": USERS, "recovery_settings": RECOVERY}
     faults: list[Fault] = []
     jobs: list[dict] = []
     try:
@@ -560,6 +581,7 @@ def run(out: Path, scale: str = "100k", minutes: float = 30.0, database_url: str
         result.update(summarise(requests, faults, t0, load_end))
         result["bad_inputs"] = summarise_bad(bad)
         result["memory_last_20_min"] = memory_growth(sampler.memory, load_end, 20 * 60)
+        result["job_processes"] = job_processes(sampler.memory, t0)
         result["by_minute"] = latency_by_minute(requests, t0)
         result["balancer"] = stack.balancer
         out.mkdir(parents=True, exist_ok=True)
@@ -654,3 +676,6 @@ def print_summary(result: dict) -> None:
     memory = [{"process": k, **v} for k, v in result.get("memory_last_20_min", {}).items()]
     if memory:
         print(table(memory, ["process", "span_s", "rss_mb_first", "rss_mb_last", "growth"]))
+    job_processes = [{"process": k, **v} for k, v in result.get("job_processes", {}).items()]
+    if job_processes:
+        print(table(job_processes, ["process", "seen_from_s", "seen_for_s", "peak_rss_mb"]))

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     job_stale_after_s: float = Field(
         default=3600.0, description="A running job without progress this long is marked failed (worker lost)."
     )
+    job_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs of a train, reindex or backfill job whose worker was lost: reconcile sends it "
+        "again (a training goes on from its last whole epoch) until this many have started, then fails it.",
+    )
     torch_threads: int = Field(default=0, description="torch threads per worker process; 0 = torch's default.")
     worker_nice: int = Field(
         default=10,

@@ -22,8 +22,7 @@ def encode_dataset(
 
     An item whose media cannot be decoded is encoded from its text alone (and counted in the log).
     """
-    version = encoder_version(encoder_name)
-    path = cache / f"vectors-{data.fingerprint}-{version.replace('@', '-')}.npy" if cache else None
+    path = cached_vectors_path(data, encoder_name, cache) if cache else None
     if path is not None and path.is_file():
         return np.load(path)
     encoder = get_encoder(encoder_name)
@@ -58,3 +57,10 @@ def encode_dataset(
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)
     return vectors
+
+
+def cached_vectors_path(data: Dataset, encoder_name: str, cache: Path) -> Path:
+    """Where `encode_dataset` keeps the dataset's vectors from an encoder (by the dataset's fingerprint and
+    the encoder's version): the train job puts the vectors the workers stored there, so they are not
+    computed again."""
+    return cache / f"vectors-{data.fingerprint}-{encoder_version(encoder_name).replace('@', '-')}.npy"

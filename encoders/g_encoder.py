@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,22 @@ class GEncoder(Encoder):
             "keys": torch.from_numpy(keys_of(ids)),  # (n,)
             "known": torch.tensor([i in self.known_items for i in ids], dtype=torch.bool),  # (n,)
         }
+
+    @property
+    def feature_versions(self) -> list[str]:
+        """The versions of the encoders whose vectors G reads, in the order it concatenates them."""
+        return [encoder.version for encoder in self.features]
+
+    @torch.inference_mode()
+    def encode_features(self, features: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """(n, dim) from the feature encoders' vectors (n, F) concatenated as `preprocess` does: the vectors
+        the workers stored for the same versions stand in for computing them again."""
+        batch = {
+            "features": torch.from_numpy(np.ascontiguousarray(features, np.float32)),
+            "keys": torch.from_numpy(keys_of(list(item_ids))),
+            "known": torch.tensor([i in self.known_items for i in item_ids], dtype=torch.bool),
+        }
+        return self.forward(batch).float().numpy()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         content = self.model.g(batch["features"])  # (n, dim): ECi

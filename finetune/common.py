@@ -121,13 +121,17 @@ class EtaLogger:
     def __init__(self, name: str, total: int, on_progress: Progress | None = None, every_s: float = 10.0) -> None:
         self.name, self.total, self.on_progress, self.every_s = name, total, on_progress, every_s
         self.started = self.last = time.time()
+        self.done_before = 0  # done by an earlier run this one resumes: not part of this run's rate
+
+    def resumed_at(self, done: int) -> None:
+        self.done_before, self.started = done, time.time()
 
     def __call__(self, done: int, metrics: dict) -> None:
         now = time.time()
         if now - self.last < self.every_s and done < self.total:
             return
         self.last = now
-        rate = done / max(now - self.started, 1e-9)
+        rate = (done - self.done_before) / max(now - self.started, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         log.info("%s %d/%d (%.2f/s, ETA %.0fs) %s", self.name, done, self.total, rate, eta, shown)

@@ -30,10 +30,12 @@ def train_g(
     progress: bool = True,
     on_progress: Progress | None = None,
     events: Mapping[str, EventRule] | None = None,
+    resume: Path | None = None,
     **model_overrides,
 ) -> dict:
     """events: what each interaction event is (core.events; default: its defaults): negative feedback
-    becomes the users' hard negatives."""
+    becomes the users' hard negatives. resume: the file the trainer keeps its state in after each epoch
+    (GTrainer.fit), so that a training run again with the same file goes on where it was killed."""
     data = load_dataset(dataset, events)
     if not len(data.users):
         raise ValueError(f"{dataset}: no interactions to learn from")
@@ -48,7 +50,7 @@ def train_g(
         config, matrix, [i.id for i in data.items], data.user_ids, train or GTrainConfig(), item_tags=item_tags
     )
     interactions = Interactions(users, items, weights, times, data.negative_users, data.negative_items)
-    report = trainer.fit(interactions, on_progress=on_progress)
+    report = trainer.fit(interactions, on_progress=on_progress, resume=resume)
     out = trainer.save(
         run_dir(out_root, "g"),
         {**report, "dataset": str(dataset), "features": list(features)},

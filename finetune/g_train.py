@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -300,7 +301,10 @@ class GTrainer:
         return extra
 
     # ---- training --------------------------------------------------------------------------------
-    def fit(self, data: Interactions, on_progress: Progress | None = None) -> dict:
+    def fit(self, data: Interactions, on_progress: Progress | None = None, resume: Path | None = None) -> dict:
+        """resume: a file the state after each epoch is written to (atomically) and, when it exists, read
+        from first: a training whose process was killed goes on from its last whole epoch, with the same
+        random streams, instead of from the start."""
         cfg = self.train_cfg
         sequences = user_sequences(data)
         if self.seq and data.times is not None:
@@ -337,8 +341,12 @@ class GTrainer:
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         eta = EtaLogger("finetune-g", cfg.epochs * steps_per_epoch, on_progress)
         best = EarlyStopping(cfg.patience)
-        history, started = [], time.time()
-        for epoch in range(1, cfg.epochs + 1):
+        history, started, first = [], time.time(), 1
+        if resume is not None and resume.is_file():
+            first = self._load_epoch_state(resume, optimizer, best, state, history) + 1
+            eta.resumed_at(state.step)
+            log.info("G resumes after epoch %d from %s", first - 1, resume)
+        for epoch in range(first, cfg.epochs + 1):
             state.hard_pool = self._hard_pool(known) if cfg.hard_negatives else None
             self.model.train()
             order = self.rng.permutation(len(units))
@@ -358,6 +366,8 @@ class GTrainer:
             if not best.update(epoch, hit, self.model, activations=self.activations.copy()) and best.stop(epoch):
                 break
             self.activations[:] = 0  # one epoch's record: the interests as they were at that epoch
+            if resume is not None:
+                self._save_epoch_state(resume, epoch, optimizer, best, state, history)
         best.restore(self.model)
         self.model.eval()
         self.known = known
@@ -372,6 +382,7 @@ class GTrainer:
             "valid_hitrate@50": best.score,
             "epochs": history,
             "seconds": round(time.time() - started, 1),
+            "resumed_after_epoch": first - 1,
             "examples": int(sum(len(q) - 1 for q in fit_seqs.values() if len(q))),
             "g_gflop": round(self.g_gflop, 1),
         }
@@ -379,6 +390,47 @@ class GTrainer:
             recorded = self.activations.sum(axis=1) > 0
             report["active_interests_mean"] = float(self.active.numpy()[recorded].sum(axis=1).mean())
         return report
+
+    def _save_epoch_state(
+        self, path: Path, epoch: int, optimizer: torch.optim.Optimizer, best: EarlyStopping, state: FitState, history
+    ) -> None:
+        """Everything the next epoch reads: weights, optimizer moments, the best epoch so far, the random
+        streams, the log-q estimate; written beside and renamed, so a kill mid-write leaves the last one."""
+        partial = path.with_name(path.name + ".partial")
+        torch.save(
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best": (best.score, best.epoch, best.state, best.extra),
+                "history": history,
+                "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "step": state.step,
+                "frequency": (state.frequency.last_seen, state.frequency.gap),
+                "activations": self.activations,
+                "g_gflop": self.g_gflop,
+            },
+            partial,
+        )
+        os.replace(partial, path)
+
+    def _load_epoch_state(
+        self, path: Path, optimizer: torch.optim.Optimizer, best: EarlyStopping, state: FitState, history
+    ) -> int:
+        """The state `_save_epoch_state` wrote, into this trainer; the epoch it was written after."""
+        saved = torch.load(path, weights_only=False)
+        self.model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best.score, best.epoch, best.state, best.extra = saved["best"]
+        history.extend(saved["history"])
+        self.rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        state.step = saved["step"]
+        state.frequency.last_seen, state.frequency.gap = saved["frequency"]
+        self.activations = saved["activations"]
+        self.g_gflop = saved["g_gflop"]
+        return int(saved["epoch"])
 
     def _hard_pool(self, known: torch.Tensor) -> torch.Tensor:
         """(N, hard_pool) nearest items of every item in the current G space (itself excluded)."""

@@ -26,13 +26,30 @@ from mmrecall.index.item_meta import ItemMeta
 from mmrecall.index.rankings import item_rankings
 from mmrecall.index.store import VectorStore, collection_name, serving_store
 from mmrecall.index.v2v import neighbor_table
-from mmrecall.pipeline.encode import encode_batch, encoder_specs, load_encoder, weight_paths
+from mmrecall.pipeline.encode import encode_batch, encode_from_stored, encoder_specs, load_encoder, weight_paths
 from mmrecall.recall.serving import ServiceSources, ServingState
 from mmrecall.recall.tuning import HeldOut, sample_queries, tune_recall
 from mmrecall.storage import catalogue, snapshots
 from mmrecall.storage.db import session_scope
 
 log = logging.getLogger(__name__)
+
+
+def backfill_job(settings: Settings, job_id: str) -> dict:
+    """The backfill task's work: the encoder its job row names (records its own failure on the row)."""
+    with session_scope(settings.resolved_database_url) as session:
+        spec = catalogue.get_job(session, job_id).params["encoder"]
+    return backfill(settings, job_id, spec)
+
+
+def reindex_job(settings: Settings, job_id: str) -> dict:
+    """The reindex task's work: `reindex`, its error recorded on the job row."""
+    try:
+        return reindex(settings, job_id)
+    except Exception as exc:
+        with session_scope(settings.resolved_database_url) as session:
+            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64) -> dict:
@@ -45,15 +62,27 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
     encoder = load_encoder(settings, spec)
     with session_scope(url) as session:
         catalogue.set_encoder_state(session, "pending", spec)
-        item_ids = catalogue.ready_item_ids(session)
+        # what this job stored before (an earlier attempt, its worker lost) or the encode tasks stored since
+        # it began is not encoded again; older vectors of the version (an encoder activated once before) are
+        params = dict(catalogue.get_job(session, job_id).params or {})
+        if "backfill_after_row" not in params:
+            params["backfill_after_row"] = catalogue.last_vector_row(session)
+            catalogue.update_job(session, job_id, params=params)
+        encoded = catalogue.item_ids_with_vectors(session, encoder.version, after_row=params["backfill_after_row"])
+        item_ids = [i for i in catalogue.ready_item_ids(session) if i not in encoded]
         catalogue.update_job(session, job_id, state="running", total=len(item_ids), done=0, message=encoder.version)
     skipped: dict[str, str] = {}
+    from_stored = 0
     try:
         for start in range(0, len(item_ids), batch_size):
             chunk = item_ids[start : start + batch_size]
             with session_scope(url) as session:
-                items = catalogue.get_items(session, chunk)
+                stored_ids, stored = encode_from_stored(session, encoder, chunk)
+                rest = set(chunk) - set(stored_ids)
+                items = catalogue.get_items(session, [i for i in chunk if i in rest])
             ids, vectors, failed = encode_batch(encoder, items, settings)
+            ids, vectors = stored_ids + ids, np.concatenate([stored, vectors]) if len(stored) else vectors
+            from_stored += len(stored_ids)
             skipped.update(failed)
             with session_scope(url) as session:
                 if ids:
@@ -75,6 +104,8 @@ def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64
             **result,
             "encoder": spec,
             "skipped": len(skipped),
+            "encoded": len(item_ids),
+            "encoded_from_stored_vectors": from_stored,
             "skipped_examples": dict(list(skipped.items())[:5]),
         }
         catalogue.update_job(session, job_id, state="succeeded", result=result)

@@ -3,12 +3,21 @@ from the catalogue (`mmrecall train`, POST /v1/train, the scheduled retraining).
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from mmrecall.core.dataset import load_dataset
 from mmrecall.core.settings import Settings
+from mmrecall.encoders import encoder_version
 from mmrecall.encoders.content_g import CONFIG_FILE as G_CONFIG_FILE
 from mmrecall.encoders.content_g import GConfig
+from mmrecall.encoders.dataset import cached_vectors_path
 from mmrecall.finetune.common import Progress
 from mmrecall.finetune.dual_stream import pretrain_dual_stream
 from mmrecall.finetune.g_job import DEFAULT_FEATURES, train_g
@@ -18,8 +27,11 @@ from mmrecall.finetune.tag_image import train_tag_image
 from mmrecall.pipeline.encode import encoder_specs
 from mmrecall.pipeline.jobs import Report, run_job
 from mmrecall.pipeline.reindex import backfill
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
 from mmrecall.storage.export import export_catalogue
 
+log = logging.getLogger(__name__)
 KINDS = ("tag-image", "pretrain-dualstream", "g")
 # G's user towers: `user_tower: "both"` trains one G with each and serves the one that validates better
 USER_TOWERS = ("pool", "seq")
@@ -60,7 +72,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
         train = GTrainConfig(
             **{
                 k: params[k]
-                for k in ("epochs", "batch_size", "lr", "log_q", "hard_negatives", "disliked_rate", "seed")
+                for k in ("epochs", "patience", "batch_size", "lr", "log_q", "hard_negatives", "disliked_rate", "seed")
                 if k in params
             }
         )
@@ -73,6 +85,7 @@ def run_training(settings: Settings, kind: str, params: dict, on_progress: Progr
             progress=on_progress is None,
             on_progress=on_progress,
             events=settings.event_rules,
+            resume=Path(params["resume"]) if params.get("resume") else None,
             **{k: params[k] for k in ("user_tower", "interests", "history", "hidden") if k in params},
         )
     raise ValueError(f"unknown training kind {kind!r}; known: {', '.join(KINDS)}")
@@ -86,11 +99,13 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
     SASRec beside it; then activate it unless `params["activate"]` is false: re-encode, reindex, swap.
     Until the swap the previous model keeps serving, and it stays when the training fails."""
     started = time.time()
-    run = settings.home / "train" / time.strftime("%Y%m%dT%H%M%S", time.gmtime()) / job_id[:8]
-    exported = export_catalogue(settings.resolved_database_url, run / "dataset")
+    run = training_run(settings, job_id)
+    exported = stage(run, "export", export_catalogue, settings.resolved_database_url, run / "dataset")
     if not exported["interactions"]:
         raise ValueError("the catalogue holds no interactions with ready items: nothing to learn from")
     features = list(params.get("features") or _base_features(settings))
+    for spec in features:
+        workers_vectors_as_features(settings, run / "dataset", spec)
     pretrained = {}
     for name in params.get("pretrain") or ():
         if name not in PRETRAIN:
@@ -99,7 +114,8 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         if report:
             report(0, 1, f"training the {name} encoder on {exported['items']} items before G")
         options = {**(params.get("pretrain_params") or {}).get(name, {}), "dataset": str(run / "dataset")}
-        done = run_training(settings, kind, options, on_progress=metrics_reporter(report) if report else None)
+        on_progress = metrics_reporter(report) if report else None
+        done = stage(run, f"pretrain-{name}", run_training, settings, kind, options, on_progress=on_progress)
         pretrained[name] = done["checkpoint"]
         features = with_feature(features, done["checkpoint"], settings.home / "checkpoints" / folder)
     towers = USER_TOWERS if params.get("user_tower") == "both" else (params.get("user_tower"),)
@@ -111,7 +127,9 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         g_params = {**params, "dataset": str(run / "dataset"), "features": features, "user_tower": tower}
         if tower is None:
             del g_params["user_tower"]
-        by_tower[tower] = run_training(settings, "g", g_params, on_progress=on_progress)
+        name = f"g-{tower or 'default'}"
+        g_params["resume"] = str(run / f"{name}.resume.pt")
+        by_tower[tower] = stage(run, name, run_training, settings, "g", g_params, on_progress=on_progress)
     # both towers: the one with the better held-out hitRate@50 serves (the other's checkpoint stays on disk)
     served = max(by_tower, key=lambda tower: by_tower[tower]["valid_hitrate@50"])
     trained = by_tower[served]
@@ -125,7 +143,9 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
     if params.get("sequential"):
         if report:
             report(0, 1, f"training the sequential channel (SASRec) on {exported['interactions']} interactions")
-        result["sequential"] = sequential_model(run / "dataset", Path(trained["checkpoint"]), params)
+        result["sequential"] = stage(
+            run, "sequential", sequential_model, run / "dataset", Path(trained["checkpoint"]), params
+        )
     result["train_s"] = round(time.time() - started, 1)
     if pretrained:
         result["pretrained"] = pretrained
@@ -133,9 +153,62 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         if report:
             report(0, exported["items"], f"activating {trained['checkpoint']}: re-encode, reindex, swap")
         activated = backfill(settings, job_id, trained["checkpoint"])
-        result |= {"snapshot": activated["snapshot"], "encoder_version": activated["encoder_version"]}
+        result |= {k: activated[k] for k in ("snapshot", "encoder_version", "encoded", "encoded_from_stored_vectors")}
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+def training_run(settings: Settings, job_id: str) -> Path:
+    """The job's working folder: the one an earlier attempt of this job made (its worker was lost and
+    reconcile sent the job again), else a new one named by the start time."""
+    earlier = sorted((settings.home / "train").glob(f"*/{job_id[:8]}"))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    run = earlier[-1] if earlier else settings.home / "train" / stamp / job_id[:8]
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def stage(run: Path, name: str, work: Callable[..., dict], *args, **kwargs) -> dict:
+    """A step of a training job, done once: its result is kept in the run folder, so an attempt that
+    resumes the job reads it instead of doing the step again."""
+    done = run / f"{name}.done.json"
+    if done.is_file():
+        log.info("%s: done by an earlier attempt (%s)", name, done)
+        return json.loads(done.read_text())
+    result = work(*args, **kwargs)
+    partial = done.with_name(done.name + ".partial")
+    partial.write_text(json.dumps(result, default=str))
+    os.replace(partial, done)
+    return result
+
+
+def workers_vectors_as_features(settings: Settings, dataset: Path, spec: str) -> bool:
+    """G reads the vectors the workers stored for the exported items from an encoder, when every item has
+    one under the version G's feature encoding would compute: put where `encode_dataset` looks first, they
+    spare the job encoding the catalogue again (minutes at 100k items). False: G's encoding computes them."""
+    data = load_dataset(dataset)
+    path = cached_vectors_path(data, spec, settings.home / "train-cache")
+    if path.is_file():
+        return True
+    rows = {item.id: row for row, item in enumerate(data.items)}
+    matrix: np.ndarray | None = None
+    found = 0
+    with session_scope(settings.resolved_database_url) as session:
+        for ids, chunk, _ in catalogue.iter_vectors(session, encoder_version(spec)):
+            if matrix is None:
+                matrix = np.zeros((len(rows), chunk.shape[1]), np.float32)
+            for item_id, vector in zip(ids, chunk, strict=True):
+                if (row := rows.get(item_id)) is not None:
+                    matrix[row], found = vector, found + 1
+    if matrix is None or found < len(rows):
+        return False
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.npy")
+    np.save(partial, matrix)
+    os.replace(partial, path)
+    log.info("G's %s features: the %d vectors the workers stored", spec, found)
+    return True
 
 
 def sequential_model(dataset: Path, checkpoint: Path, params: dict) -> dict:

@@ -204,12 +204,35 @@ def touch_job(session: Session, job_id: str) -> None:
     )
 
 
-def fail_stale_jobs(session: Session, older_than: float, reason: str) -> list[str]:
-    """Jobs queued or running with no progress since `older_than` end `failed` with the reason."""
-    ids = list(session.scalars(select(Job.id).where(Job.state.in_(("queued", "running")), Job.updated_at < older_than)))
-    if ids:
-        session.execute(update(Job).where(Job.id.in_(ids)).values(state="failed", error=reason, updated_at=time.time()))
-    return ids
+def stale_jobs(session: Session, older_than: float) -> list[Job]:
+    """Jobs queued or running with no progress since `older_than`."""
+    return list(session.scalars(select(Job).where(Job.state.in_(("queued", "running")), Job.updated_at < older_than)))
+
+
+def fail_jobs(session: Session, job_ids: Sequence[str], reason: str) -> None:
+    if job_ids:
+        query = update(Job).where(Job.id.in_(list(job_ids)), Job.state.in_(("queued", "running")))
+        session.execute(query.values(state="failed", error=reason, updated_at=time.time()))
+
+
+def requeue_job(session: Session, job: Job) -> int:
+    """A job whose worker was lost back to `queued` for another run; the number of that run."""
+    attempt = int((job.params or {}).get("attempt", 1)) + 1
+    job.params = {**(job.params or {}), "attempt": attempt}
+    job.state, job.message, job.updated_at = "queued", f"run {attempt}: its previous worker was lost", time.time()
+    return attempt
+
+
+def claim_job(session: Session, job_id: str, worker: str) -> bool:
+    """queued -> running for the one task that runs it, recording the worker (a job a worker ran is one
+    reconcile may send again; one run in a CLI's process is not); False when it is not queued (a second
+    delivery of its message, or a job that ended meanwhile)."""
+    query = update(Job).where(Job.id == job_id, Job.state == "queued")
+    if session.execute(query.values(state="running", updated_at=time.time())).rowcount != 1:
+        return False
+    job = session.get(Job, job_id)
+    job.params = {**(job.params or {}), "worker": worker}
+    return True
 
 
 def get_item(session: Session, item_id: str) -> Item | None:
@@ -368,6 +391,29 @@ def vector_dim(session: Session, version: str) -> int | None:
 
 def count_vectors(session: Session, version: str) -> int:
     return session.scalar(select(func.count()).where(ItemVector.version == version)) or 0
+
+
+def vectors_of(session: Session, item_ids: Sequence[str], version: str) -> dict[str, np.ndarray]:
+    """item id -> its vector of this encoder version, for those of `item_ids` that have one."""
+    dim = vector_dim(session, version)
+    if not dim or not item_ids:
+        return {}
+    query = select(ItemVector.item_id, ItemVector.vector).where(
+        ItemVector.version == version, ItemVector.item_id.in_(list(item_ids))
+    )
+    ids, matrix = _decode([(r[0], r[1]) for r in session.execute(query)], dim)
+    return dict(zip(ids, matrix, strict=True))
+
+
+def item_ids_with_vectors(session: Session, version: str, *, after_row: int = 0) -> set[str]:
+    """The items with a vector of this encoder version written after the feed's row `after_row`."""
+    query = select(ItemVector.item_id).where(ItemVector.version == version, ItemVector.id > after_row)
+    return set(session.scalars(query.distinct()))
+
+
+def last_vector_row(session: Session) -> int:
+    """The change feed's position: the newest vector row (0: none)."""
+    return session.scalar(select(func.max(ItemVector.id))) or 0
 
 
 def iter_vectors(session: Session, version: str, *, chunk: int = 50_000) -> Iterator[tuple[list[str], np.ndarray, int]]:

@@ -49,8 +49,8 @@ def test_worker_killed_during_reindex_keeps_the_old_snapshot(tmp_path: Path, red
     assert checks["job_state_at_kill"] == "running"
     assert checks["current_after_kill"] == checks["first_snapshot"] == checks["served_after_kill"]
     assert checks["similar_after_kill"] == 200
-    assert checks["job_state"] == "failed" and "worker was lost" in checks["job_error"]
-    assert checks["retry_state"] == "succeeded" and checks["served_after_retry"]
+    assert checks["job_state"] == "succeeded" and checks["job_runs"] == 2, checks  # sent again by reconcile
+    assert checks["served_after_rerun"] and checks["served_after_rerun"] != checks["first_snapshot"]
     assert outcome.lost == 0
 
 

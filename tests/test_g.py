@@ -353,3 +353,31 @@ def test_user_towers_read_the_served_vectors_in_training_and_serving(demo_data, 
         assert np.allclose(got, expected, atol=1e-4), (tower_kind, user)
         far_apart += not np.allclose(tower(raw[history], key), expected, atol=1e-2)
     assert far_apart == len(users)
+
+
+@pytest.mark.parametrize("tower_kind", ["pool", "seq"])
+def test_a_training_resumed_from_its_epoch_state_ends_where_an_unbroken_one_does(
+    demo_data, tmp_path: Path, tower_kind: str
+) -> None:
+    """The state written after each epoch holds everything the next epoch reads (weights, optimizer
+    moments, the best epoch so far, the random streams, log-q's estimate): a training stopped after its
+    second epoch and started again from that file ends with the same weights as one that never stopped."""
+    split = leave_last_out(demo_data, "test")
+    features = category_features(demo_data)
+    interactions = Interactions(split.train_users, split.train_items, split.train_weights, split.train_times)
+
+    def trainer(epochs: int) -> GTrainer:
+        config = make_config(features, ("synthetic",), hidden=32, dim=8, history=10, user_tower=tower_kind)
+        train = GTrainConfig(epochs=epochs, patience=epochs, batch_size=64, random_negatives=16, bf16=False)
+        return GTrainer(config, features, [i.id for i in demo_data.items], demo_data.user_ids, train)
+
+    unbroken = trainer(4)
+    unbroken_report = unbroken.fit(interactions, resume=tmp_path / "unbroken.pt")
+    trainer(2).fit(interactions, resume=tmp_path / "broken.pt")  # stopped after epoch 2
+    resumed = trainer(4)
+    report = resumed.fit(interactions, resume=tmp_path / "broken.pt")
+    assert report["resumed_after_epoch"] == 2 and unbroken_report["resumed_after_epoch"] == 0
+    assert [e["loss"] for e in report["epochs"]] == [e["loss"] for e in unbroken_report["epochs"]]
+    assert report["best_epoch"] == unbroken_report["best_epoch"]
+    for name, weights in unbroken.model.state_dict().items():
+        assert torch.equal(weights, resumed.model.state_dict()[name]), name

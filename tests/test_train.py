@@ -7,15 +7,20 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mmrecall.cli.main import app as cli
 from mmrecall.core.demo_data import generate_demo
 from mmrecall.core.interchange import read_interactions, read_items
 from mmrecall.core.settings import get_settings
+from mmrecall.pipeline.encode import content_of, load_encoder
 from mmrecall.pipeline.ingest import bulk_ingest, ingest_interactions, ingest_items
 from mmrecall.pipeline.runner import settings_env
+from mmrecall.storage import catalogue
+from mmrecall.storage.db import session_scope
 from mmrecall.storage.export import export_catalogue
 from tests.helpers import Service, make_settings
 
@@ -36,6 +41,16 @@ def test_train_from_the_catalogue_then_serve_it(service: Service) -> None:
     assert result["interactions"] == sum(1 for _ in read_interactions(demo)) and "valid_hitrate@50" in result
     assert http.get("/v1/encoders").json()["active"] == result["checkpoint"]
     assert result["encoder_version"].startswith("g@")
+    # the activation encoded the catalogue from the vectors the workers stored (G's inputs), and those give
+    # what G's own encoding of the items gives
+    assert result["encoded_from_stored_vectors"] == result["encoded"] == result["items"]
+    encoder = load_encoder(service.settings, result["checkpoint"])
+    with session_scope(service.settings.resolved_database_url) as session:
+        ids = catalogue.ready_item_ids(session)[:8]
+        items = catalogue.get_items(session, ids)
+        stored = catalogue.vectors_of(session, ids, result["encoder_version"])
+    full = encoder.encode([content_of(items[i], encoder, service.settings) for i in ids])
+    np.testing.assert_allclose(np.stack([stored[i] for i in ids]), full, atol=1e-5)
     # the API follows the new snapshot: G's vectors, its user tower in the personal channel
     for _ in range(100):
         if http.get("/healthz").json()["snapshot"] == result["snapshot"]:
@@ -87,8 +102,7 @@ def test_export_round_trips_the_catalogue(service: Service, tmp_path: Path) -> N
 def test_the_schedule_retrains_and_serves(tmp_path: Path, redis_url: str) -> None:
     """MMRECALL_TRAIN_EVERY_S with a worker started with --beat: a train job runs on its own and swaps in G."""
     from mmrecall.pipeline.runner import start_worker, wait_for_workers
-    from mmrecall.storage import catalogue, snapshots
-    from mmrecall.storage.db import session_scope
+    from mmrecall.storage import snapshots
 
     settings = make_settings(tmp_path / "home", redis_url, train_every_s=2.0)
     demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=3, users=12)
@@ -120,8 +134,6 @@ def test_the_train_job_can_train_the_feature_encoders_first(tmp_path: Path, redi
     from mmrecall.pipeline.ingest import ingest_interactions, ingest_items
     from mmrecall.pipeline.training import train_from_catalogue
     from mmrecall.recall.serving import ServingIndex
-    from mmrecall.storage import catalogue
-    from mmrecall.storage.db import session_scope
 
     settings = make_settings(tmp_path / "home", redis_url, encoder="tiny-test")
     settings.ensure_dirs()
@@ -169,8 +181,6 @@ def test_the_train_job_trains_both_user_towers_and_serves_the_better(tmp_path: P
     from mmrecall.pipeline.training import train_from_catalogue
     from mmrecall.recall.serving import ServingIndex
     from mmrecall.recall.towers import SeqTowerNumpy
-    from mmrecall.storage import catalogue
-    from mmrecall.storage.db import session_scope
 
     settings = make_settings(tmp_path / "home", redis_url, encoder="tiny-test")
     settings.ensure_dirs()
@@ -193,3 +203,55 @@ def test_the_train_job_trains_both_user_towers_and_serves_the_better(tmp_path: P
     serving.refresh()
     assert serving.state is not None
     assert isinstance(serving.state.user_tower, SeqTowerNumpy) == (better == "seq")
+
+
+def test_a_training_whose_worker_is_killed_goes_on_from_its_last_epoch(tmp_path: Path, redis_url: str) -> None:
+    """The worker running a train job is SIGKILLed mid-training: its job's process goes with it, reconcile
+    finds the job without a heartbeat and sends it again, and the next worker's run goes on from the last
+    whole epoch with the catalogue export of the first run, then activates the model."""
+    from mmrecall.benchmarks.faults import kill
+    from mmrecall.pipeline.queue import submit_job
+    from mmrecall.pipeline.runner import start_worker, wait_for_workers
+
+    settings = make_settings(tmp_path / "home", redis_url, job_stale_after_s=3.0, reconcile_every_s=1.0, job_attempts=3)
+    log = str(settings.home / "worker.log")
+    worker = start_worker(settings, concurrency=1, pool="solo", log_path=log)
+    try:
+        wait_for_workers(settings, timeout=90)
+        demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=4, users=60)
+        assert bulk_ingest(settings, demo)["failed"] == 0
+        params = {"epochs": 12, "patience": 12, "features": ["tiny-test"]}
+        job_id = submit_job(settings, "train", params)
+        deadline, epoch = time.time() + 240, 0
+        while epoch < 2 and time.time() < deadline:
+            saved = list((settings.home / "train").glob(f"*/{job_id[:8]}/g-default.resume.pt"))
+            if saved:
+                try:
+                    epoch = int(torch.load(saved[0], weights_only=False)["epoch"])
+                except (OSError, RuntimeError, EOFError):  # replaced while read: the next look reads it
+                    pass
+            time.sleep(0.05)
+        assert epoch >= 2, "the training never got to its second epoch"
+        kill(worker)
+        with session_scope(settings.resolved_database_url) as session:
+            assert catalogue.get_job(session, job_id).state == "running"
+        exported = (settings.home / "train").glob(f"*/{job_id[:8]}/export.done.json")
+        assert len(list(exported)) == 1
+        worker = start_worker(settings, concurrency=1, pool="solo", log_path=log)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            with session_scope(settings.resolved_database_url) as session:
+                job = catalogue.get_job(session, job_id)
+                state, result, error, attempt = job.state, job.result, job.error, job.params.get("attempt")
+            if state in ("succeeded", "failed"):
+                break
+            time.sleep(0.5)
+        assert state == "succeeded", error
+        assert attempt == 2
+        assert result["resumed_after_epoch"] >= epoch  # not from the start
+        assert result["best_epoch"] >= 1 and result["encoder_version"].startswith("g@")
+        assert len(list((settings.home / "train").glob(f"*/{job_id[:8]}"))) == 1  # one working folder
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(60)

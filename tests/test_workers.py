@@ -72,3 +72,67 @@ def test_workers_run_at_a_lower_cpu_priority_than_the_api(tmp_path: Path, redis_
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_a_job_runs_in_a_process_of_its_own_that_ends_with_it_or_with_its_worker(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Train and reindex run in a child of the worker (pipeline/isolated.py): the job's memory goes back
+    to the system when it ends, its error reaches the job row as the job wrote it, and a SIGKILLed worker
+    takes its job's process with it (no orphan training activating a model)."""
+    import psutil
+
+    from mmrecall.core.demo_data import generate_demo
+    from mmrecall.pipeline.ingest import bulk_ingest
+    from mmrecall.pipeline.queue import submit_job
+    from mmrecall.storage import catalogue
+    from mmrecall.storage.db import session_scope
+
+    settings = isolated_settings(tmp_path / "home", redis_url, queue_prefix="mmrecall-isolated")
+
+    def job(job_id: str, timeout: float = 180) -> catalogue.Job:
+        deadline = time.time() + timeout
+        while True:
+            with session_scope(settings.resolved_database_url) as session:
+                row = catalogue.get_job(session, job_id)
+                session.expunge(row)
+            if row.state in ("succeeded", "failed") or time.time() > deadline:
+                return row
+            time.sleep(0.2)
+
+    def job_process(worker) -> psutil.Process:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for child in psutil.Process(worker.pid).children(recursive=True):
+                if "mmrecall.pipeline.isolated" in " ".join(child.cmdline()):
+                    return child
+            time.sleep(0.02)
+        raise AssertionError("the job's process never appeared")
+
+    log = str(settings.home / "worker.log")
+    worker = start_worker(settings, concurrency=1, pool="solo", log_path=log)
+    try:
+        wait_for_workers(settings, timeout=90)
+        failed = job(submit_job(settings, "train", {"epochs": 1, "features": ["tiny-test"]}))
+        assert failed.state == "failed"
+        assert failed.error.startswith("ValueError: the catalogue holds no interactions"), failed.error
+        wait_for_workers(settings, timeout=60)  # a solo worker answers again once its task has returned
+
+        demo = generate_demo(settings.media_roots[0] / "demo", per_leaf=3, users=12)
+        assert bulk_ingest(settings, demo)["failed"] == 0
+        params = {"epochs": 2, "features": ["tiny-test"], "activate": False}
+        job_id = submit_job(settings, "train", params)
+        child = job_process(worker)
+        assert job(job_id).state == "succeeded"
+        assert psutil.wait_procs([child], timeout=15)[0] == [child]  # it ended with its job, and its memory went
+        wait_for_workers(settings, timeout=60)
+
+        submit_job(settings, "train", {"epochs": 200, "features": ["tiny-test"], "activate": False})
+        child = job_process(worker)
+        kill(worker)
+        gone, alive = psutil.wait_procs([child], timeout=15)
+        assert child in gone and not alive
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
