@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmrecall.core.lifetime import die_with_parent
 from mmrecall.pipeline.runner import free_port, wait_for_api
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,19 @@ def haproxy_config(host: str, port: int, servers: list[tuple[str, int]], stats_s
         "    timeout queue 30s",
         "    http-error status 503 content-type application/json hdr Retry-After 5 "
         """string '{"detail":"no API process is free to answer (all busy or restarting): retry shortly"}'""",
+        # a write whose process died before answering (a read is sent to another process instead, below)
+        "    http-error status 502 content-type application/json "
+        """string '{"detail":"the API process ended before it answered: the write may or may not have """
+        """been applied"}'""",
         "frontend mmrecall",
         f"    bind {host}:{port}",
         f"    default_backend {BACKEND}",
         f"backend {BACKEND}",
         "    balance leastconn",
+        # a request in flight on a process that dies (killed, crashed) gets no answer from it: a read is sent
+        # to another process; a write is not sent twice, since the dead process may have applied it
+        "    retry-on conn-failure empty-response",
+        "    http-request disable-l7-retry if !METH_GET !METH_HEAD !{ path_beg /v1/recall }",
         "    option httpchk GET /healthz",
         # at most 8 requests in flight per process, the rest queue here for whichever frees first: the API's
         # work is CPU-bound, so a queue in front of a busy process only waits longer
@@ -109,18 +118,9 @@ def server_stats(stats_socket: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def _die_with_parent() -> None:
-    """In a child before exec (Linux): SIGTERM when this process dies, however it dies (even SIGKILL), so no
-    API process or HAProxy outlives it holding its port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _api_server(port: int, access_log: bool, env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "mmrecall.cli", "serve", "--port", str(port), "--workers", "1"]
-    return subprocess.Popen(command + ([] if access_log else ["--no-access-log"]), env=env, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command + ([] if access_log else ["--no-access-log"]), env=env, preexec_fn=die_with_parent)
 
 
 def serve_behind_haproxy(workers: int, *, host: str, port: int, home: Path, access_log: bool) -> int:
@@ -144,7 +144,7 @@ def serve_behind_haproxy(workers: int, *, host: str, port: int, home: Path, acce
             wait_for_api(f"http://127.0.0.1:{p}", timeout=300)
         config = home / "haproxy.cfg"
         config.write_text(haproxy_config(host, port, [("127.0.0.1", p) for p in ports], home / "haproxy.sock"))
-        proxy = subprocess.Popen([binary, "-db", "-f", str(config)], preexec_fn=_die_with_parent)
+        proxy = subprocess.Popen([binary, "-db", "-f", str(config)], preexec_fn=die_with_parent)
         log.info("HAProxy on %s:%d in front of %d API processes on ports %s", host, port, workers, ports)
         while not stopping:
             if proxy.poll() is not None:

@@ -136,3 +136,78 @@ def test_haproxy_answers_its_own_503_with_a_reason_and_retry_after(tmp_path: Pat
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed (apt-get install haproxy)")
+def test_haproxy_sends_reads_in_flight_on_a_killed_process_to_the_other(tmp_path: Path) -> None:
+    """Requests in flight on an API process that is SIGKILLed (here: stopped first, so they wait on it) are
+    answered by the other process, not dropped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, server, url, log = start_serving(tmp_path, "--balancer", "haproxy")
+    try:
+        wait_for_api(url, timeout=120)
+        victim = wait_until(lambda: processes_answering(url, 4) if len(processes_answering(url, 4)) == 2 else None)
+        victim = next(iter(victim))
+        os.kill(victim, signal.SIGSTOP)
+        with ThreadPoolExecutor(8) as pool:
+            reads = [pool.submit(httpx.get, f"{url}/healthz", timeout=60) for _ in range(8)]
+            reads += [pool.submit(httpx.post, f"{url}/v1/recall", json={"history": []}, timeout=60) for _ in range(4)]
+            in_flight = wait_until(
+                lambda: sum(s["current"] for s in server_stats(settings.home / "haproxy.sock").values()) or None, 10
+            )
+            assert in_flight, "no request was waiting on the stopped process"
+            os.kill(victim, signal.SIGKILL)
+            answers = [r.result() for r in reads]
+        assert [a.status_code for a in answers] == [200] * 12  # each answered (a cold user's recall: fallback)
+        assert all(a.json()["process"] != victim for a in answers[:8])
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed (apt-get install haproxy)")
+def test_haproxy_sends_a_write_no_second_time_and_says_why(tmp_path: Path) -> None:
+    """A server that takes a request and closes without answering (a process dying mid-request): HAProxy
+    tries a read again, but sends a write once only (it may have been applied) and answers it with a JSON
+    502 and the reason."""
+    import socket
+    import threading
+
+    received: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    backend_port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                request = connection.recv(65536).decode(errors="replace")
+                line = request.split("\r\n", 1)[0]
+                if " /healthz " in line:  # healthy to HAProxy's checks, so requests are sent to it
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                else:
+                    received.append(line)  # and closed unanswered
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1", port, [("127.0.0.1", backend_port)], tmp_path / "haproxy.sock"))
+    proxy = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200, 10)
+        received.clear()
+        write = httpx.post(f"http://127.0.0.1:{port}/v1/interactions", json=[], timeout=30)
+        assert write.status_code == 502 and "may or may not have been applied" in write.json()["detail"]
+        assert received == ["POST /v1/interactions HTTP/1.1"]  # sent once
+        received.clear()
+        httpx.get(f"http://127.0.0.1:{port}/v1/similar/x", timeout=30)
+        assert len(received) == 3 and set(received) == {"GET /v1/similar/x HTTP/1.1"}  # tried again (retries 2)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        listener.close()
