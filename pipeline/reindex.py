@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import OperationalError
 
 from mmrecall.core.settings import Settings
 from mmrecall.encoders import encoder_version
@@ -30,7 +31,7 @@ from mmrecall.pipeline.encode import encode_batch, encode_from_stored, encoder_s
 from mmrecall.recall.serving import ServiceSources, ServingState
 from mmrecall.recall.tuning import HeldOut, sample_queries, tune_recall
 from mmrecall.storage import catalogue, snapshots
-from mmrecall.storage.db import session_scope
+from mmrecall.storage.db import retry_while, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,13 @@ def reindex(
         tuned = tune_recall_set(settings, writer.directory, meta, spec, report, store=store)
         if tuned:
             meta["recall"] = tuned
-        with session_scope(url) as session:
-            catalogue.set_cluster_ids(session, built.ids, table.assignment)
+
+        def write_clusters() -> None:
+            with session_scope(url) as session:
+                catalogue.set_cluster_ids(session, built.ids, table.assignment)
+
+        # the database may still pick this transaction to break a deadlock with other writers of items
+        retry_while(write_clusters, OperationalError, ("deadlock detected",), attempts=3, pause_s=1.0)
         writer.publish(meta)
         if store is not None and collection is not None:
             store.swap_alias(settings.vector_store_alias, collection)  # after CURRENT: what the API processes load

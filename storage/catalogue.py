@@ -334,10 +334,14 @@ def store_vectors(
 
 
 def set_cluster_ids(session: Session, item_ids: Sequence[str], clusters: np.ndarray) -> None:
-    """Store each item's k-means cluster id (bulk, in chunks)."""
+    """Store each item's k-means cluster id (bulk, in chunks), in id order: two reindexes writing at once
+    (a training's activation and a scheduled one) then lock rows in the same order instead of deadlocking
+    (bench soak, PostgreSQL)."""
     table = Item.__table__
     statement = update(table).where(table.c.id == bindparam("item")).values(cluster_id=bindparam("cluster"))
-    rows = [{"item": i, "cluster": int(c)} for i, c in zip(item_ids, clusters, strict=True)]
+    rows = sorted(
+        ({"item": i, "cluster": int(c)} for i, c in zip(item_ids, clusters, strict=True)), key=lambda r: r["item"]
+    )
     for start in range(0, len(rows), 20_000):
         session.connection().execute(statement, rows[start : start + 20_000])
 
