@@ -130,6 +130,7 @@ def train_from_catalogue(settings: Settings, job_id: str, params: dict, report: 
         name = f"g-{tower or 'default'}"
         g_params["resume"] = str(run / f"{name}.resume.pt")
         by_tower[tower] = stage(run, name, run_training, settings, "g", g_params, on_progress=on_progress)
+        Path(g_params["resume"]).unlink(missing_ok=True)  # its epoch state: the checkpoint holds what serves
     # both towers: the one with the better held-out hitRate@50 serves (the other's checkpoint stays on disk)
     served = max(by_tower, key=lambda tower: by_tower[tower]["valid_hitrate@50"])
     trained = by_tower[served]
