@@ -129,3 +129,34 @@ def test_processes_starting_together_on_a_new_database_all_get_the_schema(backen
             with admin.begin() as conn:
                 conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
             admin.dispose()
+
+
+@pytest.mark.postgres
+def test_two_reindexes_writing_cluster_ids_at_once_do_not_deadlock(fresh_postgres_url: str) -> None:
+    """A training's activation and a scheduled reindex each write every item's cluster id, in their own
+    (cluster) order; at once on PostgreSQL that deadlocked (bench soak). Written in id order, one waits."""
+    import threading
+
+    url = fresh_postgres_url
+    ids = [f"i{n:05d}" for n in range(20_000)]
+    with session_scope(url) as s:
+        catalogue.upsert_items(s, [ItemRecord(id=i) for i in ids])
+    rng = np.random.default_rng(0)
+    start, errors = threading.Barrier(2), []
+
+    def write(order: np.ndarray) -> None:
+        try:
+            with session_scope(url) as s:
+                start.wait()
+                catalogue.set_cluster_ids(s, [ids[i] for i in order], rng.integers(0, 50, len(order)))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(rng.permutation(len(ids)),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    with session_scope(url) as s:
+        assert s.scalar(sqlalchemy.text("select count(*) from items where cluster_id is not null")) == len(ids)
