@@ -60,7 +60,7 @@ class GTrainConfig:
     hard_pool: int = 50  # the hard negative is drawn from the positive's nearest `hard_pool` items
     # share of a row's hard negatives drawn from the user's negative feedback. A disliked item is still one
     # the user chose, close to their taste: as the hard negative of half the rows (0.5) it pushed the user
-    # away from their next liked item (served personal hitRate@50 1.7 points under none, two seeds); at 0.15
+    # away from their next liked item (served personal hitRate@50 1.6 points under none, two seeds); at 0.15
     # the served merged set does no worse than without them (docs/evaluation.md, "Negative feedback")
     disliked_rate: float = 0.15
     log_q: bool = True
