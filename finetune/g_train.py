@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmrecall.core.atomic import write_atomically
 from mmrecall.core.features import TAG_HISTORY, gap_buckets, keys_of
 from mmrecall.encoders.content_g import (
     ACTIVE_INTERESTS_FILE,
@@ -400,24 +400,20 @@ class GTrainer:
     ) -> None:
         """Everything the next epoch reads: weights, optimizer moments, the best epoch so far, the random
         streams, the log-q estimate; written beside and renamed, so a kill mid-write leaves the last one."""
-        partial = path.with_name(path.name + ".partial")
-        torch.save(
-            {
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best": (best.score, best.epoch, best.state, best.extra),
-                "history": history,
-                "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "step": state.step,
-                "frequency": (state.frequency.last_seen, state.frequency.gap),
-                "activations": self.activations,
-                "g_gflop": self.g_gflop,
-            },
-            partial,
-        )
-        os.replace(partial, path)
+        state_now = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best": (best.score, best.epoch, best.state, best.extra),
+            "history": history,
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": state.step,
+            "frequency": (state.frequency.last_seen, state.frequency.gap),
+            "activations": self.activations,
+            "g_gflop": self.g_gflop,
+        }
+        write_atomically(path, lambda partial: torch.save(state_now, partial))
 
     def _load_epoch_state(
         self, path: Path, optimizer: torch.optim.Optimizer, best: EarlyStopping, state: FitState, history

@@ -43,16 +43,6 @@ def backfill_job(settings: Settings, job_id: str) -> dict:
     return backfill(settings, job_id, spec)
 
 
-def reindex_job(settings: Settings, job_id: str) -> dict:
-    """The reindex task's work: `reindex`, its error recorded on the job row."""
-    try:
-        return reindex(settings, job_id)
-    except Exception as exc:
-        with session_scope(settings.resolved_database_url) as session:
-            catalogue.update_job(session, job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-
-
 def backfill(settings: Settings, job_id: str, spec: str, *, batch_size: int = 64) -> dict:
     """Activate an encoder: re-encode the catalogue with it, rebuild the index from its vectors, then swap.
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from mmrecall.core.atomic import write_atomically
 from mmrecall.core.dataset import load_dataset
 from mmrecall.core.settings import Settings
 from mmrecall.encoders import encoder_version
@@ -177,9 +177,7 @@ def stage(run: Path, name: str, work: Callable[..., dict], *args, **kwargs) -> d
         log.info("%s: done by an earlier attempt (%s)", name, done)
         return json.loads(done.read_text())
     result = work(*args, **kwargs)
-    partial = done.with_name(done.name + ".partial")
-    partial.write_text(json.dumps(result, default=str))
-    os.replace(partial, done)
+    write_atomically(done, lambda partial: partial.write_text(json.dumps(result, default=str)))
     return result
 
 
@@ -205,9 +203,7 @@ def workers_vectors_as_features(settings: Settings, dataset: Path, spec: str) ->
         return False
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.npy")
-    np.save(partial, matrix)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: np.save(partial, matrix))
     log.info("G's %s features: the %d vectors the workers stored", spec, found)
     return True
 

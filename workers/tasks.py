@@ -46,7 +46,7 @@ def _job_in_child(job_id: str, target: str, *args: str) -> dict:
 
 @app.task(name=REINDEX_TASK)
 def reindex(job_id: str) -> dict:
-    return _job_in_child(job_id, "mmrecall.pipeline.reindex:reindex_job")
+    return _job_in_child(job_id, "mmrecall.pipeline.reindex:reindex")
 
 
 @app.task(name=TRAIN_TASK)
